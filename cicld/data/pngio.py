@@ -69,9 +69,20 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the header alone, without decoding the pixels."""
+    return _header(path).size
+
+
+def image_mode(path: str | os.PathLike) -> str:
+    """Pillow's mode ("P", "L", "RGB", "I;16"...) from the header alone."""
+    return _header(path).mode
+
+
+def _header(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.size
+            return image
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise DataError(f"{path} is not a readable image ({exc})") from None
 
@@ -173,7 +184,7 @@ def write_png16(path: str | os.PathLike, array: np.ndarray) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     blob = PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    _atomic_write(Path(path), lambda handle: handle.write(blob))
+    atomic_write(Path(path), lambda handle: handle.write(blob))
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, palette: list[int] | None = None) -> None:
@@ -187,10 +198,10 @@ def write_image(path: str | os.PathLike, array: np.ndarray, palette: list[int] |
         image = Image.frombytes("P", image.size, image.tobytes())
         image.putpalette(palette)
     path = Path(path)
-    _atomic_write(path, lambda handle: image.save(handle, format=Image.registered_extensions()[path.suffix.lower()]))
+    atomic_write(path, lambda handle: image.save(handle, format=Image.registered_extensions()[path.suffix.lower()]))
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,0 +1,33 @@
+"""Shared terminal output: consoles, the progress bar and number formatting."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console()
+error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    # soft_wrap keeps it one line however narrow the terminal; markup off so paths print as-is.
+    error_console.print("error: " + message, markup=False)
+
+
+def progress_bar(*extra_columns) -> Progress:
+    """A rich progress bar with count, rate-friendly columns and ETA; hidden when not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def human_count(n: int) -> str:
+    return f"{n:,}"

@@ -1,0 +1,147 @@
+"""``cicld prepare-data {gta5,synthia,cityscapes,toy} [ROOT]``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cicld.cli import app
+from cicld.cli._console import console, human_count, progress_bar
+from cicld.data.labels import CLASSES
+from cicld.data.layouts import default_root
+from cicld.data.prepare import PrepareReport, SizeMismatchPolicy, find_frames, prepare_dataset
+from cicld.errors import CicldError, DataError
+
+
+class DatasetChoice(str, Enum):
+    gta5 = "gta5"
+    synthia = "synthia"
+    cityscapes = "cityscapes"
+    toy = "toy"
+
+
+class SourceFormat(str, Enum):
+    gta5 = "gta5"
+    synthia = "synthia"
+    both = "both"
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CicldError(f"--size must look like WIDTHxHEIGHT (e.g. 256x128), got {text!r}") from None
+    if width < 32 or height < 16:
+        raise CicldError(f"--size {text} is too small; use at least 32x16")
+    return width, height
+
+
+@app.command("prepare-data")
+def prepare_data(
+    dataset: DatasetChoice = typer.Argument(..., help="Which dataset ROOT holds (toy: generate the toy domain pair there)."),
+    root: Optional[Path] = typer.Argument(None, help="Dataset folder. [default: data/<dataset>]"),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Worker processes."),
+    on_size_mismatch: SizeMismatchPolicy = typer.Option(
+        SizeMismatchPolicy.resize, help="A label not the size of its image: resize it (nearest) or skip the frame."
+    ),
+    verify_images: bool = typer.Option(True, help="Decode every image once, so corrupt or truncated files are found now."),
+    seed: Optional[int] = typer.Option(None, help="toy only: random seed of the generated world. [default: 0]"),
+    size: Optional[str] = typer.Option(None, help="toy only: image size WIDTHxHEIGHT. [default: 256x128]"),
+    source_format: Optional[SourceFormat] = typer.Option(None, help="toy only: source domain format. [default: gta5]"),
+) -> None:
+    """Convert raw labels to trainIds and class stats (idempotent, resumable); or generate the toy pair.
+
+    Examples: `cicld prepare-data gta5`, `cicld prepare-data cityscapes /data/cityscapes -j 8`,
+    `cicld prepare-data toy` (writes data/toy/gta5 and data/toy/cityscapes, already prepared).
+    """
+    root = root if root is not None else default_root(dataset.value)
+    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format}
+    if dataset is not DatasetChoice.toy:
+        given = [flag for flag, value in toy_options.items() if value is not None]
+        if given:
+            raise CicldError(f"{', '.join(given)} only apply to `prepare-data toy`")
+        _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
+        return
+    _generate_toy(root, workers, seed or 0, _parse_size(size or "256x128"), source_format or SourceFormat.gta5)
+    formats = ("gta5", "synthia") if source_format is SourceFormat.both else ((source_format or SourceFormat.gta5).value,)
+    for name in (*formats, "cityscapes"):
+        _prepare_and_report(root / name, name, workers, on_size_mismatch, verify_images)
+    console.print(
+        f"Toy pair ready in [bold]{root}[/]: source {', '.join(str(root / f) for f in formats)}, "
+        f"target {root / 'cityscapes'} (train without labels for adaptation, val for evaluation)."
+    )
+
+
+def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat) -> None:
+    from cicld.data.toy import generate_toy_pair
+
+    formats = ("gta5", "synthia") if source_format is SourceFormat.both else (source_format.value,)
+    with progress_bar() as progress:
+        task = progress.add_task("generating toy pair", total=None)
+
+        def advance(total: int) -> None:
+            progress.update(task, total=total, advance=1)
+
+        try:
+            summary = generate_toy_pair(root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance)
+        except OSError as exc:
+            raise DataError(f"cannot write the toy pair to {root}: {exc.strerror or exc}") from None
+    console.print(f"Toy pair: {summary}")
+
+
+def _prepare_and_report(root: Path, dataset: str, workers: int, policy: SizeMismatchPolicy, verify_images: bool) -> None:
+    frames = find_frames(root, dataset)
+    with progress_bar() as progress:
+        task = progress.add_task(f"preparing {dataset}", total=len(frames.samples))
+        report = prepare_dataset(
+            frames,
+            workers=workers,
+            policy=policy,
+            verify_images=verify_images,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(_summary_table(report))
+    console.print(_class_share_table(report))
+    for path in report.missing_partner[:5]:
+        console.print(f"[yellow]warning:[/] no partner for {path}")
+    if len(report.missing_partner) > 5:
+        console.print(f"[yellow]warning:[/] ... and {len(report.missing_partner) - 5} more files without a partner")
+    if report.failures:
+        for name, reason in report.failures[:10]:
+            console.print(f"[red]failed:[/] {name}: {reason}")
+        first = report.failures[0][1]
+        raise DataError(
+            f"{len(report.failures)} of {report.frames} {dataset} frames could not be prepared (first: {first}); "
+            "fix or remove them and re-run: finished frames are kept"
+        )
+
+
+def _summary_table(report: PrepareReport) -> Table:
+    table = Table(title=f"{report.dataset} in {report.root}", show_header=True, header_style="bold")
+    table.add_column("frames")
+    table.add_column("count", justify="right")
+    table.add_row("converted", human_count(report.converted))
+    table.add_row("skipped (already prepared)", human_count(report.skipped))
+    table.add_row("size-mismatched (label resized)" if not report.mismatch_skipped else "size-mismatched", human_count(report.size_mismatched))
+    if report.mismatch_skipped:
+        table.add_row("  of which left out", human_count(report.mismatch_skipped))
+    table.add_row("missing partner (image or label)", human_count(len(report.missing_partner)))
+    table.add_row("failed", human_count(len(report.failures)))
+    return table
+
+
+def _class_share_table(report: PrepareReport) -> Table:
+    table = Table(title="class pixel shares", show_header=True, header_style="bold")
+    table.add_column("class")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    total = max(int(report.class_pixels.sum()), 1)
+    for class_id in sorted(range(len(CLASSES)), key=lambda c: -report.class_pixels[c]):
+        share = report.class_pixels[class_id] / total
+        if share > 0:
+            table.add_row(CLASSES[class_id], f"{100 * share:.2f}%", "█" * max(1, round(40 * share)))
+    return table

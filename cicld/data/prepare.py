@@ -1,0 +1,207 @@
+"""``prepare-data``: turn raw GTA5, SYNTHIA and Cityscapes labels into trainId PNGs and class stats.
+
+For every labelled frame it writes ``*_labelTrainIds.png`` (8-bit, 255 = ignore) beside the raw
+label, and in the dataset root the per-frame class pixel counts that rare-class sampling reads:
+``sample_class_stats.json``, ``sample_class_stats_dict.json`` and ``samples_with_class.json``, in
+the format of DAFormer/HRDA/MIC's converters, so data prepared by either tool works with the other
+(file names are stored relative to the dataset root; those tools only use the base name).
+
+It is idempotent and resumable: a frame whose trainId file exists is skipped (its counts are read
+back from that file), and every file is written atomically, so a run killed half-way leaves only
+finished files behind. The stats files are written last, once every frame has succeeded: their
+presence means the dataset is prepared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
+from cicld.data.layouts import CLASS_STATS_FILE, Sample, list_samples
+from cicld.data.pngio import atomic_write, image_mode, image_size, read_image, read_png, write_image
+from cicld.errors import DataError
+
+
+class SizeMismatchPolicy(str, Enum):
+    """What to do with a frame whose label is not the size of its image (some GTA5 frames)."""
+
+    resize = "resize"  # resize the label to the image with nearest-neighbour (no new ids appear)
+    skip = "skip"  # leave the frame out (it gets no trainId file and no stats)
+
+
+@dataclass
+class FrameResult:
+    name: str
+    status: str  # "converted", "skipped" (already done), "mismatch-skipped" or "failed"
+    counts: list[int] = field(default_factory=list)  # pixels per trainId 0..18
+    size_mismatch: bool = False
+    error: str = ""
+
+
+@dataclass
+class PrepareReport:
+    """What one ``prepare-data`` run did, for the summary table."""
+
+    dataset: str
+    root: Path
+    converted: int = 0
+    skipped: int = 0
+    size_mismatched: int = 0
+    mismatch_skipped: int = 0
+    missing_partner: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (frame, one-line reason)
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
+
+    @property
+    def frames(self) -> int:
+        return self.converted + self.skipped + self.mismatch_skipped + len(self.failures)
+
+
+def read_raw_label(dataset: str, path: Path) -> np.ndarray:
+    """The raw label of one frame as ids (H, W), checked to be the kind of file the dataset uses."""
+    if dataset == "synthia":
+        label = read_png(path)
+        if label.dtype != np.uint16 or label.ndim != 3:
+            kind = f"{label.dtype.itemsize * 8}-bit, {1 if label.ndim == 2 else label.shape[2]} channel(s)"
+            raise DataError(f"{path} is a {kind} PNG; SYNTHIA labels are 16-bit multi-channel PNGs (class id in red)")
+        return label[..., 0]
+    mode = image_mode(path)
+    expected = ("P", "L") if dataset == "gta5" else ("L",)
+    if mode not in expected:
+        what = "palette PNGs whose indices are label ids" if dataset == "gta5" else "8-bit greyscale labelId PNGs"
+        raise DataError(f"{path} has image mode {mode}; {dataset} labels are {what}")
+    return read_image(path)
+
+
+def to_train_ids(dataset: str, raw: np.ndarray) -> np.ndarray:
+    return synthia_ids_to_train_ids(raw) if dataset == "synthia" else cityscapes_ids_to_train_ids(raw)
+
+
+def class_counts(train_ids: np.ndarray) -> list[int]:
+    return np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist()
+
+
+def convert_frame(
+    dataset: str, sample: Sample, policy: SizeMismatchPolicy = SizeMismatchPolicy.resize, verify_image: bool = True
+) -> FrameResult:
+    """Convert one frame (safe to call in a worker process: it returns failures, never raises them)."""
+    target = sample.train_ids
+    try:
+        if target.is_file():
+            return FrameResult(sample.name, "skipped", class_counts(read_image(target)))
+        if verify_image:
+            read_image(sample.image)  # decodes every pixel: truncated or corrupt images fail here
+        width, height = image_size(sample.image)
+        train_ids = to_train_ids(dataset, read_raw_label(dataset, sample.label))
+        mismatch = train_ids.shape != (height, width)
+        if mismatch and policy is SizeMismatchPolicy.skip:
+            return FrameResult(sample.name, "mismatch-skipped", size_mismatch=True)
+        if mismatch:
+            # Nearest-neighbour never invents ids between two classes.
+            train_ids = np.asarray(Image.fromarray(train_ids).resize((width, height), Image.NEAREST))
+        try:
+            write_image(target, train_ids)
+        except OSError as exc:
+            raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return FrameResult(sample.name, "converted", class_counts(train_ids), size_mismatch=mismatch)
+    except DataError as exc:
+        return FrameResult(sample.name, "failed", error=str(exc))
+
+
+@dataclass
+class FramePlan:
+    """The labelled frames of a dataset folder, and the files found without a partner."""
+
+    root: Path
+    dataset: str
+    samples: list[Sample]
+    missing_partner: list[Path]
+
+
+def find_frames(root: str | Path, dataset: str) -> FramePlan:
+    """List what ``prepare_dataset`` will convert; raises :class:`DataError` if ROOT is not DATASET."""
+    root = Path(root)
+    splits = ("train", "val") if dataset == "cityscapes" else ("train",)
+    listings = [list_samples(root, dataset, split) for split in splits]
+    samples = [s for listing in listings for s in listing.samples if s.label is not None]
+    missing = [p for listing in listings for p in (*listing.images_without_label, *listing.labels_without_image)]
+    if not samples:
+        raise DataError(f"{root} has no labelled {dataset} frames to prepare ({len(missing)} files without a partner)")
+    return FramePlan(root, dataset, samples, missing)
+
+
+def prepare_dataset(
+    frames: FramePlan,
+    *,
+    workers: int = 1,
+    policy: SizeMismatchPolicy = SizeMismatchPolicy.resize,
+    verify_images: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PrepareReport:
+    """Prepare the frames of :func:`find_frames`; see the module docstring. ``on_progress(done, total)``.
+
+    Frames that fail (corrupt or wrong-mode labels...) are listed in the report while the rest
+    are converted; the stats files are then not written, so the dataset does not pass for prepared.
+    """
+    root, dataset, samples = frames.root, frames.dataset, frames.samples
+    report = PrepareReport(dataset, root, missing_partner=list(frames.missing_partner))
+    stats: list[dict] = []
+    for done, (sample, result) in enumerate(zip(samples, _run(dataset, samples, policy, verify_images, workers)), 1):
+        if result.status == "failed":
+            report.failures.append((result.name, result.error))
+        elif result.status == "mismatch-skipped":
+            report.mismatch_skipped += 1
+        else:
+            report.converted += result.status == "converted"
+            report.skipped += result.status == "skipped"
+            report.class_pixels += np.asarray(result.counts, dtype=np.int64)
+            if not sample.name.startswith("val/"):  # DAFormer keeps stats of the training frames only
+                stats.append(_stats_entry(root, sample, result.counts))
+        report.size_mismatched += result.size_mismatch
+        if on_progress is not None:
+            on_progress(done, len(samples))
+    if not report.failures:
+        write_class_stats(root, stats)
+    return report
+
+
+def _run(dataset: str, samples: list[Sample], policy, verify_images: bool, workers: int) -> Iterable[FrameResult]:
+    arguments = ([dataset] * len(samples), samples, [policy] * len(samples), [verify_images] * len(samples))
+    if workers <= 1:
+        yield from map(convert_frame, *arguments)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(convert_frame, *arguments, chunksize=max(1, min(64, len(samples) // (8 * workers))))
+
+
+def _stats_entry(root: Path, sample: Sample, counts: list[int]) -> dict:
+    entry: dict = {str(c): int(n) for c, n in enumerate(counts) if n > 0}
+    entry["file"] = sample.train_ids.relative_to(root).as_posix()
+    return entry
+
+
+def write_class_stats(root: Path, stats: list[dict]) -> None:
+    """The three JSON files of DAFormer's ``save_class_stats``, written atomically."""
+    by_file = {entry["file"]: {k: v for k, v in entry.items() if k != "file"} for entry in stats}
+    with_class: dict[str, list] = {}
+    for file, counts in by_file.items():
+        for class_id, pixels in counts.items():
+            with_class.setdefault(class_id, []).append([file, pixels])
+    for name, content in (
+        (CLASS_STATS_FILE, stats),
+        ("sample_class_stats_dict.json", by_file),
+        ("samples_with_class.json", with_class),
+    ):
+        text = json.dumps(content, indent=2).encode()
+        try:
+            atomic_write(root / name, lambda handle, text=text: handle.write(text))
+        except OSError as exc:
+            raise DataError(f"cannot write {root / name}: {exc.strerror or exc}") from None

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny datasets in each real on-disk format, and a CLI runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import png  # pypng: an independent PNG writer (test dependency)
+import pytest
+
+from cicld.data.labels import cityscapes_id_palette
+from cicld.data.pngio import write_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``cicld ARGS...`` in-process and return its exit code and output."""
+    from cicld.cli import main
+
+    def run(*args: str) -> CliResult:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_cicld_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m cicld ARGS...`` as a real process (to see exactly what a user sees)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cicld", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def write_gta5_frame(root: Path, stem: str, label_ids: np.ndarray, image_size: tuple[int, int] | None = None, seed: int = 0):
+    """One GTA5 frame: RGB image and a palette label whose indices are Cityscapes label ids."""
+    height, width = label_ids.shape if image_size is None else image_size[::-1]
+    rng = np.random.default_rng(seed)
+    write_image(root / "images" / f"{stem}.png", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    write_image(root / "labels" / f"{stem}.png", label_ids.astype(np.uint8), palette=cityscapes_id_palette())
+
+
+def write_synthia_label(path: Path, class_ids: np.ndarray, instance_ids: np.ndarray) -> None:
+    """A SYNTHIA label as the real ones are: 16-bit RGB, class id in red, instance id in green."""
+    height, width = class_ids.shape
+    rgb = np.stack([class_ids, instance_ids, np.zeros_like(class_ids)], axis=-1).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        png.Writer(width, height, bitdepth=16, greyscale=False).write(handle, rgb.reshape(height, -1).tolist())
+
+
+def write_cityscapes_frame(root: Path, split: str, city: str, frame: int, label_ids: np.ndarray | None, seed: int = 0):
+    height, width = (8, 16) if label_ids is None else label_ids.shape
+    stem = f"{city}_000000_{frame:06d}"
+    rng = np.random.default_rng(seed)
+    write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if label_ids is not None:
+        write_image(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label_ids.astype(np.uint8))
+
+
+# Label ids that cover road, sidewalk, building, car, person, sky and an unlabelled (255) id.
+GTA5_IDS = np.array([[7, 7, 8, 11], [26, 24, 23, 0], [7, 26, 26, 11]], dtype=np.uint8)
+
+
+@pytest.fixture
+def gta5_root(tmp_path: Path) -> Path:
+    root = tmp_path / "gta5"
+    for i in range(3):
+        write_gta5_frame(root, f"{i:05d}", np.roll(GTA5_IDS, i, axis=1), seed=i)
+    return root
+
+
+@pytest.fixture
+def synthia_root(tmp_path: Path) -> Path:
+    root = tmp_path / "synthia"
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        classes = rng.choice([1, 2, 3, 4, 8, 10, 13, 22], size=(6, 9))
+        instances = rng.integers(0, 4000, size=(6, 9))  # > 255: only a 16-bit reader keeps them
+        write_image(root / "RGB" / f"{i:07d}.png", rng.integers(0, 256, (6, 9, 3), dtype=np.uint8))
+        write_synthia_label(root / "GT" / "LABELS" / f"{i:07d}.png", classes, instances)
+    return root
+
+
+@pytest.fixture
+def cityscapes_root(tmp_path: Path) -> Path:
+    root = tmp_path / "cityscapes"
+    for split, count in (("train", 2), ("val", 2)):
+        for i in range(count):
+            write_cityscapes_frame(root, split, "aachen", i, np.roll(GTA5_IDS, i, axis=0), seed=i)
+    return root

@@ -1,0 +1,116 @@
+"""The command line: help and version, and one clear stderr line with a non-zero exit for bad input."""
+
+import numpy as np
+import pytest
+
+from cicld.data.pngio import write_image
+
+from conftest import run_cicld_process
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_commands(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert "prepare-data" in result.stdout
+
+
+def test_version_prints_the_package_version(cli):
+    from cicld import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"cicld {__version__}"
+
+
+def test_prepare_data_converts_a_dataset_and_prints_a_summary(cli, gta5_root):
+    result = cli("prepare-data", "gta5", gta5_root)
+    assert result.exit_code == 0, result.stderr
+    assert "converted" in result.stdout and "class pixel shares" in result.stdout
+    assert (gta5_root / "sample_class_stats.json").is_file()
+
+
+def test_empty_folder(cli, tmp_path):
+    assert_one_line_error(cli("prepare-data", "gta5", tmp_path), "not a gta5 dataset", "missing images/, labels/")
+
+
+def test_dataset_folders_without_any_image(cli, tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    assert_one_line_error(cli("prepare-data", "gta5", tmp_path), "has no PNG images")
+
+
+def test_missing_folder(cli, tmp_path):
+    assert_one_line_error(cli("prepare-data", "cityscapes", tmp_path / "nowhere"), "does not exist")
+
+
+def test_wrong_dataset(cli, gta5_root):
+    assert_one_line_error(cli("prepare-data", "cityscapes", gta5_root), "not a cityscapes dataset", "leftImg8bit/train/")
+
+
+def test_corrupt_png_label(cli, gta5_root):
+    (gta5_root / "labels" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = cli("prepare-data", "gta5", gta5_root)
+    assert_one_line_error(result, "1 of 3 gta5 frames could not be prepared", "00001.png")
+    assert not (gta5_root / "sample_class_stats.json").exists()  # never passed off as prepared
+    assert (gta5_root / "labels" / "00000_labelTrainIds.png").is_file()  # the good frames are kept
+
+
+def test_truncated_label_file(cli, gta5_root):
+    path = gta5_root / "labels" / "00002.png"
+    path.write_bytes(path.read_bytes()[:60])
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root), "00002.png", "truncated")
+
+
+def test_truncated_image_file(cli, gta5_root):
+    path = gta5_root / "images" / "00000.png"
+    write_image(path, np.random.default_rng(0).integers(0, 256, (3, 4, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-30])
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root), "images/00000.png")
+
+
+def test_label_of_the_wrong_mode(cli, gta5_root):
+    # An RGB colour rendering of a GTA5 label holds colours, not ids: refuse it rather than guess.
+    write_image(gta5_root / "labels" / "00000.png", np.zeros((3, 4, 3), np.uint8))
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root), "image mode RGB", "palette")
+
+
+def test_unwritable_output_of_a_dataset(cli, gta5_root):
+    # A directory where a trainId file must go cannot be written over, even by root.
+    (gta5_root / "labels" / "00001_labelTrainIds.png").mkdir()
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root), "cannot write", "00001_labelTrainIds.png")
+
+
+def test_unwritable_output_of_the_toy_generator(cli):
+    assert_one_line_error(cli("prepare-data", "toy", "/proc/cicld-toy"), "/proc/cicld-toy")
+
+
+def test_toy_options_on_a_real_dataset(cli, gta5_root):
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--seed", "3"), "--seed only apply to `prepare-data toy`")
+
+
+def test_bad_flag_value(cli, gta5_root):
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--workers", "0"), "--workers")
+
+
+def test_unknown_flag(cli, gta5_root):
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--colour"), "No such option: --colour")
+
+
+def test_unknown_dataset_name(cli):
+    assert_one_line_error(cli("prepare-data", "kitti"), "kitti")
+
+
+def test_a_real_process_shows_one_line_and_no_traceback(tmp_path):
+    process = run_cicld_process("prepare-data", "synthia", tmp_path)
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [
+        f"error: {tmp_path} is not a synthia dataset: missing RGB/, GT/LABELS/"
+    ]

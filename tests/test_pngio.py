@@ -1,0 +1,136 @@
+"""read_png keeps every bit of 16-bit PNGs (which Pillow truncates) and rejects broken files."""
+
+import struct
+import zlib
+
+import numpy as np
+import png
+import pytest
+from PIL import Image
+
+from cicld.data.pngio import atomic_write, read_image, read_png, write_image, write_png16
+from cicld.errors import DataError
+
+
+def _write_pypng_rgb16(path, array):
+    height, width, _ = array.shape
+    with open(path, "wb") as handle:
+        png.Writer(width, height, bitdepth=16, greyscale=False).write(handle, array.reshape(height, -1).tolist())
+
+
+def test_16bit_rgb_from_an_independent_writer_is_read_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 65536, size=(13, 17, 3), dtype=np.uint16)
+    _write_pypng_rgb16(tmp_path / "label.png", array)
+    decoded = read_png(tmp_path / "label.png")
+    assert decoded.dtype == np.uint16 and decoded.shape == (13, 17, 3)
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_pillow_alone_gets_small_16bit_values_wrong_which_is_why_read_png_exists(tmp_path):
+    array = np.zeros((4, 4, 3), dtype=np.uint16)
+    array[..., 0] = 3  # SYNTHIA "road": 0x0003, whose high byte is 0
+    _write_pypng_rgb16(tmp_path / "label.png", array)
+    assert np.asarray(Image.open(tmp_path / "label.png"))[..., 0].max() == 0
+    assert read_png(tmp_path / "label.png")[..., 0].max() == 3
+
+
+def _filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
+    """Encode a 16-bit RGB image with the given PNG filter per row (reference encoder, plain Python)."""
+    height, width, channels = array.shape
+    bpp = 2 * channels
+    rows = [bytes(array[r].astype(">u2").tobytes()) for r in range(height)]
+    out = bytearray()
+    previous = bytes(len(rows[0]))
+    for kind, row in zip(filters, rows):
+        encoded = bytearray()
+        for i, value in enumerate(row):
+            a = row[i - bpp] if i >= bpp else 0
+            b = previous[i]
+            c = previous[i - bpp] if i >= bpp else 0
+            p = a + b - c
+            paeth = a if abs(p - a) <= abs(p - b) and abs(p - a) <= abs(p - c) else (b if abs(p - b) <= abs(p - c) else c)
+            predictor = [0, a, b, (a + b) // 2, paeth][kind]
+            encoded.append((value - predictor) % 256)
+        out += bytes([kind]) + encoded
+        previous = row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b"")
+
+
+def test_all_five_png_row_filters_are_undone_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 65536, size=(10, 7, 3), dtype=np.uint16)
+    filters = [0, 1, 2, 3, 4, 4, 3, 2, 1, 0]
+    (tmp_path / "filtered.png").write_bytes(_filtered_png(array, filters))
+    np.testing.assert_array_equal(read_png(tmp_path / "filtered.png"), array)
+
+
+def test_16bit_greyscale_saved_by_pillow_with_adaptive_filters_is_read_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    smooth = np.cumsum(np.cumsum(rng.integers(0, 50, size=(40, 60)), 0), 1).astype(np.uint16)
+    Image.fromarray(smooth.astype(np.int32)).convert("I;16").save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(read_png(tmp_path / "grey.png"), smooth)
+
+
+def test_8bit_and_palette_pngs_return_their_values_and_indices(tmp_path):
+    indices = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    write_image(tmp_path / "palette.png", indices, palette=[v for i in range(256) for v in (i, 255 - i, 7)])
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    np.testing.assert_array_equal(read_png(tmp_path / "palette.png"), indices)
+
+
+def test_write_png16_round_trips_greyscale_and_rgb(tmp_path):
+    rng = np.random.default_rng(3)
+    for shape in ((5, 8), (5, 8, 3), (5, 8, 4)):
+        array = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+        write_png16(tmp_path / "x.png", array)
+        np.testing.assert_array_equal(read_png(tmp_path / "x.png"), array)
+
+
+@pytest.mark.parametrize("cut", [20, 40, -20])
+def test_truncated_16bit_png_is_a_data_error_naming_the_file(tmp_path, cut):
+    write_png16(tmp_path / "x.png", np.arange(600, dtype=np.uint16).reshape(10, 20, 3))
+    blob = (tmp_path / "x.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(blob[:cut])
+    with pytest.raises(DataError, match="cut.png"):
+        read_png(tmp_path / "cut.png")
+
+
+def test_flipped_byte_in_16bit_png_fails_its_checksum(tmp_path):
+    write_png16(tmp_path / "x.png", np.arange(600, dtype=np.uint16).reshape(10, 20, 3))
+    blob = bytearray((tmp_path / "x.png").read_bytes())
+    blob[50] ^= 0xFF
+    (tmp_path / "bad.png").write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="corrupt"):
+        read_png(tmp_path / "bad.png")
+
+
+def test_a_file_that_is_not_a_png_is_a_data_error(tmp_path):
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(DataError, match="not a PNG"):
+        read_png(tmp_path / "text.png")
+    with pytest.raises(DataError, match="text.png"):
+        read_image(tmp_path / "text.png")
+
+
+def test_truncated_8bit_image_is_caught_when_decoded(tmp_path):
+    write_image(tmp_path / "x.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    blob = (tmp_path / "x.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_an_interrupted_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    def fail_half_way(handle):
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "out.png", fail_half_way)
+    assert list(tmp_path.iterdir()) == []
