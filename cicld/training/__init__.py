@@ -1,0 +1,1 @@
+"""Training: ``pretrain-ae``, ``pretrain-ldm`` and ``adapt``, with run folders and checkpoints."""

@@ -1,0 +1,92 @@
+"""Atomic, pruned training checkpoints on top of Accelerate's ``save_state``.
+
+A checkpoint is ``<run>/checkpoints/step-00001000/``: what ``Accelerator.save_state`` writes
+(model weights as safetensors, optimizer, scheduler, RNG states) plus ``trainer_state.json``
+(the step and anything else the loop needs to continue). It is written into a hidden temporary
+folder and renamed into place only when complete, so a kill during a write never breaks the
+newest good checkpoint; unfinished temporaries are ignored and cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from cicld.errors import CicldError
+
+_CHECKPOINT = re.compile(r"^step-(\d{8})$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Save the full training state at ``step`` atomically; keep the newest ``keep`` checkpoints.
+
+    Every process must call this (Accelerate saves per-process RNG states); only the main
+    process renames and prunes.
+    """
+    root = checkpoint_root(run_dir)
+    final = root / f"step-{step:08d}"
+    temporary = root / f".step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        for stale in root.glob(".step-*.tmp") if root.is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
+        temporary.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        _fsync_dir(temporary)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else ():
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, checkpoint: Path) -> dict:
+    """Restore the state saved by :func:`save_checkpoint`; returns its ``trainer_state.json``."""
+    checkpoint = Path(checkpoint)
+    state_file = checkpoint / STATE_FILE
+    if not state_file.is_file():
+        raise CicldError(f"{checkpoint} is not a complete cicld checkpoint (no {STATE_FILE})")
+    accelerator.load_state(str(checkpoint))
+    return json.loads(state_file.read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Make the rename itself durable, not just the files (matters on power loss, cheap otherwise).
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

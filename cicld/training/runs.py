@@ -1,0 +1,106 @@
+"""Run folders: where each training stage writes, and how later commands find the newest one.
+
+::
+
+    runs/
+      pretrain-ae/toy-20261124-211500/      one run: config.json, log.csv, checkpoints/, final/
+      pretrain-ldm/toy-20261124-213000/
+      adapt/toy-gta5-20261124-220000/
+      latest -> adapt/toy-gta5-20261124-220000/final   the newest finished run (evaluate/predict default)
+
+A run is *finished* when it has ``final/`` (the exported model: ``config.json`` + safetensors),
+written atomically at the end of training. An unfinished run with checkpoints can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cicld.errors import CicldError
+
+RUNS_ROOT = Path("runs")
+STAGES = ("pretrain-ae", "pretrain-ldm", "adapt")
+RUN_CONFIG = "config.json"
+FINAL = "final"
+
+
+def new_run_dir(runs_root: Path, stage: str, tag: str) -> Path:
+    """A fresh, unique run folder ``runs/<stage>/<tag>-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_root) / stage / f"{tag}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CicldError(f"{run_dir} is not a cicld run (no {RUN_CONFIG})") from None
+    except json.JSONDecodeError as exc:
+        raise CicldError(f"{path} is not valid JSON ({exc})") from None
+
+
+def stage_runs(runs_root: Path, stage: str) -> list[Path]:
+    """All runs of a stage, newest first (by folder time stamp, then modification time)."""
+    folder = Path(runs_root) / stage
+    if not folder.is_dir():
+        return []
+    runs = [p for p in folder.iterdir() if p.is_dir() and (p / RUN_CONFIG).is_file()]
+    return sorted(runs, key=lambda p: ((p / RUN_CONFIG).stat().st_mtime, p.name), reverse=True)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / FINAL / "config.json").is_file()
+
+
+def newest_finished_run(runs_root: Path, stage: str, **match) -> Path | None:
+    """The newest finished run of ``stage`` whose config has the given values (e.g. source="gta5")."""
+    for run in stage_runs(runs_root, stage):
+        if is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
+            return run
+    return None
+
+
+def newest_unfinished_run(runs_root: Path, stage: str, **match) -> Path | None:
+    """The newest run of ``stage`` that has not exported ``final/`` (what ``--resume latest`` continues)."""
+    for run in stage_runs(runs_root, stage):
+        if not is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
+            return run
+    return None
+
+
+def mark_latest(runs_root: Path, final_dir: Path) -> Path:
+    """Point ``runs/latest`` at ``final_dir`` (atomically: a relative symlink renamed into place)."""
+    runs_root = Path(runs_root)
+    link = runs_root / "latest"
+    temporary = runs_root / f".latest-{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(os.path.relpath(Path(final_dir).resolve(), runs_root.resolve()))
+    os.replace(temporary, link)
+    return link
+
+
+def resolve_model_dir(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
+    """What evaluate/predict load: a model folder, a run folder (its ``final/``) or ``runs/latest``."""
+    if path is None:
+        latest = Path(runs_root) / "latest"
+        if not latest.exists():
+            raise CicldError(f"no finished run in {runs_root}/ (no {latest}); train one with `cicld adapt` or name a CHECKPOINT")
+        return latest.resolve()
+    path = Path(path)
+    if (path / FINAL / "config.json").is_file():
+        return path / FINAL
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists():
+        raise CicldError(f"{path} does not exist")
+    raise CicldError(f"{path} is neither a model folder (config.json + safetensors) nor a finished run (final/)")
