@@ -22,10 +22,10 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
 from cicld.data.layouts import CLASS_STATS_FILE, Sample, list_samples
+from cicld.data.transforms import resize_label
 from cicld.data.pngio import atomic_write, image_mode, image_size, read_image, read_png, write_image
 from cicld.errors import DataError
 
@@ -105,8 +105,7 @@ def convert_frame(
         if mismatch and policy is SizeMismatchPolicy.skip:
             return FrameResult(sample.name, "mismatch-skipped", size_mismatch=True)
         if mismatch:
-            # Nearest-neighbour never invents ids between two classes.
-            train_ids = np.asarray(Image.fromarray(train_ids).resize((width, height), Image.NEAREST))
+            train_ids = resize_label(train_ids, (width, height))  # nearest: no new ids
         try:
             write_image(target, train_ids)
         except OSError as exc:
