@@ -1,0 +1,82 @@
+"""Segmentation metrics, computed as the Cityscapes benchmark does.
+
+Intersections and unions are summed over the whole split in one confusion matrix (not averaged
+per image), at label resolution, ignoring label 255. A class absent from both the ground truth
+and the predictions has no IoU and is left out of the mean, as ``cityscapesscripts`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cicld.data.labels import CLASSES, IGNORE_INDEX, MIOU13_CLASSES, MIOU16_CLASSES, NUM_CLASSES
+
+
+class ConfusionMatrix:
+    """A (K, K) matrix of pixel counts, rows = ground truth, columns = prediction."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``predictions`` and ``labels`` are integer tensors of the same shape."""
+        if predictions.shape != labels.shape:
+            raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+        valid = labels != IGNORE_INDEX
+        index = labels[valid].long() * self.num_classes + predictions[valid].long()
+        counts = torch.bincount(index.cpu(), minlength=self.num_classes**2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes)
+
+    def merge(self, other: "ConfusionMatrix | torch.Tensor") -> None:
+        self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else other.to(torch.int64).cpu()
+
+    def scores(self) -> "SegmentationScores":
+        return SegmentationScores.from_confusion(self.matrix.numpy())
+
+
+@dataclass
+class SegmentationScores:
+    per_class_iou: np.ndarray  # (K,), NaN where a class is absent from both GT and predictions
+    pixel_accuracy: float
+    confusion: np.ndarray
+
+    @classmethod
+    def from_confusion(cls, confusion: np.ndarray) -> "SegmentationScores":
+        confusion = confusion.astype(np.float64)
+        true_positive = np.diag(confusion)
+        union = confusion.sum(0) + confusion.sum(1) - true_positive
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, true_positive / union, np.nan)
+        total = confusion.sum()
+        return cls(iou, float(true_positive.sum() / total) if total else float("nan"), confusion)
+
+    def miou(self, classes: tuple[int, ...] | None = None) -> float:
+        """Mean IoU over ``classes`` (default all) that occur in the ground truth or predictions."""
+        values = self.per_class_iou if classes is None else self.per_class_iou[list(classes)]
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else float("nan")
+
+    @property
+    def miou19(self) -> float:
+        return self.miou()
+
+    @property
+    def miou16(self) -> float:
+        return self.miou(MIOU16_CLASSES)
+
+    @property
+    def miou13(self) -> float:
+        return self.miou(MIOU13_CLASSES)
+
+    def as_dict(self) -> dict:
+        return {
+            "mIoU19": self.miou19,
+            "mIoU16": self.miou16,
+            "mIoU13": self.miou13,
+            "pixel_accuracy": self.pixel_accuracy,
+            "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASSES, self.per_class_iou)},
+        }

@@ -1,0 +1,117 @@
+"""``cicld adapt``: unsupervised domain adaptation (paper §3.2, §3.4; DESIGN §2–3).
+
+Per step: ``ema_model`` (the paper's "student") labels the target batch; ClassMix pastes half of
+the source classes onto the target (images, labels and pixel weights); the mixed images get
+colour jitter and blur; source, mixed and target images pass through ``model`` (the paper's
+"teacher") in one batch; the losses of :class:`~cicld.training.objectives.UDAObjective` are
+minimised; ``ema_model`` follows ``model`` by EMA and is what gets exported.
+
+``--method source-only`` trains on the source alone and ``--method oracle`` on the target's own
+labels (toy data only): the lower and upper bounds the benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cicld.data.transforms import class_mix, classmix_masks, color_jitter, gaussian_blur, pseudo_label_weight
+from cicld.evaluation.metrics import SegmentationScores
+from cicld.training.batches import step_batches
+from cicld.training.common import (
+    build_optimizer,
+    ema_update,
+    load_model,
+    oracle_dataset,
+    resolve_init,
+    source_dataset,
+    target_dataset,
+    val_dataset,
+    validate,
+)
+from cicld.training.config import AdaptConfig
+from cicld.training.objectives import SegmentationObjective, UDAObjective
+from cicld.training.session import Session
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final: Path
+    scores: SegmentationScores | None
+
+
+@torch.no_grad()
+def make_mixed_batch(ema_model, source: dict, target: dict, config: AdaptConfig, generator: torch.Generator):
+    """Pseudo-label the target with ``ema_model`` and ClassMix the source into it (DESIGN §2)."""
+    ema_model.eval()
+    probs = torch.softmax(ema_model.predict(target["image"]).float(), dim=1)
+    pseudo, weight = pseudo_label_weight(
+        probs, config.pseudo_threshold, config.pseudo_ignore_top, config.pseudo_ignore_bottom
+    )
+    masks = classmix_masks(source["label"], generator)
+    images = class_mix(masks, source["image"], target["image"])
+    labels = class_mix(masks, source["label"], pseudo)
+    weights = class_mix(masks, torch.ones_like(weight), weight)
+    images = gaussian_blur(color_jitter(images, generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
+    return images, labels, weights
+
+
+def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    if resume is None:
+        config.init_from = str(resolve_init(config, "pretrain-ldm"))
+    session = Session(config, resume)
+    config, accelerator = session.config, session.accelerator
+    model = load_model(Path(config.init_from))
+    ema_model = copy.deepcopy(model).requires_grad_(False)
+    objective = (UDAObjective(model, config) if config.method == "cicld" else SegmentationObjective(model, config.lambda_dif))
+    optimizer = build_optimizer(objective, config)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    ema_model.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema_model)
+    start = session.restore()
+
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
+    batches = dict(start_step=start * config.grad_accum_steps, seed=config.seed, rank=rank, world_size=world,
+                   num_workers=config.num_workers, device=device)  # fmt: skip
+    source_stream = step_batches(labelled, config.batch_size, **batches)
+    target_stream = step_batches(target_dataset(config), config.batch_size, **batches) if config.method == "cicld" else None
+    val = val_dataset(config)
+
+    def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
+        source = next(source_stream)
+        if target_stream is None:
+            return objective(source["image"], source["label"])
+        target = next(target_stream)
+        generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + micro_step * world + rank)
+        mixed_images, mixed_labels, mixed_weights = make_mixed_batch(ema_model, source, target, config, generator)
+        return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
+
+    scores = None
+    try:
+        for step in range(start, config.steps):
+            session.begin_step(step)
+            lr = session.set_learning_rate(optimizer, step)
+            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
+            ema_update(ema_model, accelerator.unwrap_model(objective).model, step, config.ema_alpha)
+            done = step + 1
+            row = {**losses, "lr": lr, "val_miou": float("nan")}
+            if config.val_every and done % config.val_every == 0 and done < config.steps:
+                scores = validate(ema_model, val, accelerator)
+                row["val_miou"] = scores.miou19
+            if done % config.log_every == 0 or row["val_miou"] == row["val_miou"]:  # due, or validated
+                session.log(done, row)
+            if on_step is not None:
+                on_step(done, row)
+            session.maybe_checkpoint(done)
+        scores = validate(ema_model, val, accelerator)
+        session.log(config.steps, {"val_miou": scores.miou19})
+        final = session.export(ema_model, update_latest=True)
+    finally:
+        session.close()
+    return TrainResult(session.run_dir, final, scores)

@@ -1,0 +1,136 @@
+"""Pieces the three stage loops share: data sets, the optimizer, the EMA update, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
+from cicld.data.layouts import CLASS_STATS_FILE
+from cicld.data.sampling import RareClassSampler
+from cicld.errors import CicldError, DataError
+from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from cicld.models import CICLD
+from cicld.training.config import CommonConfig
+from cicld.training.runs import FINAL, is_finished, newest_finished_run
+
+# Freshly initialised parts get ``head_lr_mult`` × the learning rate (DAFormer's decode-head rule).
+HEAD_MODULES = ("decoder.f_cls", "decoder.fusions", "mask_encoder", "discriminator")
+
+
+def require_prepared(root: Path, dataset: str) -> None:
+    """One-line hint when a dataset folder is missing or not prepared yet."""
+    if not root.is_dir():
+        raise DataError(f"{root} does not exist; put the {dataset} dataset there and run `cicld prepare-data {dataset} {root}`")
+    if not (root / CLASS_STATS_FILE).is_file():
+        raise DataError(f"{root} is not prepared; run `cicld prepare-data {dataset} {root}` first")
+
+
+def source_dataset(config: CommonConfig) -> SourceDataset:
+    root = config.resolved_source_root
+    require_prepared(root, "toy" if config.source == "toy" else config.source_format)
+    sampler = (
+        RareClassSampler(root, min_pixels=config.rcs_min_pixels, seed=config.seed) if config.rare_class_sampling else None
+    )
+    return SourceDataset(
+        root,
+        config.source_format,
+        resize=config.resolved_source_resize,
+        crop=config.crop,
+        rare_class_sampling=sampler,
+        seed=config.seed,
+    )
+
+
+def target_dataset(config: CommonConfig) -> TargetDataset:
+    root = config.resolved_target_root
+    require_prepared(root, "cityscapes")
+    return TargetDataset(root, resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1)
+
+
+def oracle_dataset(config: CommonConfig) -> SourceDataset:
+    """The target's train split *with* its labels: the upper bound, for the toy pair only."""
+    root = config.resolved_target_root
+    require_prepared(root, "cityscapes")
+    return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2)
+
+
+def val_dataset(config: CommonConfig) -> ValDataset:
+    root = config.resolved_target_root
+    require_prepared(root, "cityscapes")
+    names = None
+    dataset = ValDataset(root, "cityscapes", "val", resize=config.resolved_target_resize)
+    if config.val_limit is not None and config.val_limit < len(dataset):
+        names = [s.name for s in dataset.samples[: config.val_limit]]
+        dataset = ValDataset(root, "cityscapes", "val", resize=config.resolved_target_resize, names=names)
+    return dataset
+
+
+def build_optimizer(model: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: pre-trained parts at ``lr``, fresh heads at ``lr × head_lr_mult``."""
+    base, heads = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (heads if name.startswith(HEAD_MODULES) else base).append(parameter)
+    groups = [
+        {"params": base, "lr": config.lr, "initial_lr": config.lr},
+        {"params": heads, "lr": config.lr * config.head_lr_mult, "initial_lr": config.lr * config.head_lr_mult},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, step: int, max_alpha: float) -> None:
+    """ema = α·ema + (1 − α)·model with α = min(1 − 1/(step + 1), max_alpha) (DAFormer/Mean Teacher)."""
+    alpha = min(1.0 - 1.0 / (step + 1), max_alpha)
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.mul_(alpha).add_(param.detach(), alpha=1.0 - alpha)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+@torch.no_grad()
+def validate(model: CICLD, dataset: ValDataset, accelerator, steps: int | None = None) -> SegmentationScores:
+    """Whole-image prediction on this process's share of ``dataset``; confusion matrices summed.
+
+    Each process takes every ``num_processes``-th image, so nothing is padded or counted twice.
+    """
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(model.config.num_classes)
+    device = accelerator.device
+    for index in range(accelerator.process_index, len(dataset), accelerator.num_processes):
+        item = dataset[index]
+        image, label = item["image"][None].to(device), item["label"][None].to(device)
+        logits = model.predict(image, steps=steps)
+        logits = torch.nn.functional.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        confusion.update(logits.argmax(1), label)
+    matrix = confusion.matrix.to(device)
+    if accelerator.num_processes > 1:
+        matrix = accelerator.reduce(matrix, reduction="sum")
+    model.train(was_training)
+    return SegmentationScores.from_confusion(matrix.cpu().numpy())
+
+
+def resolve_init(config: CommonConfig, previous_stage: str) -> Path:
+    """The model folder to start from: ``--init-from`` or the newest finished ``previous_stage`` run."""
+    if config.init_from is not None:
+        path = Path(config.init_from)
+        if is_finished(path):
+            return path / FINAL
+        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            return path
+        raise CicldError(f"--init-from {path} is neither a model folder nor a finished run")
+    run = newest_finished_run(Path(config.runs_root), previous_stage, source=config.source)
+    if run is None:
+        raise CicldError(
+            f"no finished {previous_stage} run for --source {config.source} in {config.runs_root}/; "
+            f"run `cicld {previous_stage} --source {config.source}` first (or pass --init-from)"
+        )
+    return run / FINAL
+
+
+def load_model(path: Path) -> CICLD:
+    return CICLD.from_pretrained(path)

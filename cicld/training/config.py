@@ -1,0 +1,213 @@
+"""Training configurations: one dataclass per stage, saved as ``config.json`` in every run.
+
+Defaults are the DAFormer/HRDA/MIC recipe for real data (DESIGN §2). :func:`toy_recipe` gives
+the CPU-sized settings for the built-in toy pair; ``--source toy`` applies them. Every field can be
+overridden from the command line; ``docs/configuration.md`` lists them all (a test keeps it in
+sync with these classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
+from cicld.errors import CicldError
+
+SOURCES = ("gta5", "synthia", "toy")
+METHODS = ("cicld", "source-only", "oracle")
+ADVERSARIAL = ("3class", "2class", "none")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class CommonConfig:
+    """Settings every training stage shares."""
+
+    source: str = _help("labelled source domain: gta5, synthia or toy (the built-in toy pair)", "gta5")
+    source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
+    target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
+    preset: str = _help("model preset (tiny, base, sd-vae) for a model built from scratch", "base")
+    steps: int = _help("optimizer steps", 40000)
+    batch_size: int = _help("images per domain per process and step", 2)
+    crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
+    source_resize: tuple[int, int] | None = _help("resize source images to (width, height) before cropping [default: per dataset]", None)
+    target_resize: tuple[int, int] | None = _help("resize target images to (width, height) [default: 1024x512]", None)
+    num_workers: int = _help("data-loading worker processes per training process", 4)
+    rare_class_sampling: bool = _help("draw source frames by rare-class sampling (DAFormer RCS, T=0.01)", False)
+    rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000)
+    lr: float = _help("AdamW learning rate of the pre-trained parts", 6e-5)
+    head_lr_mult: float = _help("learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0)
+    weight_decay: float = _help("AdamW weight decay", 0.01)
+    warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500)
+    poly_power: float = _help("power of the polynomial learning-rate decay", 1.0)
+    grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1)
+    max_grad_norm: float | None = _help("clip the gradient norm to this (None: no clipping)", None)
+    mixed_precision: str = _help("no, fp16 (GPU) or bf16", "no")
+    seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000)
+    keep_checkpoints: int = _help("how many newest checkpoints to keep", 2)
+    log_every: int = _help("write a log row (CSV, TensorBoard) every N steps", 50)
+    val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000)
+    val_limit: int | None = _help("validate on at most this many val images (None: all)", None)
+    runs_root: str = _help("folder of all runs", "runs")
+    init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
+
+    def validate(self) -> None:
+        def fail(message: str) -> None:
+            raise CicldError(message)
+
+        if self.source not in SOURCES:
+            fail(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            fail(f"--lr must be positive, got {self.lr}")
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def source_format(self) -> str:
+        """The on-disk format of the source (the toy source is written in GTA5's format)."""
+        return "gta5" if self.source == "toy" else self.source
+
+    @property
+    def resolved_source_root(self) -> Path:
+        if self.source_root is not None:
+            return Path(self.source_root)
+        return Path("data/toy/gta5") if self.source == "toy" else Path("data") / self.source
+
+    @property
+    def resolved_target_root(self) -> Path:
+        if self.target_root is not None:
+            return Path(self.target_root)
+        return Path("data/toy/cityscapes") if self.source == "toy" else Path("data/cityscapes")
+
+    @property
+    def resolved_source_resize(self) -> tuple[int, int] | None:
+        if self.source_resize is not None or self.source == "toy":
+            return self.source_resize
+        return DEFAULT_RESIZE[self.source_format]
+
+    @property
+    def resolved_target_resize(self) -> tuple[int, int] | None:
+        if self.target_resize is not None or self.source == "toy":
+            return self.target_resize
+        return DEFAULT_RESIZE["cityscapes"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = {k: v for k, v in data.items() if k != "stage"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CicldError(f"unknown {cls.stage} config keys: {', '.join(unknown)}")
+        for key in ("crop", "source_resize", "target_resize"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass
+class AutoencoderConfig(CommonConfig):
+    """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
+
+    stage = "pretrain-ae"
+    l1_weight: float = _help("weight of the L1 reconstruction loss", 1.0)
+    kl_weight: float = _help("weight of the KL term of the latent posterior", 1e-6)
+    gan_weight: float = _help("weight of the patch-GAN loss once it starts", 0.5)
+    gan_start: int = _help("step at which the patch-GAN loss starts (warm-up on reconstruction only)", 20000)
+    perceptual_weights: str | None = _help("local VGG16 safetensors file for the perceptual loss (None: no perceptual loss)", None)
+    perceptual_weight: float = _help("weight of the perceptual loss", 1.0)
+    init_autoencoder: str | None = _help("local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None)
+
+
+@dataclass
+class LatentDiffusionConfig(CommonConfig):
+    """``pretrain-ldm``: ε_θ, D, f_cls and f_mask on the source, from the autoencoder (stage 2)."""
+
+    stage = "pretrain-ldm"
+    lambda_dif: float = _help("weight of the diffusion loss ‖ε − ε_θ‖²", 1.0)
+    train_encoder: bool = _help("also train E with the segmentation loss (the paper keeps it fixed here)", False)
+
+
+@dataclass
+class AdaptConfig(CommonConfig):
+    """``adapt``: the UDA loop (EMA pseudo-labels, ClassMix, 3-class adversarial alignment)."""
+
+    stage = "adapt"
+    method: str = _help("cicld (UDA), source-only (no target data) or oracle (target labels; toy data only)", "cicld")
+    adversarial: str = _help("adversarial loss on ẑ0: 3class (the paper's), 2class (ADDA-style) or none", "3class")
+    contrastive: bool = _help("add the contrastive (CL) loss between source and mixed features (Table 2)", False)
+    mmd: bool = _help("add the MMD loss between source and target latents (Table 2)", False)
+    lambda_dif: float = _help("weight of the diffusion loss", 1.0)
+    lambda_adv: float = _help("weight of the adversarial (confusion) loss for E and ε_θ", 0.01)
+    lambda_dis: float = _help("weight of the discriminator's own loss", 1.0)
+    lambda_cl: float = _help("weight of the contrastive loss", 0.1)
+    lambda_mmd: float = _help("weight of the MMD loss", 0.1)
+    ema_alpha: float = _help("EMA: ema_model = α·ema_model + (1 − α)·model, α = min(1 − 1/(t+1), this)", 0.999)
+    pseudo_threshold: float = _help("pseudo-label confidence threshold for the mixed-image weight", 0.968)
+    pseudo_ignore_top: int = _help("target rows from the top whose pseudo-labels get weight 0", 15)
+    pseudo_ignore_bottom: int = _help("target rows from the bottom whose pseudo-labels get weight 0 (ego vehicle)", 120)
+    mix_jitter_p: float = _help("probability of colour jitter on a mixed image", 0.8)
+    mix_blur_p: float = _help("probability of Gaussian blur on a mixed image", 0.5)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method not in METHODS:
+            raise CicldError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.adversarial not in ADVERSARIAL:
+            raise CicldError(f"--adversarial must be one of {', '.join(ADVERSARIAL)}, got {self.adversarial!r}")
+        if self.method == "oracle" and self.source != "toy":
+            raise CicldError("--method oracle trains on target labels, which only the toy pair may be used for")
+
+
+STAGE_CONFIGS = {c.stage: c for c in (AutoencoderConfig, LatentDiffusionConfig, AdaptConfig)}
+
+
+def toy_recipe(stage: str) -> dict[str, Any]:
+    """CPU-sized defaults for the toy pair (256×128 images, the ``tiny`` model)."""
+    common = dict(
+        preset="tiny",
+        batch_size=4,
+        crop=(128, 128),
+        num_workers=0,
+        lr=1e-3,
+        head_lr_mult=1.0,
+        warmup_steps=20,
+        checkpoint_every=100,
+        log_every=10,
+        val_every=200,
+        rcs_min_pixels=50,
+    )
+    per_stage = {
+        "pretrain-ae": dict(steps=300, gan_start=200, kl_weight=1e-6),
+        "pretrain-ldm": dict(steps=600, train_encoder=True),
+        "adapt": dict(steps=600, pseudo_ignore_top=0, pseudo_ignore_bottom=8, lambda_adv=0.01),
+    }
+    return {**common, **per_stage[stage]}
+
+
+def make_config(stage: str, **overrides: Any) -> CommonConfig:
+    """The stage's config: dataclass defaults, then the toy recipe if ``source == "toy"``, then ``overrides``."""
+    cls = STAGE_CONFIGS[stage]
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if values.get("source") == "toy":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {**{k: v for k, v in toy_recipe(stage).items() if k in names}, **values}
+    config = cls(**values)
+    config.validate()
+    return config

@@ -1,0 +1,138 @@
+"""The training objectives of the three stages, each one ``nn.Module`` whose forward returns losses.
+
+Computing *all* of a step's losses in one forward call (source, mixed and target images in one
+batch, the discriminators inside) is what lets Accelerate's DistributedDataParallel wrap the
+objective: DDP supports one forward per backward, and every parameter it syncs must be used in it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cicld.data.labels import IGNORE_INDEX
+from cicld.models import CICLD
+from cicld.models.losses import (
+    class_prototypes,
+    confusion_loss,
+    diffusion_loss,
+    discriminator_loss,
+    frozen_forward,
+    generator_loss,
+    mmd_loss,
+    prototype_contrastive_loss,
+    segmentation_loss,
+)
+from cicld.models.patch_discriminator import PatchDiscriminator
+from cicld.models.perceptual import PerceptualLoss
+
+SOURCE, MIXED, TARGET = 0, 1, 2  # f_dis classes (DESIGN §3)
+
+
+class AutoencoderObjective(nn.Module):
+    """``pretrain-ae``: L1 + KL (+ perceptual) + patch-GAN after ``gan_start`` (hinge loss)."""
+
+    def __init__(self, model: CICLD, patch_discriminator: PatchDiscriminator, perceptual: PerceptualLoss | None, config):
+        super().__init__()
+        self.model = model
+        self.patch_discriminator = patch_discriminator
+        self.perceptual = perceptual
+        self.config = config
+
+    def forward(self, images: torch.Tensor, gan_active: bool) -> dict[str, torch.Tensor]:
+        posterior = self.model.encode_posterior(images)
+        reconstruction = self.model.decoder.decode_rgb(posterior.sample())
+        losses = {
+            "l1": self.config.l1_weight * (reconstruction - images).abs().mean(),
+            "kl": self.config.kl_weight * posterior.kl().mean(),
+        }
+        if self.perceptual is not None:
+            losses["perceptual"] = self.config.perceptual_weight * self.perceptual(reconstruction, images)
+        # Keep both discriminator terms in the graph every step (zero-weighted in warm-up) so that
+        # DDP sees the same parameters used at every step.
+        weight = self.config.gan_weight if gan_active else 0.0
+        losses["gan_generator"] = weight * -frozen_forward(self.patch_discriminator, reconstruction).mean()
+        real = self.patch_discriminator(images)
+        fake = self.patch_discriminator(reconstruction.detach())
+        hinge = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+        losses["gan_discriminator"] = (1.0 if gan_active else 0.0) * hinge
+        return losses
+
+
+class SegmentationObjective(nn.Module):
+    """``pretrain-ldm`` and the source-only/oracle bounds: CE on labelled images + diffusion loss."""
+
+    def __init__(self, model: CICLD, lambda_dif: float):
+        super().__init__()
+        self.model = model
+        self.lambda_dif = lambda_dif
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model.forward_train(images, labels)
+        return {
+            "ce_source": segmentation_loss(out["logits"], labels),
+            "diffusion": self.lambda_dif * diffusion_loss(out["noise_pred"], out["noise"]),
+        }
+
+
+class UDAObjective(nn.Module):
+    """``adapt``: CE on source and mixed images, diffusion loss, adversarial alignment (+ CL, MMD).
+
+    Source, mixed and target images go through the model as one batch; the target's all-ignore
+    label gives it the null condition. f_dis learns on detached ẑ0; E and ε_θ see it frozen.
+    """
+
+    def __init__(self, model: CICLD, config):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(
+        self,
+        source_images: torch.Tensor,
+        source_labels: torch.Tensor,
+        mixed_images: torch.Tensor,
+        mixed_labels: torch.Tensor,
+        mixed_weights: torch.Tensor,
+        target_images: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        config, b = self.config, source_images.shape[0]
+        target_labels = torch.full_like(source_labels, IGNORE_INDEX)
+        out = self.model.forward_train(
+            torch.cat([source_images, mixed_images, target_images]),
+            torch.cat([source_labels, mixed_labels, target_labels]),
+        )
+        logits, z0_hat = out["logits"], out["z0_hat"]
+        source, mixed, target = slice(0, b), slice(b, 2 * b), slice(2 * b, 3 * b)
+        losses = {
+            "ce_source": segmentation_loss(logits[source], source_labels),
+            "ce_mixed": segmentation_loss(logits[mixed], mixed_labels, pixel_weight=mixed_weights),
+            "diffusion": config.lambda_dif * diffusion_loss(out["noise_pred"], out["noise"]),
+        }
+        discriminator = self.model.discriminator
+        if config.adversarial == "3class":
+            domains = torch.tensor([SOURCE] * b + [MIXED] * b + [TARGET] * b, device=z0_hat.device)
+            losses["dis"] = config.lambda_dis * discriminator_loss(discriminator, z0_hat, domains)
+            losses["adv"] = config.lambda_adv * confusion_loss(discriminator, z0_hat)
+        elif config.adversarial == "2class":  # ADDA-style: source (0) vs target (1); target tries to pass as source
+            pair = torch.cat([z0_hat[source], z0_hat[target]])
+            domains = torch.tensor([0] * b + [1] * b, device=z0_hat.device)
+            losses["dis"] = config.lambda_dis * discriminator_loss(discriminator, pair, domains)
+            losses["adv"] = config.lambda_adv * generator_loss(discriminator, z0_hat[target], 0)
+        else:
+            # f_dis unused: a zero that still touches it keeps DDP's set of used parameters fixed.
+            losses["dis"] = 0.0 * sum(p.sum() for p in discriminator.parameters())
+        if config.contrastive:
+            prototypes, present = class_prototypes(z0_hat[source], source_labels, self.model.config.num_classes)
+            losses["cl"] = config.lambda_cl * prototype_contrastive_loss(z0_hat[mixed], mixed_labels, prototypes, present)
+        if config.mmd:
+            losses["mmd"] = config.lambda_mmd * mmd_loss(_positions(z0_hat[source]), _positions(z0_hat[target]))
+        return losses
+
+
+def _positions(latents: torch.Tensor, limit: int = 256) -> torch.Tensor:
+    """Latent vectors at (up to ``limit``, evenly strided) spatial positions: the samples for MMD."""
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    stride = max(1, flat.shape[0] // limit)
+    return flat[::stride][:limit]

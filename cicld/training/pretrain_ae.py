@@ -1,0 +1,76 @@
+"""``cicld pretrain-ae``: stage 1 of the paper (§3.5), the latent autoencoder.
+
+E and D's RGB head learn to reconstruct source *and* target images (no labels): L1 + KL, an
+optional perceptual loss from a local VGG16 file, and a patch-GAN once ``gan_start`` is reached.
+The inter-coder connection is off here, or the autoencoder could copy the image through it and
+learn a useless latent (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from cicld.models import CICLD, CICLDConfig
+from cicld.models.patch_discriminator import PatchDiscriminator
+from cicld.models.perceptual import PerceptualLoss
+from cicld.training.adapt import TrainResult
+from cicld.training.batches import step_batches
+from cicld.training.common import build_optimizer, source_dataset, target_dataset
+from cicld.training.config import AutoencoderConfig
+from cicld.training.objectives import AutoencoderObjective
+from cicld.training.session import Session
+
+# Modules that pretrain-ae does not train (they are exported untouched for the next stage).
+FROZEN = ("unet", "mask_encoder", "discriminator", "decoder.f_cls", "decoder.fusions")
+
+
+def pretrain_ae(
+    config: AutoencoderConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
+) -> TrainResult:
+    session = Session(config, resume)
+    config, accelerator = session.config, session.accelerator
+    torch.manual_seed(config.seed)  # the initial weights
+    model = CICLD(CICLDConfig.preset(config.preset))
+    if config.init_autoencoder is not None:
+        model.load_autoencoder_kl(config.init_autoencoder)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(FROZEN))
+    perceptual = PerceptualLoss(config.perceptual_weights) if config.perceptual_weights else None
+    objective = AutoencoderObjective(model, PatchDiscriminator(), perceptual, config)
+    optimizer = build_optimizer(objective, config)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    start = session.restore()
+
+    # Half of each batch from the source, half from the target: the latent space must serve both.
+    half = max(1, config.batch_size // 2)
+    streams = [
+        step_batches(dataset, half, start_step=start * config.grad_accum_steps, seed=config.seed + k,
+                     rank=accelerator.process_index, world_size=accelerator.num_processes,
+                     num_workers=config.num_workers, device=accelerator.device)  # fmt: skip
+        for k, dataset in enumerate((source_dataset(config), target_dataset(config)))
+    ]
+    step_now = [start]
+
+    def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
+        images = torch.cat([next(stream)["image"] for stream in streams])
+        return objective(images, gan_active=step_now[0] >= config.gan_start)
+
+    try:
+        for step in range(start, config.steps):
+            session.begin_step(step)
+            step_now[0] = step
+            lr = session.set_learning_rate(optimizer, step)
+            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                session.log(done, {**losses, "lr": lr})
+            if on_step is not None:
+                on_step(done, {**losses, "lr": lr})
+            session.maybe_checkpoint(done)
+        # A segmentation model cannot come out of this stage: runs/latest is left alone.
+        final = session.export(accelerator.unwrap_model(objective).model, update_latest=False)
+    finally:
+        session.close()
+    return TrainResult(session.run_dir, final, None)

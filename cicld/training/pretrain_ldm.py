@@ -1,0 +1,70 @@
+"""``cicld pretrain-ldm``: stage 2 of the paper (§3.5), from the pre-trained autoencoder.
+
+Trains ε_θ (diffusion loss on source latents), D, f_cls and f_mask with cross-entropy on the
+source, conditioned on the source labels with condition dropout. E stays as the autoencoder
+left it unless ``--train-encoder``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from cicld.training.adapt import TrainResult
+from cicld.training.batches import step_batches
+from cicld.training.common import build_optimizer, load_model, resolve_init, source_dataset, val_dataset, validate
+from cicld.training.config import LatentDiffusionConfig
+from cicld.training.objectives import SegmentationObjective
+from cicld.training.session import Session
+
+
+def pretrain_ldm(
+    config: LatentDiffusionConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
+) -> TrainResult:
+    if resume is None:
+        config.init_from = str(resolve_init(config, "pretrain-ae"))
+    session = Session(config, resume)
+    config, accelerator = session.config, session.accelerator
+    model = load_model(Path(config.init_from))
+    model.encoder.requires_grad_(config.train_encoder)
+    model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
+    objective = SegmentationObjective(model, config.lambda_dif)
+    optimizer = build_optimizer(objective, config)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    start = session.restore()
+
+    source_stream = step_batches(
+        source_dataset(config), config.batch_size, start_step=start * config.grad_accum_steps, seed=config.seed,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, num_workers=config.num_workers,
+        device=accelerator.device,
+    )  # fmt: skip
+    val = val_dataset(config)
+
+    def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
+        batch = next(source_stream)
+        return objective(batch["image"], batch["label"])
+
+    scores = None
+    try:
+        for step in range(start, config.steps):
+            session.begin_step(step)
+            lr = session.set_learning_rate(optimizer, step)
+            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
+            done = step + 1
+            row = {**losses, "lr": lr, "val_miou": float("nan")}
+            if config.val_every and done % config.val_every == 0 and done < config.steps:
+                row["val_miou"] = validate(accelerator.unwrap_model(objective).model, val, accelerator).miou19
+            if done % config.log_every == 0 or row["val_miou"] == row["val_miou"]:
+                session.log(done, row)
+            if on_step is not None:
+                on_step(done, row)
+            session.maybe_checkpoint(done)
+        trained = accelerator.unwrap_model(objective).model
+        scores = validate(trained, val, accelerator)
+        session.log(config.steps, {"val_miou": scores.miou19})
+        final = session.export(trained, update_latest=True)
+    finally:
+        session.close()
+    return TrainResult(session.run_dir, final, scores)

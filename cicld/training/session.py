@@ -1,0 +1,226 @@
+"""What every training stage shares: Accelerate, the run folder, resuming, logging and export.
+
+The stage loops (``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) stay short and linear;
+the bookkeeping lives here.
+
+Determinism: every step starts by seeding the global RNGs from (seed, step, rank), and data
+batches are addressed by step (:mod:`cicld.training.batches`). A run resumed from a checkpoint
+therefore replays exactly the steps an uninterrupted run would have taken, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+from cicld.errors import CicldError
+from cicld.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cicld.training.config import CommonConfig
+from cicld.training.runs import FINAL, RUN_CONFIG, mark_latest, new_run_dir, newest_unfinished_run, read_run_config
+
+
+class TrainingDiverged(CicldError):
+    """A loss became NaN or infinite."""
+
+
+def make_accelerator(config: CommonConfig) -> Accelerator:
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise CicldError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
+    # Parts of the model sit out some stages (f_cls in pretrain-ae, f_dis without adversarial loss).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        kwargs_handlers=[ddp],
+    )
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed Python, numpy and torch (all devices) for one step of one process."""
+    value = (seed * 1_000_003 + step * 65_537 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, power: float) -> float:
+    """Linear warm-up from ~0 to 1, then polynomial decay to 0 at ``total_steps`` (DAFormer's schedule)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, 1.0 - progress) ** power
+
+
+class Session:
+    """One training run: its folder, accelerator, log and checkpoints."""
+
+    def __init__(self, config: CommonConfig, resume: str | None = None, run_dir: Path | None = None):
+        self.config = config
+        self.accelerator = make_accelerator(config)
+        self.run_dir, self.resume_from = self._locate_run(config, resume, run_dir)
+        self.start_step = 0
+        self._log_file = None
+        self._tensorboard = None
+        self._last_log_time = time.perf_counter()
+
+    # ---------------------------------------------------------------- set-up
+    def _locate_run(self, config: CommonConfig, resume: str | None, run_dir: Path | None) -> tuple[Path, Path | None]:
+        runs_root = Path(config.runs_root)
+        if resume is None:
+            if run_dir is None:
+                run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
+            self._write_config(run_dir)
+            return run_dir, None
+        if resume == "latest":
+            found = run_dir if run_dir is not None else newest_unfinished_run(runs_root, config.stage, source=config.source)
+            if found is None:
+                raise CicldError(f"--resume latest: no unfinished {config.stage} run for source {config.source} in {runs_root}/")
+            run_dir = found
+        else:
+            run_dir = Path(resume)
+            if run_dir.name.startswith("step-"):  # a checkpoint folder was named: its run is two levels up
+                run_dir = run_dir.parent.parent
+        saved = read_run_config(run_dir)
+        if saved.get("stage") != config.stage:
+            raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise CicldError(f"{run_dir} has no checkpoint to resume from")
+        # The saved config wins: a resumed run continues exactly the run that was started.
+        self.config = type(config).from_dict(saved)
+        return run_dir, checkpoint
+
+    def _broadcast_path(self, make: Callable[[], Path]) -> Path:
+        # Only the main process creates the folder; the others learn its name.
+        from accelerate.utils import broadcast_object_list
+
+        holder = [str(make()) if self.accelerator.is_main_process else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(holder)
+        return Path(holder[0])
+
+    def _write_config(self, run_dir: Path) -> None:
+        if self.accelerator.is_main_process:
+            (run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    def restore(self) -> int:
+        """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
+        if self.resume_from is not None:
+            state = load_checkpoint(self.accelerator, self.resume_from)
+            self.start_step = int(state["step"])
+        return self.start_step
+
+    # ---------------------------------------------------------------- per step
+    def begin_step(self, step: int) -> None:
+        seed_step(self.config.seed, step, self.accelerator.process_index)
+
+    def set_learning_rate(self, optimizer, step: int) -> float:
+        factor = learning_rate_factor(step, self.config.warmup_steps, self.config.steps, self.config.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.config.lr * factor
+
+    def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """Stop with a clear message (keeping the last good checkpoint) if any loss is NaN or inf."""
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        finite = torch.isfinite(values).all().to(torch.int32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="min")
+        if not bool(finite.item()):
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            last = latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training diverged at step {step} ({bad}); {kept}; try a lower --lr or --mixed-precision no"
+            )
+
+    def optimizer_step(self, objective, optimizer, step: int, compute_losses) -> dict[str, float]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches.
+
+        ``compute_losses(micro_index)`` returns a dict of loss tensors for one micro-batch (inside
+        autocast); their sum is minimised. Returns the losses averaged over micro-batches.
+        """
+        accelerator, totals = self.accelerator, {}
+        for micro in range(self.config.grad_accum_steps):
+            with accelerator.accumulate(objective), accelerator.autocast():
+                losses = compute_losses(step * self.config.grad_accum_steps + micro)
+                self.check_finite(step, losses)
+                accelerator.backward(sum(losses.values()))
+                if accelerator.sync_gradients and self.config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(objective.parameters(), self.config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.config.grad_accum_steps
+        return totals
+
+    def log(self, step: int, values: dict[str, float], progress=None) -> None:
+        """Append a CSV row (main process) and TensorBoard scalars when TensorBoard is installed."""
+        if not self.accelerator.is_main_process:
+            return
+        now = time.perf_counter()
+        values = {"step": step, **{k: float(v) for k, v in values.items()}}
+        if self._log_file is None:
+            path = self.run_dir / "log.csv"
+            self._log_file = path.open("a", newline="")
+            self._log_fields = list(values)
+            self._log_writer = csv.DictWriter(self._log_file, fieldnames=self._log_fields, extrasaction="ignore")
+            if path.stat().st_size == 0:
+                self._log_writer.writeheader()
+            self._tensorboard = _tensorboard_writer(self.run_dir)
+        self._log_writer.writerow(values)
+        self._log_file.flush()
+        if self._tensorboard is not None:
+            for key, value in values.items():
+                if key != "step" and math.isfinite(value):
+                    self._tensorboard.add_scalar(key, value, step)
+        self._last_log_time = now
+
+    def maybe_checkpoint(self, step_done: int, **state) -> None:
+        """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
+        if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
+            save_checkpoint(self.accelerator, self.run_dir, step_done, state, keep=self.config.keep_checkpoints)
+
+    # ---------------------------------------------------------------- the end
+    def export(self, model, update_latest: bool) -> Path:
+        """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it."""
+        self.accelerator.wait_for_everyone()
+        final = self.run_dir / FINAL
+        if self.accelerator.is_main_process:
+            temporary = self.run_dir / f".{FINAL}.tmp"
+            shutil.rmtree(temporary, ignore_errors=True)
+            model.save_pretrained(temporary)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            if update_latest:
+                mark_latest(Path(self.config.runs_root), final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        self.accelerator.end_training()
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional: the CSV log is always written
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
