@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain [default: ...] and paths; print them as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -39,7 +40,7 @@ def _root(
 
 
 # Commands register themselves on `app` when their module is imported.
-from cicld.cli import prepare  # noqa: E402,F401
+from cicld.cli import prepare, train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,26 +62,28 @@ def make_mixed_batch(ema_model, source: dict, target: dict, config: AdaptConfig,
 
 
 def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
-    if resume is None:
-        config.init_from = str(resolve_init(config, "pretrain-ldm"))
     session = Session(config, resume)
     config, accelerator = session.config, session.accelerator
+    labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
+    target = target_dataset(config) if config.method == "cicld" else None
+    val = val_dataset(config)
+    if resume is None:  # a resumed run keeps the starting point it recorded
+        config.init_from = str(resolve_init(config, "pretrain-ldm"))
     model = load_model(Path(config.init_from))
     ema_model = copy.deepcopy(model).requires_grad_(False)
-    objective = (UDAObjective(model, config) if config.method == "cicld" else SegmentationObjective(model, config.lambda_dif))
+    objective = UDAObjective(model, config) if target is not None else SegmentationObjective(model, config.lambda_dif)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     ema_model.to(accelerator.device)
     accelerator.register_for_checkpointing(ema_model)
+    session.open_run()
     start = session.restore()
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
     batches = dict(start_step=start * config.grad_accum_steps, seed=config.seed, rank=rank, world_size=world,
                    num_workers=config.num_workers, device=device)  # fmt: skip
     source_stream = step_batches(labelled, config.batch_size, **batches)
-    target_stream = step_batches(target_dataset(config), config.batch_size, **batches) if config.method == "cicld" else None
-    val = val_dataset(config)
+    target_stream = step_batches(target, config.batch_size, **batches) if target is not None else None
 
     def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
         source = next(source_stream)
@@ -104,7 +106,7 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
             if config.val_every and done % config.val_every == 0 and done < config.steps:
                 scores = validate(ema_model, val, accelerator)
                 row["val_miou"] = scores.miou19
-            if done % config.log_every == 0 or row["val_miou"] == row["val_miou"]:  # due, or validated
+            if done % config.log_every == 0 or done == config.steps or row["val_miou"] == row["val_miou"]:
                 session.log(done, row)
             if on_step is not None:
                 on_step(done, row)

@@ -20,8 +20,10 @@ from cicld.training.runs import FINAL, is_finished, newest_finished_run
 HEAD_MODULES = ("decoder.f_cls", "decoder.fusions", "mask_encoder", "discriminator")
 
 
-def require_prepared(root: Path, dataset: str) -> None:
+def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     """One-line hint when a dataset folder is missing or not prepared yet."""
+    if toy and not (root / CLASS_STATS_FILE).is_file():
+        raise DataError(f"{root} is not there or not prepared; run `cicld prepare-data toy {root.parent}` first")
     if not root.is_dir():
         raise DataError(f"{root} does not exist; put the {dataset} dataset there and run `cicld prepare-data {dataset} {root}`")
     if not (root / CLASS_STATS_FILE).is_file():
@@ -30,7 +32,7 @@ def require_prepared(root: Path, dataset: str) -> None:
 
 def source_dataset(config: CommonConfig) -> SourceDataset:
     root = config.resolved_source_root
-    require_prepared(root, "toy" if config.source == "toy" else config.source_format)
+    require_prepared(root, config.source_format, toy=config.source == "toy")
     sampler = (
         RareClassSampler(root, min_pixels=config.rcs_min_pixels, seed=config.seed) if config.rare_class_sampling else None
     )
@@ -46,20 +48,20 @@ def source_dataset(config: CommonConfig) -> SourceDataset:
 
 def target_dataset(config: CommonConfig) -> TargetDataset:
     root = config.resolved_target_root
-    require_prepared(root, "cityscapes")
+    require_prepared(root, "cityscapes", toy=config.source == "toy")
     return TargetDataset(root, resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1)
 
 
 def oracle_dataset(config: CommonConfig) -> SourceDataset:
     """The target's train split *with* its labels: the upper bound, for the toy pair only."""
     root = config.resolved_target_root
-    require_prepared(root, "cityscapes")
+    require_prepared(root, "cityscapes", toy=config.source == "toy")
     return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2)
 
 
 def val_dataset(config: CommonConfig) -> ValDataset:
     root = config.resolved_target_root
-    require_prepared(root, "cityscapes")
+    require_prepared(root, "cityscapes", toy=config.source == "toy")
     names = None
     dataset = ValDataset(root, "cityscapes", "val", resize=config.resolved_target_resize)
     if config.val_limit is not None and config.val_limit < len(dataset):

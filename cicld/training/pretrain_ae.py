@@ -31,6 +31,7 @@ def pretrain_ae(
 ) -> TrainResult:
     session = Session(config, resume)
     config, accelerator = session.config, session.accelerator
+    datasets = (source_dataset(config), target_dataset(config))
     torch.manual_seed(config.seed)  # the initial weights
     model = CICLD(CICLDConfig.preset(config.preset))
     if config.init_autoencoder is not None:
@@ -41,6 +42,7 @@ def pretrain_ae(
     objective = AutoencoderObjective(model, PatchDiscriminator(), perceptual, config)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    session.open_run()
     start = session.restore()
 
     # Half of each batch from the source, half from the target: the latent space must serve both.
@@ -49,7 +51,7 @@ def pretrain_ae(
         step_batches(dataset, half, start_step=start * config.grad_accum_steps, seed=config.seed + k,
                      rank=accelerator.process_index, world_size=accelerator.num_processes,
                      num_workers=config.num_workers, device=accelerator.device)  # fmt: skip
-        for k, dataset in enumerate((source_dataset(config), target_dataset(config)))
+        for k, dataset in enumerate(datasets)
     ]
     step_now = [start]
 

@@ -23,24 +23,25 @@ from cicld.training.session import Session
 def pretrain_ldm(
     config: LatentDiffusionConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
 ) -> TrainResult:
-    if resume is None:
-        config.init_from = str(resolve_init(config, "pretrain-ae"))
     session = Session(config, resume)
     config, accelerator = session.config, session.accelerator
+    source, val = source_dataset(config), val_dataset(config)
+    if resume is None:  # a resumed run keeps the starting point it recorded
+        config.init_from = str(resolve_init(config, "pretrain-ae"))
     model = load_model(Path(config.init_from))
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
     objective = SegmentationObjective(model, config.lambda_dif)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    session.open_run()
     start = session.restore()
 
     source_stream = step_batches(
-        source_dataset(config), config.batch_size, start_step=start * config.grad_accum_steps, seed=config.seed,
+        source, config.batch_size, start_step=start * config.grad_accum_steps, seed=config.seed,
         rank=accelerator.process_index, world_size=accelerator.num_processes, num_workers=config.num_workers,
         device=accelerator.device,
     )  # fmt: skip
-    val = val_dataset(config)
 
     def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
         batch = next(source_stream)
@@ -56,7 +57,7 @@ def pretrain_ldm(
             row = {**losses, "lr": lr, "val_miou": float("nan")}
             if config.val_every and done % config.val_every == 0 and done < config.steps:
                 row["val_miou"] = validate(accelerator.unwrap_model(objective).model, val, accelerator).miou19
-            if done % config.log_every == 0 or row["val_miou"] == row["val_miou"]:
+            if done % config.log_every == 0 or done == config.steps or row["val_miou"] == row["val_miou"]:
                 session.log(done, row)
             if on_step is not None:
                 on_step(done, row)

@@ -66,28 +66,25 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, power: 
 class Session:
     """One training run: its folder, accelerator, log and checkpoints."""
 
-    def __init__(self, config: CommonConfig, resume: str | None = None, run_dir: Path | None = None):
+    def __init__(self, config: CommonConfig, resume: str | None = None):
+        """Resolve what to run: a new run of ``config``, or the run named by ``resume`` (whose saved
+        config then wins). Nothing is written until :meth:`open_run`."""
         self.config = config
         self.accelerator = make_accelerator(config)
-        self.run_dir, self.resume_from = self._locate_run(config, resume, run_dir)
+        self.run_dir: Path | None = None
+        self.resume_from: Path | None = None
+        if resume is not None:
+            self.run_dir, self.resume_from = self._find_resumable(config, resume)
         self.start_step = 0
-        self._log_file = None
+        self._log_fields: list[str] | None = None
         self._tensorboard = None
-        self._last_log_time = time.perf_counter()
 
-    # ---------------------------------------------------------------- set-up
-    def _locate_run(self, config: CommonConfig, resume: str | None, run_dir: Path | None) -> tuple[Path, Path | None]:
+    def _find_resumable(self, config: CommonConfig, resume: str) -> tuple[Path, Path]:
         runs_root = Path(config.runs_root)
-        if resume is None:
-            if run_dir is None:
-                run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
-            self._write_config(run_dir)
-            return run_dir, None
         if resume == "latest":
-            found = run_dir if run_dir is not None else newest_unfinished_run(runs_root, config.stage, source=config.source)
-            if found is None:
-                raise CicldError(f"--resume latest: no unfinished {config.stage} run for source {config.source} in {runs_root}/")
-            run_dir = found
+            run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
+            if run_dir is None:
+                raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
         else:
             run_dir = Path(resume)
             if run_dir.name.startswith("step-"):  # a checkpoint folder was named: its run is two levels up
@@ -102,6 +99,15 @@ class Session:
         self.config = type(config).from_dict(saved)
         return run_dir, checkpoint
 
+    def open_run(self) -> Path:
+        """Create the run folder and write ``config.json`` (new runs), once data and model are ready."""
+        if self.run_dir is None:
+            runs_root, config = Path(self.config.runs_root), self.config
+            self.run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
+            if self.accelerator.is_main_process:
+                (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
+        return self.run_dir
+
     def _broadcast_path(self, make: Callable[[], Path]) -> Path:
         # Only the main process creates the folder; the others learn its name.
         from accelerate.utils import broadcast_object_list
@@ -110,10 +116,6 @@ class Session:
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder)
         return Path(holder[0])
-
-    def _write_config(self, run_dir: Path) -> None:
-        if self.accelerator.is_main_process:
-            (run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
 
     def restore(self) -> int:
         """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
@@ -166,27 +168,40 @@ class Session:
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.config.grad_accum_steps
         return totals
 
-    def log(self, step: int, values: dict[str, float], progress=None) -> None:
-        """Append a CSV row (main process) and TensorBoard scalars when TensorBoard is installed."""
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Append a CSV row (main process) and TensorBoard scalars when TensorBoard is installed.
+
+        A row with a column the file lacks rewrites the file with the wider header (rare: e.g.
+        the first validation), so no value is ever dropped.
+        """
         if not self.accelerator.is_main_process:
             return
-        now = time.perf_counter()
-        values = {"step": step, **{k: float(v) for k, v in values.items()}}
-        if self._log_file is None:
-            path = self.run_dir / "log.csv"
-            self._log_file = path.open("a", newline="")
-            self._log_fields = list(values)
-            self._log_writer = csv.DictWriter(self._log_file, fieldnames=self._log_fields, extrasaction="ignore")
-            if path.stat().st_size == 0:
-                self._log_writer.writeheader()
+        row = {"step": step, **{k: float(v) for k, v in values.items()}}
+        path = self.run_dir / "log.csv"
+        if self._log_fields is None and path.is_file() and path.stat().st_size:  # a resumed run's log
+            with path.open(newline="") as handle:
+                self._log_fields = next(csv.reader(handle))
+        if self._log_fields is None:
+            self._log_fields, rows, mode = list(row), [], "w"
+        elif set(row) <= set(self._log_fields):
+            rows, mode = [], "a"
+        else:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            self._log_fields += [k for k in row if k not in self._log_fields]
+            mode = "w"
+        with path.open(mode, newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self._log_fields)
+            if mode == "w":
+                writer.writeheader()
+                writer.writerows(rows)
+            writer.writerow(row)
+        if self._tensorboard is None:
             self._tensorboard = _tensorboard_writer(self.run_dir)
-        self._log_writer.writerow(values)
-        self._log_file.flush()
-        if self._tensorboard is not None:
-            for key, value in values.items():
+        if self._tensorboard:
+            for key, value in row.items():
                 if key != "step" and math.isfinite(value):
                     self._tensorboard.add_scalar(key, value, step)
-        self._last_log_time = now
 
     def maybe_checkpoint(self, step_done: int, **state) -> None:
         """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
@@ -211,8 +226,6 @@ class Session:
         return final
 
     def close(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
         self.accelerator.end_training()

@@ -1,0 +1,148 @@
+"""``cicld pretrain-ae``, ``cicld pretrain-ldm`` and ``cicld adapt``.
+
+Their flags are generated from the stage config dataclasses (``cicld/training/config.py``), so a
+new config field is a new flag with the same name and help, and the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+import typing
+from collections.abc import Callable
+from typing import Optional
+
+import typer
+from rich.progress import TextColumn
+
+from cicld.cli import app
+from cicld.cli._console import console, progress_bar
+from cicld.errors import CicldError
+from cicld.training.config import AdaptConfig, AutoencoderConfig, CommonConfig, LatentDiffusionConfig, make_config
+
+
+def parse_size(text: str, flag: str) -> tuple[int, int] | None:
+    if text.lower() == "none":
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CicldError(f"{flag} must look like WIDTHxHEIGHT (e.g. 512x512) or none, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise CicldError(f"{flag} must be positive, got {text!r}")
+    return width, height
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _option_type(annotation) -> type:
+    """The CLI type of a config field: sizes are typed as WIDTHxHEIGHT strings."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = typing.get_origin(options[0]) or options[0]
+    return str if kind is tuple else kind
+
+
+def _config_parameters(config_class: type[CommonConfig]) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(config_class)
+    parameters = []
+    for field in dataclasses.fields(config_class):
+        kind = _option_type(hints[field.name])
+        default = field.default
+        shown = "none" if default is None else ("x".join(map(str, default)) if isinstance(default, tuple) else default)
+        help_text = field.metadata.get("help", "")
+        if "[default:" not in help_text:
+            help_text += f" [default: {shown}]"
+        flag = _flag(field.name)
+        declarations = (f"{flag}/--no-{field.name.replace('_', '-')}",) if kind is bool else (flag,)
+        option = typer.Option(None, *declarations, help=help_text, show_default=False)
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
+    return parameters
+
+
+def _register(name: str, config_class: type[CommonConfig], train: Callable, summary: str) -> None:
+    """Add a command whose flags are the fields of ``config_class``, plus ``--resume``."""
+
+    def command(**values) -> None:
+        resume = values.pop("resume")
+        for key in ("crop", "source_resize", "target_resize"):
+            if values.get(key) is not None:
+                values[key] = parse_size(values[key], _flag(key))
+        config = make_config(config_class.stage, **values)
+        _run_stage(train, config, resume)
+
+    resume = inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None, help="continue a run: 'latest' (the newest unfinished run of this stage and source), a run or a checkpoint folder"
+        ),
+        annotation=Optional[str],
+    )
+    command.__signature__ = inspect.Signature([*_config_parameters(config_class), resume])
+    command.__doc__ = summary
+    app.command(name)(command)
+
+
+def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> None:
+    started = time.perf_counter()
+    # The bar appears with the first step, so that set-up errors print alone.
+    progress = progress_bar(TextColumn("{task.fields[status]}"))
+    task = progress.add_task(config.stage, total=config.steps, status="")
+    first = []
+
+    def on_step(step: int, row: dict) -> None:
+        if not first:
+            first.append((step - 1, time.perf_counter()))
+            progress.start()
+        first_step, first_time = first[0]
+        rate = (step - first_step) / max(time.perf_counter() - first_time, 1e-9)
+        losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
+        progress.update(task, completed=step, status=f"{losses} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
+
+    try:
+        result = train(config, resume=resume, on_step=on_step)
+    finally:
+        if first:
+            progress.stop()
+    console.print(f"[bold]{config.stage}[/] finished in {time.perf_counter() - started:.0f} s: run {result.run_dir}")
+    if result.scores is not None:
+        console.print(f"target val mIoU19 {100 * result.scores.miou19:.2f} (model: {result.final})")
+    else:
+        console.print(f"model: {result.final}")
+
+
+def _lazy(module: str, function: str) -> Callable:
+    # Import training code (and torch's heavy parts) only when a training command actually runs.
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    return call
+
+
+_register(
+    "pretrain-ae",
+    AutoencoderConfig,
+    _lazy("cicld.training.pretrain_ae", "pretrain_ae"),
+    "Stage 1: pre-train the latent autoencoder on source and target images.\n\n"
+    "Example: `cicld pretrain-ae --source gta5` (toy pair: `cicld pretrain-ae --source toy`).",
+)
+_register(
+    "pretrain-ldm",
+    LatentDiffusionConfig,
+    _lazy("cicld.training.pretrain_ldm", "pretrain_ldm"),
+    "Stage 2: train the latent diffusion UNet, decoder, f_cls and f_mask on the labelled source.\n\n"
+    "Starts from the newest finished pretrain-ae run of the same --source (or --init-from).",
+)
+_register(
+    "adapt",
+    AdaptConfig,
+    _lazy("cicld.training.adapt", "adapt"),
+    "Stage 3: unsupervised domain adaptation (EMA pseudo-labels, ClassMix, 3-class adversarial).\n\n"
+    "Example: `cicld adapt --source synthia`. Starts from the newest finished pretrain-ldm run of the\n"
+    "same --source; `--method source-only` and `--method oracle` (toy only) give the bounds.",
+)

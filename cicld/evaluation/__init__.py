@@ -1,0 +1,1 @@
+"""Evaluation: Cityscapes-exact metrics."""

@@ -1,0 +1,202 @@
+"""The three training stages on a tiny toy pair: they run, resume exactly, and fail clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cicld.data.prepare import find_frames, prepare_dataset
+from cicld.data.toy import generate_toy_pair
+from cicld.training.adapt import adapt
+from cicld.training.config import make_config
+from cicld.training.runs import stage_runs
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    generate_toy_pair(root, seed=0, size=(64, 32), num_source=8, num_target_train=8, num_target_val=4)
+    for dataset in ("gta5", "cityscapes"):
+        prepare_dataset(find_frames(root / dataset, dataset))
+    return root
+
+
+def stage_flags(toy_root: Path, runs: Path, steps: int = 2) -> list[str]:
+    return [
+        "--source", "toy", "--source-root", toy_root / "gta5", "--target-root", toy_root / "cityscapes",
+        "--runs-root", runs, "--steps", str(steps), "--crop", "32x32", "--batch-size", "2",
+        "--val-limit", "2", "--checkpoint-every", "2", "--warmup-steps", "1",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained_runs(toy_root, tmp_path_factory) -> Path:
+    """A runs folder holding finished pretrain-ae and pretrain-ldm runs (made through the CLI)."""
+    from cicld.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    for stage, extra in (("pretrain-ae", []), ("pretrain-ldm", ["--no-train-encoder"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, *map(str, stage_flags(toy_root, runs)), *extra])
+        assert exit_info.value.code == 0
+    return runs
+
+
+def test_pretrain_ae_exports_a_model_but_leaves_runs_latest_alone(pretrained_runs):
+    (run,) = stage_runs(pretrained_runs, "pretrain-ae")
+    assert (run / "final" / "config.json").is_file() and (run / "final" / "model.safetensors").is_file()
+    assert (run / "log.csv").read_text().startswith("step,l1,kl")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+
+
+def test_pretrain_ldm_starts_from_the_autoencoder_and_becomes_runs_latest(pretrained_runs):
+    (ae_run,) = stage_runs(pretrained_runs, "pretrain-ae")
+    (ldm_run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    import json
+
+    assert json.loads((ldm_run / "config.json").read_text())["init_from"] == str(ae_run / "final")
+    assert (pretrained_runs / "latest").resolve() == (ldm_run / "final").resolve()
+    # With --no-train-encoder, E stays as the autoencoder left it while the UNet trains.
+    ae = load_file(ae_run / "final" / "model.safetensors")
+    ldm = load_file(ldm_run / "final" / "model.safetensors")
+    assert all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("encoder."))
+    assert not all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("unet."))
+
+
+@pytest.mark.parametrize("method", ["cicld", "source-only", "oracle"])
+def test_adapt_runs_each_method_and_reports_a_target_miou(cli, toy_root, pretrained_runs, tmp_path, method):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("adapt", *stage_flags(toy_root, runs), "--method", method)
+    assert result.exit_code == 0, result.stderr
+    assert "target val mIoU19" in result.stdout
+    (run,) = stage_runs(runs, "adapt")
+    assert (runs / "latest").resolve() == (run / "final").resolve()
+
+
+@pytest.mark.parametrize("adversarial", ["2class", "none"])
+def test_adapt_ablation_switches_run(cli, toy_root, pretrained_runs, tmp_path, adversarial):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("adapt", *stage_flags(toy_root, runs), "--adversarial", adversarial, "--contrastive", "--mmd")
+    assert result.exit_code == 0, result.stderr
+    header = (stage_runs(runs, "adapt")[0] / "log.csv").read_text().splitlines()[0]
+    assert "cl" in header.split(",") and "mmd" in header.split(",")
+
+
+def _adapt_config(toy_root, runs, steps):
+    return make_config(
+        "adapt", source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
+        runs_root=str(runs), steps=steps, crop=(32, 32), batch_size=2, val_limit=2, checkpoint_every=2,
+        warmup_steps=1, keep_checkpoints=5,
+    )  # fmt: skip
+
+
+def test_an_interrupted_adapt_run_resumed_from_latest_ends_bit_identical(toy_root, pretrained_runs, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = adapt(_adapt_config(toy_root, straight, steps=4))
+
+    def crash_after_step_3(step, row):
+        if step == 3:
+            raise KeyboardInterrupt  # killed between checkpoints: step 3's work is lost, step 2's kept
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt(_adapt_config(toy_root, interrupted, steps=4), on_step=crash_after_step_3)
+    resumed = adapt(_adapt_config(toy_root, interrupted, steps=4), resume="latest")
+
+    assert resumed.run_dir.parent == interrupted / "adapt"
+    a = load_file(expected.final / "model.safetensors")
+    b = load_file(resumed.final / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (resumed.run_dir / "log.csv").read_text()
+    assert "\n4," in log
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    from cicld.errors import CicldError
+    from cicld.training import objectives
+
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    original = objectives.UDAObjective.forward
+    calls = []
+
+    def poisoned(self, *args):
+        losses = original(self, *args)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["ce_source"] = losses["ce_source"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(objectives.UDAObjective, "forward", poisoned)
+    with pytest.raises(CicldError, match=r"diverged at step 2 \(ce_source=nan.*last good checkpoint is .*step-00000002"):
+        adapt(_adapt_config(toy_root, runs, steps=4))
+    (run,) = stage_runs(runs, "adapt")
+    assert not (run / "final").exists()
+
+
+def test_missing_data_is_a_one_line_hint(cli, tmp_path):
+    result = cli("adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nowhere'} does not exist; put the synthia dataset there and run "
+        f"`cicld prepare-data synthia {tmp_path / 'nowhere'}`"
+    ]
+
+
+def test_a_missing_pretrained_stage_names_the_command_to_run_first(cli, toy_root, tmp_path):
+    result = cli("adapt", *stage_flags(toy_root, tmp_path / "empty-runs"))
+    assert result.exit_code == 2
+    assert "run `cicld pretrain-ldm --source toy` first" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "empty-runs" / "adapt").exists()  # no half-made run folder is left behind
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--method", "teacher"], "--method must be one of"),
+        (["--mixed-precision", "fp8"], "--mixed-precision must be one of"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--crop", "big"], "--crop must look like WIDTHxHEIGHT"),
+        (["--resume", "latest"], "no unfinished adapt run"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
+    result = cli("adapt", *stage_flags(toy_root, tmp_path / "runs"), *flags)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_oracle_is_refused_on_real_data(cli):
+    result = cli("adapt", "--source", "gta5", "--method", "oracle")
+    assert result.exit_code == 2 and "only the toy pair" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "cicld.cli", "adapt", *map(str, stage_flags(toy_root, runs)), "--batch-size", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    (run,) = stage_runs(runs, "adapt")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    assert (run / "final" / "model.safetensors").is_file()
