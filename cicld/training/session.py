@@ -40,7 +40,11 @@ def make_accelerator(config: CommonConfig) -> Accelerator:
         raise CicldError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
     # Parts of the model sit out some stages (f_cls in pretrain-ae, f_dis without adversarial loss).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # Several processes and no GPU (torchrun / accelerate launch on CPUs): Accelerate only picks
+    # its multi-CPU (gloo) mode when told to use the CPU.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
+        cpu=cpu,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum_steps,
         kwargs_handlers=[ddp],
