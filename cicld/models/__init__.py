@@ -1,0 +1,8 @@
+"""The CICLD network (:class:`CICLD`), its configuration, diffusion schedules and losses."""
+
+from cicld.models.cicld import CONFIG_NAME, WEIGHTS_NAME, CICLD
+from cicld.models.config import CICLDConfig
+from cicld.models.diffusion import LatentDiffusion
+from cicld.models.discriminator import DomainDiscriminator
+
+__all__ = ["CICLD", "CICLDConfig", "CONFIG_NAME", "DomainDiscriminator", "LatentDiffusion", "WEIGHTS_NAME"]

@@ -1,0 +1,477 @@
+"""CICLD: conditional, inter-coder connected latent diffusion for semantic segmentation.
+
+    image x ─E─► z0 ──(noise to t < t*)──► z_t ──ε_θ(z_t, t | c)──► ẑ0 ──D──► f_cls ─► logits
+              └────────── inter-coder connection (encoder features per scale) ────┘
+    label y ─f_mask─► c          (c = 0 when there is no label: the null condition)
+
+Submodules: ``encoder`` (E), ``decoder`` (D with ``f_cls`` and the RGB head), ``unet`` (ε_θ, a
+diffusers ``UNet2DModel``), ``mask_encoder`` (f_mask; None when conditioning is off) and
+``discriminator`` (f_dis). ``diffusion`` is a plain :class:`LatentDiffusion` object (schedules,
+no parameters). A checkpoint is a directory with ``config.json`` and ``model.safetensors``.
+
+Decisions the paper leaves open (see ``docs/model.md``):
+
+- z0 is the scaled posterior *mean* of E (deterministic); the posterior is sampled only on the
+  autoencoder path (``reconstruct(sample_posterior=True)``, ``pretrain-ae``).
+- The UNet is fed a detached z_t, so the diffusion loss trains ε_θ only (Eq. 6) and cannot pull
+  E towards a collapsed, easy-to-denoise latent; the segmentation and adversarial losses still
+  reach E through the explicit z_t term of ẑ0 = (z_t − √(1−ᾱ_t)ε̂)/√ᾱ_t, and ε_θ through ε̂.
+- Inference noise is seeded (seed 0 unless a generator or noise is given): same input, same output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from safetensors.torch import load_file, save_file
+
+from cicld.errors import CicldError
+from cicld.models.autoencoder import LatentDecoder, LatentEncoder
+from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
+from cicld.models.config import CICLDConfig
+from cicld.models.diffusion import LatentDiffusion
+from cicld.models.discriminator import DomainDiscriminator
+from cicld.models.state import check_state_dict, load_state_dict_strict, state_dict_problems
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+#: Inference noise seed when the caller gives neither a generator nor noise.
+DEFAULT_NOISE_SEED = 0
+
+
+class CICLD(nn.Module):
+    """The CICLD segmentation network and its (sliding-window) inference."""
+
+    def __init__(self, config: CICLDConfig | None = None):
+        super().__init__()
+        config = CICLDConfig() if config is None else config
+        config.validate()
+        self.config = config
+        self.encoder = LatentEncoder(
+            in_channels=config.in_channels,
+            latent_channels=config.latent_channels,
+            block_out_channels=config.ae_block_out_channels,
+            layers_per_block=config.ae_layers_per_block,
+            norm_num_groups=config.ae_norm_num_groups,
+            mid_block_attention=config.ae_mid_block_attention,
+        )
+        self.decoder = LatentDecoder(
+            latent_channels=config.latent_channels,
+            out_channels=config.in_channels,
+            block_out_channels=config.ae_block_out_channels,
+            layers_per_block=config.ae_layers_per_block,
+            norm_num_groups=config.ae_norm_num_groups,
+            mid_block_attention=config.ae_mid_block_attention,
+            num_classes=config.num_classes,
+            cls_stride=config.cls_stride,
+            cls_hidden_channels=config.cls_hidden_channels,
+            cls_dropout=config.cls_dropout,
+            inter_coder=config.inter_coder,
+        )
+        self.unet = UNet2DModel(
+            in_channels=config.latent_channels,
+            out_channels=config.latent_channels,
+            block_out_channels=tuple(config.unet_block_out_channels),
+            down_block_types=tuple(config.unet_down_block_types),
+            up_block_types=tuple(config.unet_up_block_types),
+            layers_per_block=config.unet_layers_per_block,
+            attention_head_dim=config.unet_attention_head_dim,
+            norm_num_groups=config.unet_norm_num_groups,
+        )
+        if config.conditioning:
+            self.mask_encoder = MaskEncoder(
+                num_classes=config.num_classes,
+                channels=config.mask_encoder_channels,
+                condition_channels=config.unet_block_out_channels[-1],
+                pool=config.mask_encoder_pool,
+            )
+            self.unet.mid_block.register_forward_hook(mid_block_condition_hook)
+        else:
+            self.mask_encoder = None
+        self.discriminator = DomainDiscriminator(
+            latent_channels=config.latent_channels,
+            channels=config.discriminator_channels,
+            hidden=config.discriminator_hidden,
+            num_domains=config.num_domains,
+        )
+        self.diffusion = LatentDiffusion.from_config(config)
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """z0 (scaled posterior mean, (B, latent_channels, H/8, W/8)) and E's per-scale features."""
+        moments, features = self.encoder(images)
+        mean = moments[:, : self.config.latent_channels]
+        return mean * self.config.scaling_factor, features
+
+    def encode_posterior(self, images: torch.Tensor) -> DiagonalGaussianDistribution:
+        """E's posterior over the *unscaled* latent (for the KL term of ``pretrain-ae``)."""
+        return self.encoder.posterior(images)
+
+    def decode_rgb(self, latents: torch.Tensor) -> torch.Tensor:
+        """D's RGB head on a scaled latent (inverse of :meth:`encode`); no inter-coder connection."""
+        return self.decoder.decode_rgb(latents / self.config.scaling_factor)
+
+    def reconstruct(
+        self, images: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The autoencoder path of ``pretrain-ae``: E, then D's RGB head, inter-coder connection off."""
+        posterior = self.encode_posterior(images)
+        latents = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decoder.decode_rgb(latents)
+
+    def condition(
+        self, labels: torch.Tensor | None, dropout: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """c = f_mask(y), set to 0 (the null condition) per sample with probability ``dropout``.
+
+        None when conditioning is switched off or no labels are given (also the null condition)."""
+        if self.mask_encoder is None or labels is None:
+            return None
+        condition = self.mask_encoder(labels.to(self.device))
+        if dropout > 0:
+            gen_device = generator.device if generator is not None else "cpu"
+            keep = torch.rand(labels.shape[0], generator=generator, device=gen_device) >= dropout
+            condition = condition * keep.to(condition)[:, None]
+        return condition
+
+    def predict_noise(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """ε_θ(z_t, t | c): the UNet with Eq. 5 applied to its mid-block output."""
+        mid_block = self.unet.mid_block
+        if condition is not None and self.mask_encoder is not None:
+            setattr(mid_block, CONDITION_ATTR, condition)
+        try:
+            return self.unet(z_t, timesteps).sample
+        finally:
+            if hasattr(mid_block, CONDITION_ATTR):
+                delattr(mid_block, CONDITION_ATTR)
+
+    def segment(
+        self, latents: torch.Tensor, features: list[torch.Tensor] | None, size: tuple[int, int] | torch.Size
+    ) -> torch.Tensor:
+        """D + f_cls on a (denoised) scaled latent; logits upsampled bilinearly to ``size``."""
+        logits = self.decoder.segment(latents / self.config.scaling_factor, features)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ training
+    def forward_train(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_inter_coder: bool = True,
+        condition_dropout: float | None = None,
+    ) -> dict[str, Any]:
+        """One training pass: everything the losses need.
+
+        Returns ``z0``, ``t`` (B,), ``noise``, ``z_t``, ``noise_pred`` (ε̂), ``z0_hat`` (one-step ẑ0),
+        ``condition`` (c or None) and ``logits`` (B, K, H, W) at the input resolution.
+        ``labels`` become the condition (dropped per sample with ``condition_dropout``,
+        default ``config.condition_dropout`` in train mode and 0 in eval mode); samples whose
+        label is all ignore, or ``labels=None``, get the null condition.
+        """
+        self._check_size(images)
+        z0, features = self.encode(images)
+        batch = images.shape[0]
+        t = self.diffusion.sample_timesteps(batch, z0.device, generator)
+        noise = self.diffusion.draw_noise(tuple(z0.shape), generator, z0.device, z0.dtype)
+        z_t = self.diffusion.add_noise(z0, noise, t)
+        if condition_dropout is None:
+            condition_dropout = self.config.condition_dropout if self.training else 0.0
+        condition = self.condition(labels, dropout=condition_dropout, generator=generator)
+        noise_pred = self.predict_noise(z_t.detach(), t, condition)
+        z0_hat = self.diffusion.predict_z0(z_t, noise_pred, t)
+        logits = self.segment(z0_hat, features if use_inter_coder else None, images.shape[-2:])
+        return {
+            "z0": z0,
+            "t": t,
+            "noise": noise,
+            "z_t": z_t,
+            "noise_pred": noise_pred,
+            "z0_hat": z0_hat,
+            "condition": condition,
+            "logits": logits,
+        }
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Alias of :meth:`forward_train`, so DDP/Accelerate wrappers can call the model."""
+        return self.forward_train(images, labels, **kwargs)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        refine: int = 0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        use_inter_coder: bool = True,
+    ) -> torch.Tensor:
+        """Whole-image logits (B, K, H, W) after S = ``steps`` DDIM steps (default ``config.inference_steps``).
+
+        Images of any size are padded (bottom/right, value 0 = the normalised mean colour) to a
+        multiple of ``config.size_divisor``. The null condition is used, then ``refine`` more
+        passes with c = f_mask(previous argmax). ``noise`` (shaped like the padded image's latent)
+        overrides the seeded noise.
+        """
+        steps = self.config.inference_steps if steps is None else steps
+        padded, (height, width) = self._pad(images)
+        if noise is None and steps > 0:
+            noise = self._inference_noise(padded, generator)
+        logits = None
+        labels = None
+        for _ in range(refine + 1):
+            logits = self._predict_padded(padded, steps, noise, labels, use_inter_coder)
+            labels = logits.argmax(dim=1)
+        return logits[..., :height, :width]
+
+    @torch.no_grad()
+    def predict_sliding(
+        self,
+        images: torch.Tensor,
+        window: int | tuple[int, int] = 512,
+        overlap: int | tuple[int, int] = 128,
+        window_batch: int = 4,
+        steps: int | None = None,
+        refine: int = 0,
+        generator: torch.Generator | None = None,
+        use_inter_coder: bool = True,
+    ) -> torch.Tensor:
+        """Sliding-window logits (B, K, H, W): overlapping windows, run ``window_batch`` at a time,
+        logits averaged where windows overlap.
+
+        Memory is bounded by ``window_batch`` windows plus one logit map of the image. The noise
+        is drawn once for the whole (padded) image and cropped per window, so a window covering
+        the whole image reproduces :meth:`predict` exactly. ``window`` must be a multiple of
+        ``config.size_divisor`` and ``overlap`` of the latent factor (8); windows larger than the
+        image shrink to it. Refinement passes condition each window on the argmax of the whole
+        previous sliding-window prediction.
+        """
+        steps = self.config.inference_steps if steps is None else steps
+        win_h, win_w = _pair(window)
+        over_h, over_w = _pair(overlap)
+        divisor, factor = self.config.size_divisor, self.config.vae_scale_factor
+        if win_h % divisor or win_w % divisor or win_h <= 0 or win_w <= 0:
+            raise CicldError(f"sliding window {win_h}x{win_w} must be a positive multiple of {divisor}")
+        if over_h % factor or over_w % factor or not (0 <= over_h < win_h and 0 <= over_w < win_w):
+            raise CicldError(f"window overlap {over_h}x{over_w} must be a multiple of {factor} smaller than the window")
+        if window_batch < 1:
+            raise CicldError(f"window_batch must be at least 1, got {window_batch}")
+        padded, (height, width) = self._pad(images)
+        padded_h, padded_w = padded.shape[-2:]
+        win_h, win_w = min(win_h, padded_h), min(win_w, padded_w)
+        tiles = [
+            (b, y, x)
+            for b in range(padded.shape[0])
+            for y in _window_starts(padded_h, win_h, over_h)
+            for x in _window_starts(padded_w, win_w, over_w)
+        ]
+        noise = self._inference_noise(padded, generator) if steps > 0 else None
+        logits = None
+        labels = None
+        for _ in range(refine + 1):
+            logits = padded.new_zeros(padded.shape[0], self.config.num_classes, padded_h, padded_w)
+            counts = padded.new_zeros(padded.shape[0], 1, padded_h, padded_w)
+            for start in range(0, len(tiles), window_batch):
+                chunk = tiles[start : start + window_batch]
+                crops = torch.stack([padded[b, :, y : y + win_h, x : x + win_w] for b, y, x in chunk])
+                crop_noise = crop_labels = None
+                if noise is not None:
+                    crop_noise = torch.stack(
+                        [noise[b, :, y // factor : (y + win_h) // factor, x // factor : (x + win_w) // factor] for b, y, x in chunk]
+                    )
+                if labels is not None:
+                    crop_labels = torch.stack([labels[b, y : y + win_h, x : x + win_w] for b, y, x in chunk])
+                out = self._predict_padded(crops, steps, crop_noise, crop_labels, use_inter_coder)
+                for j, (b, y, x) in enumerate(chunk):
+                    logits[b, :, y : y + win_h, x : x + win_w] += out[j]
+                    counts[b, :, y : y + win_h, x : x + win_w] += 1
+            logits = logits / counts
+            labels = logits.argmax(dim=1)
+        return logits[..., :height, :width]
+
+    def _predict_padded(
+        self,
+        images: torch.Tensor,
+        steps: int,
+        noise: torch.Tensor | None,
+        condition_labels: torch.Tensor | None,
+        use_inter_coder: bool,
+    ) -> torch.Tensor:
+        z0, features = self.encode(images)
+        condition = self.condition(condition_labels)
+        z0_hat = self.diffusion.denoise(z0, lambda z, t: self.predict_noise(z, t, condition), steps, noise)
+        return self.segment(z0_hat, features if use_inter_coder else None, images.shape[-2:])
+
+    def _inference_noise(self, padded: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is None:
+            generator = torch.Generator().manual_seed(DEFAULT_NOISE_SEED)
+        factor = self.config.vae_scale_factor
+        shape = (padded.shape[0], self.config.latent_channels, padded.shape[-2] // factor, padded.shape[-1] // factor)
+        return self.diffusion.draw_noise(shape, generator, padded.device, padded.dtype)
+
+    def _pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
+            raise CicldError(f"expected images shaped (B, {self.config.in_channels}, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        divisor = self.config.size_divisor
+        pad_h, pad_w = -height % divisor, -width % divisor
+        images = images.to(device=self.device, dtype=self.dtype)
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        return images, (height, width)
+
+    def _check_size(self, images: torch.Tensor) -> None:
+        divisor = self.config.size_divisor
+        if images.dim() != 4 or images.shape[-2] % divisor or images.shape[-1] % divisor:
+            raise CicldError(
+                f"training images must be (B, C, H, W) with H and W multiples of {divisor}, got {tuple(images.shape)}"
+            )
+
+    # ------------------------------------------------------------------ weights
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per top-level part (E, D's RGB/shared part, fusions, f_cls, ε_θ, f_mask, f_dis)."""
+        decoder = self.decoder
+        fusions = sum(p.numel() for p in decoder.fusions.parameters()) if decoder.fusions is not None else 0
+        f_cls = sum(p.numel() for p in decoder.f_cls.parameters())
+        counts = {
+            "encoder": sum(p.numel() for p in self.encoder.parameters()),
+            "decoder": sum(p.numel() for p in decoder.parameters()) - fusions - f_cls,
+            "inter_coder": fusions,
+            "f_cls": f_cls,
+            "unet": sum(p.numel() for p in self.unet.parameters()),
+            "mask_encoder": sum(p.numel() for p in self.mask_encoder.parameters()) if self.mask_encoder is not None else 0,
+            "discriminator": sum(p.numel() for p in self.discriminator.parameters()),
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickles) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        # Write-then-rename: a crash never leaves a half-written file under the final name.
+        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        os.replace(tmp_weights, directory / WEIGHTS_NAME)
+        tmp_config = directory / f".{CONFIG_NAME}.tmp"
+        tmp_config.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        os.replace(tmp_config, directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> "CICLD":
+        """Rebuild from ``config.json`` and load ``model.safetensors`` strictly."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CicldError(f"model directory not found: {directory}")
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise CicldError(f"{config_path} is missing: not a cicld model directory")
+        try:
+            config_data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CicldError(f"{config_path} is not valid JSON: {error}") from None
+        config = CICLDConfig.from_dict(config_data)
+        weights_path = directory / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise CicldError(f"{weights_path} is missing: the model directory has a config but no weights")
+        try:
+            state = load_file(str(weights_path))
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise CicldError(f"cannot read {weights_path}: {error}") from None
+        model = cls(config)
+        load_state_dict_strict(model, state, what=f"weights in {weights_path}")
+        return model.to(device) if device is not None else model
+
+    def load_autoencoder_kl(self, path: str | os.PathLike) -> None:
+        """Initialise E and D (not f_cls, not the fusions) from a local diffusers AutoencoderKL directory.
+
+        The autoencoder must have this config's widths, depth, latent channels and mid-block
+        attention; its ``scaling_factor`` replaces ``config.scaling_factor`` (it defines z0's scale).
+        """
+        from diffusers import AutoencoderKL
+
+        path = Path(path)
+        if not path.is_dir():
+            raise CicldError(f"autoencoder directory not found: {path}")
+        try:
+            autoencoder = AutoencoderKL.from_pretrained(str(path))
+        except (OSError, ValueError) as error:
+            raise CicldError(f"cannot load a diffusers AutoencoderKL from {path}: {error}") from None
+        ae_config = autoencoder.config
+        expected = {
+            "block_out_channels": tuple(self.config.ae_block_out_channels),
+            "layers_per_block": self.config.ae_layers_per_block,
+            "latent_channels": self.config.latent_channels,
+            "norm_num_groups": self.config.ae_norm_num_groups,
+            "in_channels": self.config.in_channels,
+            "mid_block_add_attention": self.config.ae_mid_block_attention,
+        }
+        found = {key: tuple(v) if isinstance(v := ae_config.get(key, True), list) else v for key in expected}
+        differing = [f"{key} {found[key]} (model has {value})" for key, value in expected.items() if found[key] != value]
+        if differing:
+            raise CicldError(f"the AutoencoderKL in {path} does not match this model: {'; '.join(differing)}")
+        encoder_state, decoder_state, unmapped = {}, {}, []
+        for key, value in autoencoder.state_dict().items():
+            if key.startswith("encoder."):
+                encoder_state[key[len("encoder.") :]] = value
+            elif key.startswith("quant_conv."):
+                encoder_state[key] = value
+            elif key.startswith("decoder."):
+                decoder_state[key[len("decoder.") :]] = value
+            elif key.startswith("post_quant_conv."):
+                decoder_state[key] = value
+            else:
+                unmapped.append(key)
+        if unmapped:
+            raise CicldError(f"the AutoencoderKL in {path} has keys cicld cannot place: {', '.join(unmapped[:3])}")
+        check_state_dict(self.encoder.state_dict(), encoder_state, what=f"encoder weights of {path}")
+        # The decoder's own additions (f_cls, fusions) keep their initialisation.
+        own = ("f_cls.", "fusions.")
+        expected_decoder = {k: v for k, v in self.decoder.state_dict().items() if not k.startswith(own)}
+        check_state_dict(expected_decoder, decoder_state, what=f"decoder weights of {path}")
+        self.encoder.load_state_dict(encoder_state, strict=True)
+        missing, unexpected = self.decoder.load_state_dict(decoder_state, strict=False)
+        assert not unexpected and all(k.startswith(own) for k in missing), state_dict_problems(expected_decoder, decoder_state)
+        self.config.scaling_factor = float(ae_config.get("scaling_factor", 1.0) or 1.0)
+
+    def load_mask_encoder(self, path: str | os.PathLike) -> None:
+        """Initialise f_mask from a local safetensors file (the paper's pre-trained mask encoder)."""
+        if self.mask_encoder is None:
+            raise CicldError("this model has conditioning switched off: it has no mask encoder to load")
+        self.mask_encoder.load_weights(path)
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    height, width = value
+    return int(height), int(width)
+
+
+def _window_starts(size: int, window: int, overlap: int) -> list[int]:
+    """Window offsets covering [0, size): every window − overlap, the last one flush with the end."""
+    if window >= size:
+        return [0]  # also where the window shrank to the image and the overlap no longer fits
+    stride = window - overlap
+    count = math.ceil((size - window) / stride) + 1
+    return sorted({min(i * stride, size - window) for i in range(count)})

@@ -1,0 +1,203 @@
+"""The CICLD architecture as one typed, JSON-serialisable dataclass.
+
+Every number that changes a parameter shape or the inference path lives here, so that
+``config.json`` next to ``model.safetensors`` is enough to rebuild the network exactly.
+Three presets are built in (see ``docs/model.md`` for parameter counts and timings):
+
+- ``tiny``: tests and the CPU demo (well under 1 M parameters, 64×128 in milliseconds);
+- ``base``: the default, paper scale (LDM-f8-like autoencoder with a 4-channel latent, a
+  tens-of-millions-parameter latent UNet) but with a light full-resolution stem, so that
+  1024×512 inference is no slower than a SegFormer-B5-sized peer;
+- ``sd-vae``: the Stable-Diffusion VAE widths (128, 256, 512, 512), which a local copy of a
+  public SD-VAE initialises through :meth:`cicld.models.CICLD.load_autoencoder_kl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from cicld.data.labels import NUM_CLASSES
+from cicld.errors import CicldError
+
+DISCRIMINATOR_KINDS = ("3class", "2class")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass
+class CICLDConfig:
+    """Architecture, diffusion and inference settings of a :class:`~cicld.models.CICLD` model."""
+
+    # Output
+    num_classes: int = NUM_CLASSES
+    in_channels: int = 3
+
+    # Autoencoder E / D (diffusers AutoencoderKL layout: one DownEncoderBlock2D per width)
+    latent_channels: int = 4
+    ae_block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
+    ae_layers_per_block: int = 2
+    ae_norm_num_groups: int = 32
+    ae_mid_block_attention: bool = False
+    # z0 = scaling_factor * posterior mean, as AutoencoderKL.config.scaling_factor in LDM/SD.
+    scaling_factor: float = 1.0
+
+    # Segmentation head f_cls: reads decoder features at 1/cls_stride and upsamples the logits.
+    cls_stride: int = 4
+    cls_hidden_channels: int = 128
+    cls_dropout: float = 0.1
+
+    # Inter-coder connection (Table 1 ablation switch): fuse encoder features into the decoder.
+    inter_coder: bool = True
+
+    # ε_θ: a diffusers UNet2DModel on the latent
+    unet_block_out_channels: tuple[int, ...] = (128, 256, 256, 256)
+    unet_down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+    unet_up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    unet_layers_per_block: int = 2
+    unet_attention_head_dim: int = 64
+    unet_norm_num_groups: int = 32
+
+    # Conditioning (Eq. 5 at the UNet mid-block; Table 1 ablation switch) and f_mask
+    conditioning: bool = True
+    mask_encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    mask_encoder_pool: int = 4
+    condition_dropout: float = 0.3
+
+    # Diffusion (diffusers DDPMScheduler for training noise, DDIMScheduler for inference)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    t_star: float = 0.2
+    inference_steps: int = 1
+
+    # f_dis (Eq. 8): conv encoder over ẑ0 -> FC hidden -> FC 3 (or 2)
+    discriminator: str = "3class"
+    discriminator_channels: tuple[int, ...] = (64, 128, 256, 512)
+    discriminator_hidden: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel along one side (8 for four autoencoder blocks)."""
+        return 2 ** (len(self.ae_block_out_channels) - 1)
+
+    @property
+    def size_divisor(self) -> int:
+        """Image sides must be multiples of this for the autoencoder *and* the UNet to tile evenly."""
+        return self.vae_scale_factor * 2 ** (len(self.unet_block_out_channels) - 1)
+
+    @property
+    def t_star_step(self) -> int:
+        """The partial-noise start t* as a number of training timesteps (training draws t < t*)."""
+        return max(1, min(self.num_train_timesteps, round(self.t_star * self.num_train_timesteps)))
+
+    @property
+    def num_domains(self) -> int:
+        return 3 if self.discriminator == "3class" else 2
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        def fail(message: str) -> None:
+            raise CicldError(f"invalid model config: {message}")
+
+        if self.num_classes < 1:
+            fail(f"num_classes must be positive, got {self.num_classes}")
+        if len(self.ae_block_out_channels) < 2:
+            fail("ae_block_out_channels needs at least two widths")
+        for name, widths, groups in (
+            ("ae_block_out_channels", self.ae_block_out_channels, self.ae_norm_num_groups),
+            ("unet_block_out_channels", self.unet_block_out_channels, self.unet_norm_num_groups),
+        ):
+            bad = [w for w in widths if w % groups]
+            if bad:
+                fail(f"{name} {tuple(widths)} must be multiples of their norm groups ({groups}); {bad} are not")
+        if not (len(self.unet_block_out_channels) == len(self.unet_down_block_types) == len(self.unet_up_block_types)):
+            fail("unet_block_out_channels, unet_down_block_types and unet_up_block_types need the same length")
+        if self.cls_stride < 1 or self.cls_stride & (self.cls_stride - 1) or self.cls_stride > self.vae_scale_factor:
+            fail(f"cls_stride must be a power of two between 1 and {self.vae_scale_factor}, got {self.cls_stride}")
+        if self.discriminator not in DISCRIMINATOR_KINDS:
+            fail(f"discriminator must be one of {DISCRIMINATOR_KINDS}, got {self.discriminator!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            fail(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if not 0.0 < self.t_star <= 1.0:
+            fail(f"t_star is a fraction of the training timesteps in (0, 1], got {self.t_star}")
+        if not 0.0 <= self.condition_dropout <= 1.0:
+            fail(f"condition_dropout is a probability, got {self.condition_dropout}")
+        if not 0 <= self.inference_steps <= self.t_star_step:
+            fail(f"inference_steps must be between 0 and t* = {self.t_star_step} timesteps, got {self.inference_steps}")
+        if self.mask_encoder_pool < 1 or not self.mask_encoder_channels:
+            fail("mask_encoder_pool must be >= 1 and mask_encoder_channels non-empty")
+        if self.scaling_factor <= 0 or not math.isfinite(self.scaling_factor):
+            fail(f"scaling_factor must be a positive number, got {self.scaling_factor}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CICLDConfig":
+        if not isinstance(data, dict):
+            raise CicldError(f"a model config must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CicldError(f"unknown model config keys: {', '.join(unknown[:5])}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in data.items():
+            # JSON has no tuples: restore them so that configs compare equal after a round trip.
+            if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "CICLDConfig":
+        """A copy with some fields changed (validated like a new config)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        return tuple(_PRESETS)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "CICLDConfig":
+        if name not in _PRESETS:
+            raise CicldError(f"unknown model preset {name!r}; choose one of {', '.join(_PRESETS)}")
+        return cls.from_dict({**cls().to_dict(), **_PRESETS[name], **overrides})
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "ae_block_out_channels": (8, 16, 16, 32),
+        "ae_layers_per_block": 1,
+        "ae_norm_num_groups": 8,
+        "cls_hidden_channels": 16,
+        "unet_block_out_channels": (32, 64),
+        "unet_down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "unet_up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "unet_layers_per_block": 1,
+        "unet_attention_head_dim": 16,
+        "unet_norm_num_groups": 8,
+        "mask_encoder_channels": (8, 16, 32),
+        "discriminator_channels": (8, 16, 32),
+        "discriminator_hidden": 64,
+    },
+    # The dataclass defaults are the base preset; listed for clarity.
+    "base": {},
+    "sd-vae": {
+        "ae_block_out_channels": (128, 256, 512, 512),
+        "ae_layers_per_block": 2,
+        "ae_norm_num_groups": 32,
+        "ae_mid_block_attention": True,
+        "scaling_factor": 0.18215,
+        "cls_hidden_channels": 256,
+    },
+}
