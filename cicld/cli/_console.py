@@ -31,3 +31,18 @@ def progress_bar(*extra_columns) -> Progress:
 
 def human_count(n: int) -> str:
     return f"{n:,}"
+
+
+def parse_size(text: str, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int] | None:
+    """``"512x256"`` -> (512, 256); ``"none"`` -> None; anything else is a one-line CicldError."""
+    from cicld.errors import CicldError
+
+    if text.lower() == "none":
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CicldError(f"{flag} must look like WIDTHxHEIGHT (e.g. 512x256) or none, got {text!r}") from None
+    if width < minimum[0] or height < minimum[1]:
+        raise CicldError(f"{flag} {text} is too small; use at least {minimum[0]}x{minimum[1]}")
+    return width, height

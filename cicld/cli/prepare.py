@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cicld.cli import app
-from cicld.cli._console import console, human_count, progress_bar
+from cicld.cli._console import console, human_count, parse_size, progress_bar
 from cicld.data.labels import CLASSES
 from cicld.data.layouts import default_root
 from cicld.data.prepare import PrepareReport, SizeMismatchPolicy, find_frames, prepare_dataset
@@ -28,16 +28,6 @@ class SourceFormat(str, Enum):
     gta5 = "gta5"
     synthia = "synthia"
     both = "both"
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CicldError(f"--size must look like WIDTHxHEIGHT (e.g. 256x128), got {text!r}") from None
-    if width < 32 or height < 16:
-        raise CicldError(f"--size {text} is too small; use at least 32x16")
-    return width, height
 
 
 @app.command("prepare-data")
@@ -66,7 +56,7 @@ def prepare_data(
             raise CicldError(f"{', '.join(given)} only apply to `prepare-data toy`")
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
         return
-    _generate_toy(root, workers, seed or 0, _parse_size(size or "256x128"), source_format or SourceFormat.gta5)
+    _generate_toy(root, workers, seed or 0, parse_size(size or "256x128", "--size", minimum=(32, 16)), source_format or SourceFormat.gta5)
     formats = ("gta5", "synthia") if source_format is SourceFormat.both else ((source_format or SourceFormat.gta5).value,)
     for name in (*formats, "cityscapes"):
         _prepare_and_report(root / name, name, workers, on_size_mismatch, verify_images)

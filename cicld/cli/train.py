@@ -17,21 +17,9 @@ import typer
 from rich.progress import TextColumn
 
 from cicld.cli import app
-from cicld.cli._console import console, progress_bar
+from cicld.cli._console import console, parse_size, progress_bar
 from cicld.errors import CicldError
 from cicld.training.config import AdaptConfig, AutoencoderConfig, CommonConfig, LatentDiffusionConfig, make_config
-
-
-def parse_size(text: str, flag: str) -> tuple[int, int] | None:
-    if text.lower() == "none":
-        return None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CicldError(f"{flag} must look like WIDTHxHEIGHT (e.g. 512x512) or none, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise CicldError(f"{flag} must be positive, got {text!r}")
-    return width, height
 
 
 def _flag(name: str) -> str:

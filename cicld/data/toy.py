@@ -183,8 +183,8 @@ _SOURCE = _World(
         "vegetation": ((56, 172, 48), (36, 140, 40), (92, 184, 60)),
         "trunk": ((110, 70, 40),),
         "terrain": ((164, 214, 92), (190, 200, 80)),
-        "sky_top": ((60, 130, 240), (90, 150, 250)),
-        "sky_horizon": ((170, 210, 255), (200, 225, 255)),
+        "sky_top": ((60, 130, 240), (90, 150, 250), (150, 164, 186)),  # clear, clear, overcast
+        "sky_horizon": ((170, 210, 255), (200, 225, 255), (206, 212, 222)),
         "skin": ((240, 190, 150), (200, 140, 100), (120, 80, 50)),
         "clothes": ((220, 40, 40), (40, 60, 200), (240, 200, 30), (30, 160, 60), (240, 240, 240), (30, 30, 30), (160, 40, 160)),
         "car": ((210, 30, 30), (30, 70, 210), (240, 240, 240), (20, 20, 24), (240, 200, 20), (40, 160, 60), (170, 170, 180)),
@@ -234,8 +234,8 @@ _TARGET = _World(
         "vegetation": ((70, 86, 44), (54, 70, 36), (88, 98, 56)),
         "trunk": ((70, 58, 46),),
         "terrain": ((128, 130, 80), (146, 136, 92)),
-        "sky_top": ((110, 150, 210), (140, 170, 214)),
-        "sky_horizon": ((200, 216, 236), (190, 206, 228)),
+        "sky_top": ((150, 184, 232), (170, 196, 236)),
+        "sky_horizon": ((226, 234, 244), (214, 226, 240)),
         "skin": ((200, 160, 130), (160, 120, 90), (100, 70, 50)),
         "clothes": ((30, 30, 34), (60, 60, 70), (90, 70, 50), (120, 120, 126), (40, 50, 80), (170, 50, 50), (210, 210, 206), (60, 110, 160)),
         "car": ((30, 30, 32), (180, 180, 184), (220, 220, 220), (60, 70, 90), (110, 110, 114), (120, 30, 30), (40, 60, 50)),
@@ -260,10 +260,10 @@ class _Photo:
     texture: float = 1.0  # scales the per-class texture amplitudes _TEX
     shadows: float = 1.0  # strength of cast shadows
     clouds: float = 1.0
-    gain: tuple[float, float] = (0.7, 0.95)  # exposure
-    cast: tuple[float, float, float] = (1.08, 1.0, 0.88)  # white balance (warm)
+    gain: tuple[float, float] = (0.78, 1.0)  # exposure of everything below the sky
+    cast: tuple[float, float, float] = (1.06, 1.0, 0.9)  # white balance (warm)
     gamma: tuple[float, float] = (0.85, 1.1)
-    vignetting: tuple[float, float] = (0.25, 0.4)
+    vignetting: tuple[float, float] = (0.2, 0.35)
     blur: int = 1  # [1, 2, 1] passes at 256 px width
     noise: tuple[float, float] = (0.015, 0.03)  # sensor noise sigma, image in [0, 1]
 
@@ -967,9 +967,9 @@ def _photograph(scene: _Scene, photo: _Photo | None = None) -> None:
     tiles = (label[r0:] == SIDEWALK) & (np.mod(ground_z, 0.6) < 0.06)
     img[r0:][tiles] *= 1.0 - 0.2 * p.texture
     # clouds in the sky
-    clouds = np.clip(_smooth_noise(rng, w, h, 24.0) * 0.6 + rng.uniform(-0.3, 0.3), 0.0, 1.0) * 0.6 * p.clouds
+    clouds = np.clip(_smooth_noise(rng, w, h, 24.0) * 0.6 + rng.uniform(-0.3, 0.3), 0.0, 1.0) * 0.5 * p.clouds
     sky = label == SKY
-    img[sky] = img[sky] * (1 - clouds[sky, None]) + 0.85 * clouds[sky, None]
+    img[sky] = img[sky] * (1 - clouds[sky, None]) + 0.95 * clouds[sky, None]
     # sunlight: one side of the street lies in the shadow of its buildings (the edge is a line
     # through the vanishing point); trees and clouds add soft patches everywhere
     shadow = np.clip(_smooth_noise(rng, w, h, 28.0) * 1.5 + rng.uniform(-2.0, -0.8), 0.0, 1.0) * 0.4

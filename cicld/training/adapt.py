@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cicld.data.transforms import class_mix, classmix_masks, color_jitter, gaussian_blur, pseudo_label_weight
-from cicld.evaluation.metrics import SegmentationScores
 from cicld.training.batches import step_batches
 from cicld.training.common import (
     build_optimizer,
@@ -35,14 +33,7 @@ from cicld.training.common import (
 )
 from cicld.training.config import AdaptConfig
 from cicld.training.objectives import SegmentationObjective, UDAObjective
-from cicld.training.session import Session
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    final: Path
-    scores: SegmentationScores | None
+from cicld.training.session import Session, TrainResult
 
 
 @torch.no_grad()
@@ -94,23 +85,13 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
         mixed_images, mixed_labels, mixed_weights = make_mixed_batch(ema_model, source, target, config, generator)
         return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
 
-    scores = None
     try:
         for step in range(start, config.steps):
             session.begin_step(step)
             lr = session.set_learning_rate(optimizer, step)
             losses = session.optimizer_step(objective, optimizer, step, compute_losses)
             ema_update(ema_model, accelerator.unwrap_model(objective).model, step, config.ema_alpha)
-            done = step + 1
-            row = {**losses, "lr": lr, "val_miou": float("nan")}
-            if config.val_every and done % config.val_every == 0 and done < config.steps:
-                scores = validate(ema_model, val, accelerator)
-                row["val_miou"] = scores.miou19
-            if done % config.log_every == 0 or done == config.steps or row["val_miou"] == row["val_miou"]:
-                session.log(done, row)
-            if on_step is not None:
-                on_step(done, row)
-            session.maybe_checkpoint(done)
+            session.end_step(step + 1, losses, lr, lambda: validate(ema_model, val, accelerator).miou19, on_step)
         scores = validate(ema_model, val, accelerator)
         session.log(config.steps, {"val_miou": scores.miou19})
         final = session.export(ema_model, update_latest=True)

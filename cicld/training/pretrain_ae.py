@@ -15,12 +15,11 @@ import torch
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.models.perceptual import PerceptualLoss
-from cicld.training.adapt import TrainResult
 from cicld.training.batches import step_batches
 from cicld.training.common import build_optimizer, source_dataset, target_dataset
 from cicld.training.config import AutoencoderConfig
 from cicld.training.objectives import AutoencoderObjective
-from cicld.training.session import Session
+from cicld.training.session import Session, TrainResult
 
 # Modules that pretrain-ae does not train (they are exported untouched for the next stage).
 FROZEN = ("unet", "mask_encoder", "discriminator", "decoder.f_cls", "decoder.fusions")
@@ -65,12 +64,7 @@ def pretrain_ae(
             step_now[0] = step
             lr = session.set_learning_rate(optimizer, step)
             losses = session.optimizer_step(objective, optimizer, step, compute_losses)
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                session.log(done, {**losses, "lr": lr})
-            if on_step is not None:
-                on_step(done, {**losses, "lr": lr})
-            session.maybe_checkpoint(done)
+            session.end_step(step + 1, losses, lr, on_step=on_step)
         # A segmentation model cannot come out of this stage: runs/latest is left alone.
         final = session.export(accelerator.unwrap_model(objective).model, update_latest=False)
     finally:

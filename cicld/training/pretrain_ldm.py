@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from cicld.training.adapt import TrainResult
 from cicld.training.batches import step_batches
 from cicld.training.common import build_optimizer, load_model, resolve_init, source_dataset, val_dataset, validate
 from cicld.training.config import LatentDiffusionConfig
 from cicld.training.objectives import SegmentationObjective
-from cicld.training.session import Session
+from cicld.training.session import Session, TrainResult
 
 
 def pretrain_ldm(
@@ -34,6 +33,7 @@ def pretrain_ldm(
     objective = SegmentationObjective(model, config.lambda_dif)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    trained = accelerator.unwrap_model(objective).model
     session.open_run()
     start = session.restore()
 
@@ -47,22 +47,12 @@ def pretrain_ldm(
         batch = next(source_stream)
         return objective(batch["image"], batch["label"])
 
-    scores = None
     try:
         for step in range(start, config.steps):
             session.begin_step(step)
             lr = session.set_learning_rate(optimizer, step)
             losses = session.optimizer_step(objective, optimizer, step, compute_losses)
-            done = step + 1
-            row = {**losses, "lr": lr, "val_miou": float("nan")}
-            if config.val_every and done % config.val_every == 0 and done < config.steps:
-                row["val_miou"] = validate(accelerator.unwrap_model(objective).model, val, accelerator).miou19
-            if done % config.log_every == 0 or done == config.steps or row["val_miou"] == row["val_miou"]:
-                session.log(done, row)
-            if on_step is not None:
-                on_step(done, row)
-            session.maybe_checkpoint(done)
-        trained = accelerator.unwrap_model(objective).model
+            session.end_step(step + 1, losses, lr, lambda: validate(trained, val, accelerator).miou19, on_step)
         scores = validate(trained, val, accelerator)
         session.log(config.steps, {"val_miou": scores.miou19})
         final = session.export(trained, update_latest=True)

@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,19 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.errors import CicldError
+from cicld.evaluation.metrics import SegmentationScores
 from cicld.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import CommonConfig
 from cicld.training.runs import FINAL, RUN_CONFIG, mark_latest, new_run_dir, newest_unfinished_run, read_run_config
+
+
+@dataclass
+class TrainResult:
+    """What a finished stage hands back: its run folder, the exported model, its final val scores."""
+
+    run_dir: Path
+    final: Path
+    scores: SegmentationScores | None
 
 
 class TrainingDiverged(CicldError):
@@ -206,6 +217,20 @@ class Session:
             for key, value in row.items():
                 if key != "step" and math.isfinite(value):
                     self._tensorboard.add_scalar(key, value, step)
+
+    def end_step(self, done: int, losses: dict[str, float], lr: float, evaluate=None, on_step=None) -> None:
+        """After ``done`` steps: validate when due (``evaluate()`` returns the val mIoU), log when
+        due, report to ``on_step(done, row)``, checkpoint when due."""
+        config, row = self.config, {**losses, "lr": lr}
+        if evaluate is not None:
+            due = config.val_every and done % config.val_every == 0 and done < config.steps
+            row["val_miou"] = evaluate() if due else float("nan")
+        validated = "val_miou" in row and math.isfinite(row["val_miou"])
+        if done % config.log_every == 0 or done == config.steps or validated:
+            self.log(done, row)
+        if on_step is not None:
+            on_step(done, row)
+        self.maybe_checkpoint(done)
 
     def maybe_checkpoint(self, step_done: int, **state) -> None:
         """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
