@@ -11,7 +11,8 @@ from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
 from cicld.data.layouts import CLASS_STATS_FILE
 from cicld.data.sampling import RareClassSampler
 from cicld.errors import CicldError, DataError
-from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from cicld.evaluation.evaluate import evaluate_model
+from cicld.evaluation.metrics import SegmentationScores
 from cicld.models import CICLD
 from cicld.training.config import CommonConfig
 from cicld.training.runs import FINAL, is_finished, newest_finished_run
@@ -93,27 +94,9 @@ def ema_update(ema_model: nn.Module, model: nn.Module, step: int, max_alpha: flo
         ema_buffer.copy_(buffer)
 
 
-@torch.no_grad()
-def validate(model: CICLD, dataset: ValDataset, accelerator, steps: int | None = None) -> SegmentationScores:
-    """Whole-image prediction on this process's share of ``dataset``; confusion matrices summed.
-
-    Each process takes every ``num_processes``-th image, so nothing is padded or counted twice.
-    """
-    was_training = model.training
-    model.eval()
-    confusion = ConfusionMatrix(model.config.num_classes)
-    device = accelerator.device
-    for index in range(accelerator.process_index, len(dataset), accelerator.num_processes):
-        item = dataset[index]
-        image, label = item["image"][None].to(device), item["label"][None].to(device)
-        logits = model.predict(image, steps=steps)
-        logits = torch.nn.functional.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
-        confusion.update(logits.argmax(1), label)
-    matrix = confusion.matrix.to(device)
-    if accelerator.num_processes > 1:
-        matrix = accelerator.reduce(matrix, reduction="sum")
-    model.train(was_training)
-    return SegmentationScores.from_confusion(matrix.cpu().numpy())
+def validate(model: CICLD, dataset: ValDataset, accelerator) -> SegmentationScores:
+    """Whole-image validation during training (see :func:`cicld.evaluation.evaluate.evaluate_model`)."""
+    return evaluate_model(model, dataset, accelerator)
 
 
 def resolve_init(config: CommonConfig, previous_stage: str) -> Path:

@@ -1,0 +1,72 @@
+"""Evaluate a model on a prepared split: one confusion matrix over the whole split, at label resolution.
+
+Used by ``cicld evaluate`` and by the training stages' periodic validation. With several
+processes each takes every ``num_processes``-th image and the matrices are summed, so no image
+is padded in or counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cicld.data.datasets import ValDataset
+from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from cicld.models import CICLD
+
+
+@dataclass
+class InferenceOptions:
+    """How to run the model on one image: whole image, or sliding windows (for large inputs)."""
+
+    steps: int | None = None  # DDIM steps S (None: the model's config)
+    refine: int = 0
+    sliding: bool = False
+    window: tuple[int, int] = (512, 512)  # (height, width) of a window
+    overlap: tuple[int, int] = (128, 128)
+    window_batch: int = 4
+
+    def logits(self, model: CICLD, images: torch.Tensor) -> torch.Tensor:
+        if self.sliding:
+            return model.predict_sliding(
+                images, self.window, self.overlap, self.window_batch, steps=self.steps, refine=self.refine
+            )
+        return model.predict(images, steps=self.steps, refine=self.refine)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: CICLD,
+    dataset: ValDataset,
+    accelerator,
+    options: InferenceOptions | None = None,
+    on_image: Callable[[int], None] | None = None,
+) -> SegmentationScores:
+    """Predict every image of this process's share and score against labels at their full size.
+
+    ``on_image(n)`` is called after each image with the number done by this process.
+    """
+    options = options or InferenceOptions()
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(model.config.num_classes)
+    device = accelerator.device
+    done = 0
+    for index in range(accelerator.process_index, len(dataset), accelerator.num_processes):
+        item = dataset[index]
+        image, label = item["image"][None].to(device), item["label"][None].to(device)
+        logits = options.logits(model, image)
+        # Logits are upsampled to the label (not labels downsampled): scores are at label resolution.
+        logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        confusion.update(logits.argmax(1), label)
+        done += 1
+        if on_image is not None:
+            on_image(done)
+    matrix = confusion.matrix.to(device)
+    if accelerator.num_processes > 1:
+        matrix = accelerator.reduce(matrix, reduction="sum")
+    model.train(was_training)
+    return SegmentationScores.from_confusion(matrix.cpu().numpy())
