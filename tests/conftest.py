@@ -12,6 +12,8 @@ import png  # pypng: an independent PNG writer (test dependency)
 import pytest
 
 from cicld.data.labels import cityscapes_id_palette
+from cicld.data.prepare import find_frames, prepare_dataset
+from cicld.data.toy import generate_toy_pair
 from cicld.data.pngio import write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +107,34 @@ def cityscapes_root(tmp_path: Path) -> Path:
         for i in range(count):
             write_cityscapes_frame(root, split, "aachen", i, np.roll(GTA5_IDS, i, axis=0), seed=i)
     return root
+
+
+# ---------------------------------------------------------------- a tiny toy pair and trained runs
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    generate_toy_pair(root, seed=0, size=(64, 32), num_source=8, num_target_train=8, num_target_val=4)
+    for dataset in ("gta5", "cityscapes"):
+        prepare_dataset(find_frames(root / dataset, dataset))
+    return root
+
+
+def stage_flags(toy_root: Path, runs: Path, steps: int = 2) -> list[str]:
+    return [
+        "--source", "toy", "--source-root", toy_root / "gta5", "--target-root", toy_root / "cityscapes",
+        "--runs-root", runs, "--steps", str(steps), "--crop", "32x32", "--batch-size", "2",
+        "--val-limit", "2", "--checkpoint-every", "2", "--warmup-steps", "1",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pretrained_runs(toy_root, tmp_path_factory) -> Path:
+    """A runs folder holding finished pretrain-ae and pretrain-ldm runs (made through the CLI)."""
+    from cicld.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    for stage, extra in (("pretrain-ae", []), ("pretrain-ldm", ["--no-train-encoder"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, *map(str, stage_flags(toy_root, runs)), *extra])
+        assert exit_info.value.code == 0
+    return runs

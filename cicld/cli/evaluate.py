@@ -1,0 +1,117 @@
+"""``cicld evaluate [CHECKPOINT]``: mIoU19/16/13 on a prepared split, with a table, JSON and pictures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import TextColumn
+from rich.table import Table
+
+from cicld.cli import app
+from cicld.cli._console import console, parse_size, progress_bar
+from cicld.data.labels import CLASSES
+from cicld.errors import CicldError
+
+
+def _run_config(model_dir: Path) -> dict | None:
+    """The training config of the run that exported ``model_dir`` (``<run>/final``), if any."""
+    model_dir = model_dir.resolve()  # runs/latest is a link to <run>/final
+    path = model_dir.parent / "config.json"
+    if model_dir.name != "final" or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _scores_table(scores, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, iou in zip(CLASSES, scores.per_class_iou):
+        table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.2f}")
+    table.add_section()
+    for label, value in (("mIoU19", scores.miou19), ("mIoU16", scores.miou16), ("mIoU13", scores.miou13), ("pixel accuracy", scores.pixel_accuracy)):
+        table.add_row(f"[bold]{label}", f"[bold]{100 * value:.2f}")
+    return table
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Model folder or finished run. [default: runs/latest]"),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset folder. [default: the run's target, else data/cityscapes]"),
+    dataset: str = typer.Option("cityscapes", help="Format of --data: cityscapes, gta5 or synthia."),
+    split: str = typer.Option("val", help="Cityscapes split."),
+    resize: Optional[str] = typer.Option(None, help="Resize images to WIDTHxHEIGHT for inference, or none. [default: the run's, else 1024x512]"),
+    steps: Optional[int] = typer.Option(None, min=0, help="DDIM steps S. [default: the model's]"),
+    refine: int = typer.Option(0, min=0, help="Extra passes conditioned on the previous prediction."),
+    sliding: bool = typer.Option(False, help="Sliding-window inference (for images larger than the training crop)."),
+    window: str = typer.Option("512x512", help="Sliding window WIDTHxHEIGHT."),
+    overlap: str = typer.Option("128x128", help="Sliding-window overlap WIDTHxHEIGHT."),
+    window_batch: int = typer.Option(4, min=1, help="Windows run at once (bounds memory)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N images."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+    out: Path = typer.Option(Path("evaluation"), help="Folder for confusion.png and iou.png."),
+    runs_root: Path = typer.Option(Path("runs"), help="Folder of all runs (for the default checkpoint)."),
+) -> None:
+    """Score a model: confusion matrix over the whole split at label resolution; mIoU19/16/13.
+
+    Example: `cicld evaluate` (runs/latest on data/cityscapes val), `cicld evaluate runs/adapt/gta5-... --sliding`.
+    """
+    from accelerate import Accelerator
+
+    from cicld.data.datasets import DEFAULT_RESIZE, ValDataset
+    from cicld.evaluation.evaluate import InferenceOptions, evaluate_model
+    from cicld.evaluation.plots import confusion_matrix_png, iou_bar_chart_png
+    from cicld.models import CICLD
+    from cicld.training.config import STAGE_CONFIGS
+    from cicld.training.runs import resolve_model_dir
+
+    model_dir = resolve_model_dir(checkpoint, runs_root)
+    run = _run_config(model_dir)
+    run_config = STAGE_CONFIGS[run["stage"]].from_dict(run) if run and run.get("stage") in STAGE_CONFIGS else None
+    if data is None:
+        data = run_config.resolved_target_root if run_config else Path("data/cityscapes")
+    if resize is not None:
+        size = parse_size(resize, "--resize")
+    elif run_config is not None and dataset == "cityscapes":
+        size = run_config.resolved_target_resize
+    else:
+        size = DEFAULT_RESIZE.get(dataset)
+    if dataset not in DEFAULT_RESIZE:
+        raise CicldError(f"--dataset must be cityscapes, gta5 or synthia, got {dataset!r}")
+    val = ValDataset(data, dataset, split, resize=size)
+    if limit is not None and limit < len(val):
+        val = ValDataset(data, dataset, split, resize=size, names=[s.name for s in val.samples[:limit]])
+    win, over = parse_size(window, "--window"), parse_size(overlap, "--overlap")
+    options = InferenceOptions(steps, refine, sliding, (win[1], win[0]), (over[1], over[0]), window_batch)
+
+    accelerator = Accelerator()
+    model = CICLD.from_pretrained(model_dir).to(accelerator.device)
+    share = len(range(accelerator.process_index, len(val), accelerator.num_processes))
+    started = time.perf_counter()
+    with progress_bar(TextColumn("{task.fields[rate]}")) as progress:
+        progress.disable = not accelerator.is_main_process
+        task = progress.add_task("evaluating", total=share, rate="")
+
+        def on_image(done: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{rate:.2f} images/s")
+
+        scores = evaluate_model(model, val, accelerator, options, on_image)
+    if not accelerator.is_main_process:
+        return
+    console.print(_scores_table(scores, f"{model_dir} on {data} ({dataset} {split}, {len(val)} images)"))
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = [confusion_matrix_png(scores, out / "confusion.png"), iou_bar_chart_png(scores, out / "iou.png")]
+    result = {"model": str(model_dir), "data": str(data), "dataset": dataset, "split": split, "images": len(val), **scores.as_dict()}
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(result, indent=2))
+        console.print(f"scores: {json_file}")
+    console.print(f"pictures: {', '.join(map(str, pictures))}")
