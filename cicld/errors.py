@@ -17,3 +17,9 @@ class CicldError(Exception):
 
 class DataError(CicldError):
     """A dataset folder or file that is missing, corrupt, or not what it claims to be."""
+
+
+class PartialFailure(CicldError):
+    """Some items of a batch job failed (and were listed) while the rest were done."""
+
+    exit_code = 1

@@ -1,0 +1,82 @@
+"""``cicld predict INPUTS... OUT``: label maps, colour maps and overlays for any images."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import TextColumn
+
+from cicld.cli import app
+from cicld.cli._console import console, parse_size, progress_bar
+from cicld.cli.evaluate import _run_config
+from cicld.errors import CicldError, PartialFailure
+
+
+@app.command("predict")
+def predict(
+    paths: list[Path] = typer.Argument(..., help="Input files, folders (recursive) or globs, then the output folder OUT."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Model folder or finished run. [default: runs/latest]"),
+    outputs: str = typer.Option("trainids,labelids,color,overlay", help="Which files to write per image (comma-separated)."),
+    height: Optional[int] = typer.Option(None, min=16, help="Run the model at this image height, keeping the aspect ratio. [default: the run's target height, else the image's]"),
+    window: str = typer.Option("512x512", help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window."),
+    overlap: str = typer.Option("128x128", help="Sliding-window overlap WIDTHxHEIGHT."),
+    window_batch: int = typer.Option(4, min=1, help="Windows run at once (bounds memory)."),
+    batch_size: int = typer.Option(4, min=1, help="Images per batch."),
+    steps: Optional[int] = typer.Option(None, min=0, help="DDIM steps S. [default: the model's]"),
+    overwrite: bool = typer.Option(False, help="Replace outputs that already exist."),
+    runs_root: Path = typer.Option(Path("runs"), help="Folder of all runs (for the default checkpoint)."),
+) -> None:
+    """Segment images: per image a trainId PNG, a Cityscapes labelId PNG (submission format), a colour map and an overlay.
+
+    Example: `cicld predict images/ out/`, `cicld predict 'photos/*.jpg' out/ --outputs color,overlay`.
+    """
+    import torch
+
+    from cicld.evaluation.evaluate import InferenceOptions
+    from cicld.evaluation.predict import check_output_kinds, collect_inputs, predict_files, refuse_existing_outputs
+    from cicld.models import CICLD
+    from cicld.training.runs import resolve_model_dir
+
+    if len(paths) < 2:
+        raise CicldError("give at least one input and the output folder: cicld predict INPUTS... OUT")
+    *inputs, out = paths
+    if out.exists() and not out.is_dir():
+        raise CicldError(f"{out} is a file; the last argument must be the output folder")
+    entries, not_images = collect_inputs(inputs)
+    for path in not_images:
+        console.print(f"[yellow]warning:[/] skipping {path}: not an image")
+    if not entries:
+        raise CicldError(f"no images among {', '.join(map(str, inputs))}")
+    model_dir = resolve_model_dir(checkpoint, runs_root)
+    if height is None:
+        run = _run_config(model_dir)
+        resize = run.get("target_resize") if run else None
+        height = resize[1] if resize else (512 if run and run.get("source") != "toy" else None)
+    win, over = parse_size(window, "--window"), parse_size(overlap, "--overlap")
+    options = InferenceOptions(steps=steps, sliding=True, window=(win[1], win[0]), overlap=(over[1], over[0]), window_batch=window_batch)
+    kinds = tuple(k.strip() for k in outputs.split(",") if k.strip())
+    check_output_kinds(kinds)
+    if not overwrite:
+        refuse_existing_outputs(out, entries, kinds)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = CICLD.from_pretrained(model_dir, device=device)
+
+    started = time.perf_counter()
+    with progress_bar(TextColumn("{task.fields[rate]}")) as progress:
+        task = progress.add_task("predicting", total=len(entries), rate="")
+
+        def on_image(done: int) -> None:
+            progress.update(task, completed=done, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} images/s")
+
+        report = predict_files(
+            model, entries, out, kinds=kinds, options=options, target_height=height,
+            batch_size=batch_size, overwrite=overwrite, on_image=on_image,
+        )  # fmt: skip
+    console.print(f"{report.images} images segmented into {out} ({len(report.written)} files, {time.perf_counter() - started:.1f} s)")
+    for path, reason in report.failed:
+        console.print(f"[red]failed:[/] {path}: {reason}")
+    if report.failed:
+        raise PartialFailure(f"{len(report.failed)} of {len(entries)} images could not be read (listed above); the others were written")

@@ -1,0 +1,171 @@
+"""Segment a set of image files: trainId and Cityscapes labelId PNGs, colour maps and overlays.
+
+Inputs are files, folders (searched recursively; outputs keep the relative paths) or glob
+patterns. Files that are not images are skipped; an image that cannot be read is recorded and
+the others go on. Existing outputs are never overwritten unless asked. Every output is written
+atomically, so an interrupted run leaves only complete files.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cicld.data.labels import colorize, train_ids_to_cityscapes_ids
+from cicld.data.pngio import read_image, write_image
+from cicld.data.transforms import normalize, resize_image
+from cicld.errors import CicldError, DataError
+from cicld.evaluation.evaluate import InferenceOptions
+from cicld.models import CICLD
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+#: What predict can write per image, and the file-name suffix of each.
+OUTPUTS = {"trainids": "trainIds", "labelids": "labelIds", "color": "color", "overlay": "overlay"}
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    path: Path
+    relative: Path  # where its outputs go, relative to OUT (suffix dropped)
+
+
+@dataclass
+class PredictReport:
+    written: list[Path] = field(default_factory=list)
+    not_images: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    images: int = 0
+
+
+def collect_inputs(inputs: list[str | Path]) -> tuple[list[PredictionInput], list[Path]]:
+    """Expand files, folders and globs into images (with output-relative paths) and non-images."""
+    found: list[PredictionInput] = []
+    not_images: list[Path] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            pairs = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file()]
+        elif path.is_file():
+            pairs = [(path, Path(path.name))]
+        elif any(ch in item for ch in "*?["):
+            pairs = [(Path(p), Path(Path(p).name)) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            if not pairs:
+                raise CicldError(f"no file matches {item}")
+        else:
+            raise CicldError(f"{item} does not exist")
+        for file, relative in pairs:
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(PredictionInput(file, relative.with_suffix("")))
+            else:
+                not_images.append(file)
+    seen: dict[Path, Path] = {}
+    for entry in found:
+        if entry.relative in seen:
+            raise CicldError(f"{seen[entry.relative]} and {entry.path} would write the same outputs; predict them separately")
+        seen[entry.relative] = entry.path
+    return found, not_images
+
+
+def output_paths(out: Path, entry: PredictionInput, kinds: tuple[str, ...]) -> dict[str, Path]:
+    folder = out / entry.relative.parent
+    return {kind: folder / f"{entry.relative.name}_{OUTPUTS[kind]}.png" for kind in kinds}
+
+
+def check_output_kinds(kinds: tuple[str, ...]) -> None:
+    unknown = sorted(set(kinds) - set(OUTPUTS))
+    if unknown or not kinds:
+        raise CicldError(f"--outputs must name some of {', '.join(OUTPUTS)}; got {', '.join(kinds) or 'nothing'}")
+
+
+def refuse_existing_outputs(out: Path, inputs: list[PredictionInput], kinds: tuple[str, ...]) -> None:
+    existing = [p for entry in inputs for p in output_paths(out, entry, kinds).values() if p.exists()]
+    if existing:
+        raise CicldError(f"{len(existing)} outputs already exist in {out} (first: {existing[0]}); pass --overwrite to replace them")
+
+
+def inference_size(width: int, height: int, target_height: int | None, divisor: int) -> tuple[int, int]:
+    """The (width, height) to run the model at: scaled to ``target_height`` keeping the aspect ratio
+    (None: the image's own size), rounded to the model's size divisor."""
+    if target_height is not None:
+        width, height = round(width * target_height / height), target_height
+    return max(divisor, round(width / divisor) * divisor), max(divisor, round(height / divisor) * divisor)
+
+
+@torch.no_grad()
+def predict_files(
+    model: CICLD,
+    inputs: list[PredictionInput],
+    out: Path,
+    *,
+    kinds: tuple[str, ...] = tuple(OUTPUTS),
+    options: InferenceOptions | None = None,
+    target_height: int | None = None,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    on_image: Callable[[int], None] | None = None,
+) -> PredictReport:
+    """Predict ``inputs`` into ``out``; ``on_image(n)`` after each image. Sliding windows are used
+    for an image larger than the window when ``options.sliding`` is set."""
+    options = options or InferenceOptions()
+    check_output_kinds(kinds)
+    if not overwrite:
+        refuse_existing_outputs(out, inputs, kinds)
+    model.eval()
+    report = PredictReport()
+    device = next(model.parameters()).device
+    pending: list[tuple[PredictionInput, np.ndarray]] = []
+
+    def flush() -> None:
+        for size, group in _by_size(pending, target_height, model.config.size_divisor).items():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                batch = torch.stack([normalize(resize_image(image, size)) for _, image in chunk]).to(device)
+                logits = options.logits(model, batch)
+                for (entry, image), logit in zip(chunk, logits):
+                    full = F.interpolate(logit[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+                    labels = full.argmax(1)[0].to(torch.uint8).cpu().numpy()
+                    report.written += _write_outputs(out, entry, kinds, image, labels)
+                    report.images += 1
+                    if on_image is not None:
+                        on_image(report.images + len(report.failed))
+        pending.clear()
+
+    for entry in inputs:
+        try:
+            pending.append((entry, read_image(entry.path, "RGB")))
+        except DataError as exc:
+            report.failed.append((entry.path, str(exc)))
+            if on_image is not None:
+                on_image(report.images + len(report.failed))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return report
+
+
+def _by_size(pending, target_height, divisor) -> dict[tuple[int, int], list]:
+    groups: dict[tuple[int, int], list] = {}
+    for entry, image in pending:
+        size = inference_size(image.shape[1], image.shape[0], target_height, divisor)
+        groups.setdefault(size, []).append((entry, image))
+    return groups
+
+
+def _write_outputs(out: Path, entry: PredictionInput, kinds, image: np.ndarray, train_ids: np.ndarray) -> list[Path]:
+    paths = output_paths(out, entry, kinds)
+    for kind, path in paths.items():
+        if kind == "trainids":
+            write_image(path, train_ids)
+        elif kind == "labelids":
+            write_image(path, train_ids_to_cityscapes_ids(train_ids).astype(np.uint8))
+        elif kind == "color":
+            write_image(path, colorize(train_ids))
+        else:  # overlay: half image, half colour map
+            write_image(path, ((image.astype(np.uint16) + colorize(train_ids)) // 2).astype(np.uint8))
+    return list(paths.values())

@@ -1,0 +1,90 @@
+"""cicld predict: right sizes, modes and values per output; bad inputs handled as documented."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cicld.data.labels import cityscapes_ids_to_train_ids, colorize
+from cicld.data.pngio import write_image
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    write_image(folder / "a.png", rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    write_image(folder / "nested" / "b.png", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))  # not a multiple of 16
+    return folder
+
+
+def test_each_output_has_the_input_size_the_right_mode_and_consistent_values(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    result = cli("predict", images, out, "--runs-root", pretrained_runs)
+    assert result.exit_code == 0, result.stderr
+    for stem, size in (("a", (64, 32)), ("nested/b", (50, 40))):
+        files = {kind: Image.open(out / f"{stem}_{kind}.png") for kind in ("trainIds", "labelIds", "color", "overlay")}
+        assert {kind: im.size for kind, im in files.items()} == dict.fromkeys(files, size)
+        assert (files["trainIds"].mode, files["labelIds"].mode, files["color"].mode, files["overlay"].mode) == ("L", "L", "RGB", "RGB")
+        train_ids = np.asarray(files["trainIds"])
+        assert train_ids.max() < 19
+        np.testing.assert_array_equal(cityscapes_ids_to_train_ids(np.asarray(files["labelIds"])), train_ids)
+        np.testing.assert_array_equal(np.asarray(files["color"]), colorize(train_ids))
+
+
+def test_outputs_can_be_chosen(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    assert cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--outputs", "color").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png"]
+
+
+def test_existing_outputs_are_not_overwritten_without_the_flag(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    assert cli("predict", images, out, "--runs-root", pretrained_runs).exit_code == 0
+    before = (out / "a_color.png").read_bytes()
+    result = cli("predict", images, out, "--runs-root", pretrained_runs)
+    assert result.exit_code == 2 and "already exist" in result.stderr and "--overwrite" in result.stderr
+    assert cli("predict", images, out, "--runs-root", pretrained_runs, "--overwrite").exit_code == 0
+    assert (out / "a_color.png").read_bytes() == before  # same model, same image, deterministic
+
+
+def test_non_images_are_skipped_with_a_warning(cli, images, pretrained_runs, tmp_path):
+    (images / "notes.txt").write_text("not an image")
+    result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs)
+    assert result.exit_code == 0 and "skipping" in result.stdout and "notes.txt" in result.stdout
+
+
+def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_so(cli, images, pretrained_runs, tmp_path):
+    (images / "broken.png").write_bytes((images / "a.png").read_bytes()[:100])
+    out = tmp_path / "out"
+    result = cli("predict", images, out, "--runs-root", pretrained_runs)
+    assert result.exit_code == 1
+    assert "broken.png" in result.stdout
+    assert result.stderr.strip().splitlines() == ["error: 1 of 3 images could not be read (listed above); the others were written"]
+    assert (out / "a_trainIds.png").is_file() and (out / "nested" / "b_trainIds.png").is_file()
+
+
+def test_globs_select_files(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    assert cli("predict", str(images / "**" / "b.png"), out, "--runs-root", pretrained_runs).exit_code == 0
+    assert (out / "b_trainIds.png").is_file() and not (out / "a_trainIds.png").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["nowhere", "out"], "nowhere does not exist"),
+        (["only-one"], "give at least one input and the output folder"),
+        (["*.nothing", "out"], "no file matches"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(cli, pretrained_runs, tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    result = cli("predict", *arguments, "--runs-root", pretrained_runs)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_unknown_output_kind_is_refused(cli, images, pretrained_runs, tmp_path):
+    result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs, "--outputs", "color,depth")
+    assert result.exit_code == 2 and "--outputs must name some of" in result.stderr
