@@ -134,3 +134,15 @@ def test_an_interrupted_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(tmp_path / "out.png", fail_half_way)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        write_image(tmp_path / "x.png", np.zeros((2, 2), np.uint8))
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644

@@ -100,16 +100,12 @@ ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, S
 PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
 STATIC, EGO, UNLABELED = 19, 20, 21
 _EXTRA_LABEL_IDS = {STATIC: 4, EGO: 1, UNLABELED: 0}
-_THINGS = (PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE)
 
 _CODE_TO_LABELID = np.zeros(256, np.uint8)
 _CODE_TO_LABELID[:NUM_CLASSES] = TRAINID_TO_LABELID
 for _code, _label_id in _EXTRA_LABEL_IDS.items():
     _CODE_TO_LABELID[_code] = _label_id
 _TRAINID_TO_SYNTHIA = {train_id: synthia_id for synthia_id, train_id in SYNTHIA_ID_TO_TRAINID.items()}
-_CODE_TO_SYNTHIA = np.zeros(256, np.uint16)  # non-evaluated codes -> SYNTHIA 0 (void)
-for _train_id, _synthia_id in _TRAINID_TO_SYNTHIA.items():
-    _CODE_TO_SYNTHIA[_train_id] = _synthia_id
 
 _DOMAINS = {"source": 0, "target": 1}
 _SPLITS = {"train": 0, "val": 1}
@@ -133,6 +129,8 @@ class _World:
     setback: tuple[float, float]
     side_mix: tuple[float, float, float]  # building, vegetation, open
     building_height: tuple[float, float]
+    lawn: float  # probability that the strip in front of a building is grass (terrain), not paved
+    verge: float  # probability of a grass verge between the kerb and the sidewalk
     tree_lined: float  # probability that a side of the street has trees on the sidewalk
     intersection: float
     parked_row: float  # probability of a row of parked cars on a side
@@ -156,8 +154,10 @@ _SOURCE = _World(
     road_right=(2.5, 6.0),
     sidewalk=(2.5, 5.0),
     setback=(0.0, 2.0),
-    side_mix=(0.62, 0.16, 0.22),
-    building_height=(6.0, 30.0),
+    side_mix=(0.55, 0.2, 0.25),
+    building_height=(5.0, 22.0),
+    lawn=0.2,
+    verge=0.15,
     tree_lined=0.3,
     intersection=0.35,
     parked_row=0.55,
@@ -205,14 +205,16 @@ _TARGET = _World(
     cam_height=(1.1, 1.45),
     road_left=(3.5, 8.0),
     road_right=(2.0, 5.0),
-    sidewalk=(1.5, 3.5),
+    sidewalk=(1.8, 3.8),
     setback=(0.0, 3.0),
     side_mix=(0.55, 0.3, 0.15),
     building_height=(8.0, 24.0),
+    lawn=0.45,
+    verge=0.3,
     tree_lined=0.5,
     intersection=0.3,
-    parked_row=0.7,
-    moving_cars=2.0,
+    parked_row=0.6,
+    moving_cars=1.6,
     persons=5.0,
     riders=0.9,
     parked_bicycles=0.8,
@@ -483,7 +485,8 @@ class _Scene:
         rng, world = self.rng, self.world
         self.sides = {}
         for side, road, walk in ((-1, self.road_l, self.walk_l), (1, self.road_r, self.walk_r)):
-            edge = road + walk
+            verge = rng.uniform(0.6, 1.8) if rng.random() < world.verge else 0.0  # grass by the kerb
+            edge = road + verge + walk
             plane = edge + rng.uniform(*world.setback)
             segments = []  # (z0, z1, kind, setback class)
             z = 1.0
@@ -496,10 +499,10 @@ class _Scene:
                 kind = ("building", "vegetation", "open")[rng.choice(3, p=world.side_mix)]
                 length = rng.uniform(8.0, 30.0) if kind == "building" else rng.uniform(6.0, 20.0)
                 z1 = min(z + length, self.z_far, *[a for a, _ in self.crossings if a > z])
-                setback = TERRAIN if (kind != "building" or rng.random() < 0.3) else SIDEWALK
+                setback = TERRAIN if (kind != "building" or rng.random() < world.lawn) else SIDEWALK
                 segments.append((z, z1, kind, setback))
                 z = z1
-            self.sides[side] = dict(road=road, edge=edge, plane=plane, segments=segments)
+            self.sides[side] = dict(road=road, verge=verge, edge=edge, plane=plane, segments=segments)
             for z0, z1, kind, _ in segments:
                 if kind == "building":
                     self.plan_building(side, plane, z0, z1)
@@ -615,6 +618,8 @@ class _Scene:
             beyond_code = np.array([ROAD if seg[2] == "crossing" else TERRAIN for seg in s["segments"]], np.uint8)
             index = np.clip(np.searchsorted(starts, z, side="right") - 1, 0, len(starts) - 1)
             code = np.where(along > s["road"], walk_code[index], code)
+            verge = (along > s["road"]) & (along <= s["road"] + s["verge"]) & (walk_code[index] == SIDEWALK)
+            code = np.where(verge, TERRAIN, code)
             code = np.where(along > s["edge"], setback_code[index], code)
             code = np.where(along > s["plane"], beyond_code[index], code)
         colors = np.zeros((NUM_CLASSES, 3), np.float32)
@@ -881,7 +886,6 @@ class _Scene:
         rng, cv = self.rng, self.cv
         height, color = rng.uniform(3.5, 5.5), self.pick("pole")
         light = (self.pick("light"), rng.integers(3), [self.pick("lamp", 0.0) for _ in range(3)])
-        light2 = (light[0], light[1], light[2])
         reach = rng.uniform(2.0, 4.5)
 
         def draw() -> None:
@@ -890,7 +894,7 @@ class _Scene:
             if overhead:
                 arm = x - side * reach
                 cv.paint(cv.front(min(x, arm), max(x, arm), height + 0.5, height + 0.65, z), POLE, color)
-                self._light(arm, height + 0.5, z - 0.02, *light2)
+                self._light(arm, height + 0.5, z - 0.02, *light)
 
         self.objects.append((z, draw))
 
@@ -1178,6 +1182,7 @@ def _parameters(seed, size, num_source, num_train, num_val, formats) -> dict:
 def _write_json(path: Path, data: dict) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the manifest is as readable as the images
         with os.fdopen(descriptor, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
