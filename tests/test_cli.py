@@ -114,3 +114,18 @@ def test_a_real_process_shows_one_line_and_no_traceback(tmp_path):
     assert process.stderr.strip().splitlines() == [
         f"error: {tmp_path} is not a synthia dataset: missing RGB/, GT/LABELS/"
     ]
+
+
+@pytest.mark.slow
+def test_toy_chain_generates_then_prepare_data_skips_what_is_done(cli, tmp_path):
+    root = tmp_path / "toy"
+    first = cli("prepare-data", "toy", root, "--size", "64x32", "-j", "2")
+    assert first.exit_code == 0, first.stderr
+    assert (root / "gta5" / "sample_class_stats.json").is_file() and (root / "cityscapes" / "sample_class_stats.json").is_file()
+    for dataset in ("gta5", "cityscapes"):
+        again = cli("prepare-data", dataset, root / dataset)
+        assert again.exit_code == 0, again.stderr
+        assert "skipped (already prepared)" in again.stdout
+    other = cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1")
+    assert other.exit_code == 2 and "other parameters" in other.stderr and "--overwrite" in other.stderr
+    assert cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1", "--overwrite").exit_code == 0

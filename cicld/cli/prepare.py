@@ -42,6 +42,7 @@ def prepare_data(
     seed: Optional[int] = typer.Option(None, help="toy only: random seed of the generated world. [default: 0]"),
     size: Optional[str] = typer.Option(None, help="toy only: image size WIDTHxHEIGHT. [default: 256x128]"),
     source_format: Optional[SourceFormat] = typer.Option(None, help="toy only: source domain format. [default: gta5]"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="toy only: regenerate a toy pair made with other parameters."),
 ) -> None:
     """Convert raw labels to trainIds and class stats (idempotent, resumable); or generate the toy pair.
 
@@ -49,14 +50,15 @@ def prepare_data(
     `cicld prepare-data toy` (writes data/toy/gta5 and data/toy/cityscapes, already prepared).
     """
     root = root if root is not None else default_root(dataset.value)
-    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format}
+    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format, "--overwrite": overwrite}
     if dataset is not DatasetChoice.toy:
         given = [flag for flag, value in toy_options.items() if value is not None]
         if given:
             raise CicldError(f"{', '.join(given)} only apply to `prepare-data toy`")
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
         return
-    _generate_toy(root, workers, seed or 0, parse_size(size or "256x128", "--size", minimum=(32, 16)), source_format or SourceFormat.gta5)
+    size_wh = parse_size(size or "256x128", "--size", minimum=(32, 16))
+    _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite))
     formats = ("gta5", "synthia") if source_format is SourceFormat.both else ((source_format or SourceFormat.gta5).value,)
     for name in (*formats, "cityscapes"):
         _prepare_and_report(root / name, name, workers, on_size_mismatch, verify_images)
@@ -66,7 +68,7 @@ def prepare_data(
     )
 
 
-def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat) -> None:
+def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool) -> None:
     from cicld.data.toy import generate_toy_pair
 
     formats = ("gta5", "synthia") if source_format is SourceFormat.both else (source_format.value,)
@@ -77,7 +79,9 @@ def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], so
             progress.update(task, total=total, advance=1)
 
         try:
-            summary = generate_toy_pair(root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance)
+            summary = generate_toy_pair(
+                root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance, overwrite=overwrite
+            )
         except OSError as exc:
             raise DataError(f"cannot write the toy pair to {root}: {exc.strerror or exc}") from None
     console.print(f"Toy pair: {summary}")
