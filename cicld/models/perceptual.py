@@ -45,11 +45,12 @@ class PerceptualLoss(nn.Module):
         except Exception as exc:  # safetensors' own error types
             raise CicldError(f"cannot read perceptual weights {path}: {exc}") from None
         state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-        missing, unexpected = self.features.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CicldError(
-                f"{path} is not a VGG16 features state dict (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
-            )
+        expected = {k: tuple(v.shape) for k, v in self.features.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != expected:
+            wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            raise CicldError(f"{path} is not a VGG16 features state dict (missing or mis-shaped: {', '.join(wrong[:3])})")
+        self.features.load_state_dict(state)
         self.features.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "PerceptualLoss":
