@@ -2,7 +2,6 @@
 
 import copy
 import json
-import time
 
 import pytest
 import torch
@@ -145,12 +144,14 @@ def test_sd_vae_preset_has_the_stable_diffusion_autoencoder_size():
     assert counts["decoder"] == 49_490_199
 
 
-def test_tiny_forward_at_64x128_runs_well_under_a_second(model):
-    x = images()
-    model.predict(x)
-    start = time.perf_counter()
-    model.predict(x)
-    assert time.perf_counter() - start < 0.5
+def test_tiny_prediction_at_64x128_costs_under_half_a_gflop(model):
+    # Speed itself is measured in benchmarks/, not asserted here; the cost in FLOPs is exact.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.predict(images())
+    assert 0 < counter.get_total_flops() < 0.5e9
 
 
 def test_segmentation_never_runs_the_full_resolution_decoder_stages(model):
