@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import png  # pypng: an independent PNG writer (test dependency)
 import pytest
+import torch
 
 from cicld.data.labels import cityscapes_id_palette
 from cicld.data.prepare import find_frames, prepare_dataset
@@ -24,6 +25,16 @@ class CliResult:
     exit_code: int
     stdout: str
     stderr: str
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors gain nothing from threads, and on a shared CPU contending OpenMP threads
+    make tests measure the neighbours instead of the model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

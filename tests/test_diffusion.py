@@ -8,14 +8,7 @@ from cicld.errors import CicldError
 from cicld.models.diffusion import LatentDiffusion
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU contending OpenMP threads
-    make these tests measure the neighbours instead of the model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

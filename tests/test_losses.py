@@ -22,14 +22,7 @@ from cicld.models.losses import (
 H, W = 64, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU contending OpenMP threads
-    make these tests measure the neighbours instead of the model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def seeded(seed=0):

@@ -16,14 +16,7 @@ from cicld.models.conditioning import eq5_condition, one_hot_labels
 H, W = 64, 128  # the tiny preset's reference size (latent 8×16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU contending OpenMP threads
-    make these tests measure the neighbours instead of the model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(**overrides) -> CICLD:

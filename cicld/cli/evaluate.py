@@ -65,8 +65,8 @@ def evaluate(
     """
     from accelerate import Accelerator
 
-    from cicld.data.datasets import DEFAULT_RESIZE, ValDataset
-    from cicld.evaluation.evaluate import InferenceOptions, evaluate_model
+    from cicld.data.datasets import DEFAULT_RESIZE
+    from cicld.evaluation.evaluate import InferenceOptions, evaluate_model, evaluation_split
     from cicld.evaluation.plots import confusion_matrix_png, iou_bar_chart_png
     from cicld.models import CICLD
     from cicld.training.config import STAGE_CONFIGS
@@ -85,9 +85,7 @@ def evaluate(
         size = DEFAULT_RESIZE.get(dataset)
     if dataset not in DEFAULT_RESIZE:
         raise CicldError(f"--dataset must be cityscapes, gta5 or synthia, got {dataset!r}")
-    val = ValDataset(data, dataset, split, resize=size)
-    if limit is not None and limit < len(val):
-        val = ValDataset(data, dataset, split, resize=size, names=[s.name for s in val.samples[:limit]])
+    val = evaluation_split(data, dataset, split, size, limit)
     win, over = parse_size(window, "--window"), parse_size(overlap, "--overlap")
     options = InferenceOptions(steps, refine, sliding, (win[1], win[0]), (over[1], over[0]), window_batch)
 

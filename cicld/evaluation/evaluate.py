@@ -18,6 +18,14 @@ from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from cicld.models import CICLD
 
 
+def evaluation_split(root, dataset: str, split: str, resize, limit: int | None = None) -> ValDataset:
+    """The frames to score: a prepared split, optionally only its first ``limit`` frames."""
+    frames = ValDataset(root, dataset, split, resize=resize)
+    if limit is None or limit >= len(frames):
+        return frames
+    return ValDataset(root, dataset, split, resize=resize, names=[s.name for s in frames.samples[:limit]])
+
+
 @dataclass
 class InferenceOptions:
     """How to run the model on one image: whole image, or sliding windows (for large inputs)."""

@@ -11,7 +11,7 @@ from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
 from cicld.data.layouts import CLASS_STATS_FILE
 from cicld.data.sampling import RareClassSampler
 from cicld.errors import CicldError, DataError
-from cicld.evaluation.evaluate import evaluate_model
+from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.models import CICLD
 from cicld.training.config import CommonConfig
@@ -63,12 +63,7 @@ def oracle_dataset(config: CommonConfig) -> SourceDataset:
 def val_dataset(config: CommonConfig) -> ValDataset:
     root = config.resolved_target_root
     require_prepared(root, "cityscapes", toy=config.source == "toy")
-    names = None
-    dataset = ValDataset(root, "cityscapes", "val", resize=config.resolved_target_resize)
-    if config.val_limit is not None and config.val_limit < len(dataset):
-        names = [s.name for s in dataset.samples[: config.val_limit]]
-        dataset = ValDataset(root, "cityscapes", "val", resize=config.resolved_target_resize, names=names)
-    return dataset
+    return evaluation_split(root, "cityscapes", "val", config.resolved_target_resize, config.val_limit)
 
 
 def build_optimizer(model: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
