@@ -4,10 +4,16 @@ and examples show, and the examples themselves."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -181,3 +187,42 @@ def test_the_command_check_catches_wrong_subcommands_and_flags(tmp_path):
         *(["page.md:7: `cicld demo` has no option --anything"] if demo_exists else []),
         "page.md:12: `cicld evaluate` has no option --windw",
     ]
+
+
+# ---------------------------------------------------------------- examples
+def test_python_api_example_segments_an_image_with_a_saved_model(tmp_path, single_thread):
+    import torch
+
+    from cicld.data.labels import colorize
+    from cicld.data.pngio import read_image, write_image
+    from cicld.data.transforms import normalize
+    from cicld.models import CICLD, CICLDConfig
+
+    torch.manual_seed(0)
+    model = CICLD(CICLDConfig.preset("tiny")).eval()
+    model.save_pretrained(tmp_path / "model")
+    image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    write_image(tmp_path / "street.png", image)
+    out = tmp_path / "out" / "street_color.png"
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # same device as `expected`
+    process = subprocess.run(
+        [sys.executable, str(EXAMPLES / "python_api.py"), tmp_path / "model", tmp_path / "street.png", out],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    assert str(out) in process.stdout
+    expected = colorize(model.predict(normalize(image)[None]).argmax(1)[0].numpy())  # seeded noise: deterministic
+    np.testing.assert_array_equal(read_image(out), expected)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.sh")))
+def test_shell_examples_are_valid_bash(script):
+    process = subprocess.run(["bash", "-n", EXAMPLES / script], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr
+
+
+def test_examples_readme_names_every_example():
+    readme = (EXAMPLES / "README.md").read_text()
+    unnamed = [p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh") and p.name not in readme]
+    assert not unnamed, f"examples/README.md does not mention {', '.join(unnamed)}"
