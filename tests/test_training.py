@@ -139,7 +139,7 @@ def test_a_missing_pretrained_stage_names_the_command_to_run_first(cli, toy_root
         (["--mixed-precision", "fp8"], "--mixed-precision must be one of"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--crop", "big"], "--crop must look like WIDTHxHEIGHT"),
-        (["--resume", "latest"], "no unfinished adapt run"),
+        (["--resume", "latest", "--steps", "9"], "saved settings; drop --source-root, --target-root, --steps"),
     ],
 )
 def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
@@ -147,6 +147,18 @@ def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_resume_latest_without_an_unfinished_run_is_a_one_line_error(cli, tmp_path):
+    result = cli("adapt", "--source", "toy", "--runs-root", tmp_path / "runs", "--resume", "latest")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: --resume latest: no unfinished adapt run for --source toy in {tmp_path / 'runs'}/"]
+
+
+def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):
+    result = cli("pretrain-ae", "--source", "toy", "--init-from", tmp_path, "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2 and "--init-from is for pretrain-ldm and adapt" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_oracle_is_refused_on_real_data(cli):

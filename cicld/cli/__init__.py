@@ -40,7 +40,7 @@ def _root(
 
 
 # Commands register themselves on `app` when their module is imported.
-from cicld.cli import evaluate, predict, prepare, train  # noqa: E402,F401
+from cicld.cli import demo, evaluate, predict, prepare, train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

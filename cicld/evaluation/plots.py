@@ -60,3 +60,22 @@ def iou_bar_chart_png(scores: SegmentationScores, path: Path, title: str = "per-
         draw.rectangle([_LABEL_WIDTH, y + 2, _LABEL_WIDTH + max(1, int(bar_width * iou)), y + _CELL - 3], fill=PALETTE[i], outline="black")
         draw.text((_LABEL_WIDTH + int(bar_width * iou) + 4, y + 5), f"{100 * iou:.1f}", fill="black", font=_FONT)
     return _save(image, path)
+
+
+def side_by_side_png(rows: list[list[np.ndarray]], titles: list[str], path: Path, gap: int = 4) -> Path:
+    """A grid of equally sized RGB pictures, one title per column (e.g. input | truth | predictions)."""
+    if not rows or any(len(row) != len(titles) for row in rows):
+        raise ValueError(f"every row needs one picture per title ({len(titles)})")
+    height, width = rows[0][0].shape[:2]
+    if any(picture.shape != (height, width, 3) for row in rows for picture in row):
+        raise ValueError("all pictures must be RGB arrays of the same size")
+    header = 18
+    columns = len(titles)
+    image = Image.new("RGB", (columns * width + (columns - 1) * gap, header + len(rows) * (height + gap) - gap), "white")
+    draw = ImageDraw.Draw(image)
+    for j, title in enumerate(titles):
+        draw.text((j * (width + gap) + 2, 3), title, fill="black", font=_FONT)
+    for i, row in enumerate(rows):
+        for j, picture in enumerate(row):
+            image.paste(Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)), (j * (width + gap), header + i * (height + gap)))
+    return _save(image, path)

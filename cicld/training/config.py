@@ -15,6 +15,7 @@ from typing import Any
 
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
 from cicld.errors import CicldError
+from cicld.models.config import CICLDConfig
 
 SOURCES = ("gta5", "synthia", "toy")
 METHODS = ("cicld", "source-only", "oracle")
@@ -35,7 +36,7 @@ class CommonConfig:
     source: str = _help("labelled source domain: gta5, synthia or toy (the built-in toy pair)", "gta5")
     source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
     target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
-    preset: str = _help("model preset (tiny, base, sd-vae) for a model built from scratch", "base")
+    preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) for a model built from scratch", "base")
     steps: int = _help("optimizer steps", 40000)
     batch_size: int = _help("images per domain per process and step", 2)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
@@ -133,6 +134,11 @@ class AutoencoderConfig(CommonConfig):
     perceptual_weights: str | None = _help("local VGG16 safetensors file for the perceptual loss (None: no perceptual loss)", None)
     perceptual_weight: float = _help("weight of the perceptual loss", 1.0)
     init_autoencoder: str | None = _help("local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.init_from is not None:
+            raise CicldError("pretrain-ae builds a new model from --preset (E/D from --init-autoencoder); --init-from is for pretrain-ldm and adapt")
 
 
 @dataclass

@@ -26,7 +26,7 @@ _SIZES = ("crop", "source_resize", "target_resize")  # WIDTHxHEIGHT options, whe
 STAGE_NOTES: dict[str, str] = {
     "preset": "Used by `pretrain-ae` only: later stages load the previous stage's model, preset included.",
     "batch_size": "`pretrain-ae` splits it: half source, half target images.",
-    "init_from": "Not used by `pretrain-ae`, which builds a new model from `--preset`.",
+    "init_from": "An error for `pretrain-ae`, which builds a new model from `--preset`.",
     "val_every": "`pretrain-ae` does not validate.",
     "val_limit": "`pretrain-ae` does not validate.",
 }

@@ -1,0 +1,260 @@
+"""``cicld demo``: the whole method end to end on the built-in toy pair, on a CPU.
+
+toy pair → ``pretrain-ae`` → ``pretrain-ldm`` → ``adapt --method source-only`` and ``adapt``
+(CICLD) → both evaluated on the toy target's val split → predictions and a side-by-side picture
+of a few val images. Every stage is an ordinary run under ``<out>/runs`` with the toy recipe, so
+what the demo does is what the commands in the README do.
+
+Re-running the demo reuses the stages that finished with the same settings and resumes an
+interrupted one from its last checkpoint, so Ctrl-C costs at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cicld.data.labels import colorize
+from cicld.data.pngio import atomic_write, read_image
+from cicld.data.prepare import find_frames, prepare_dataset
+from cicld.data.toy import generate_toy_pair
+from cicld.errors import CicldError
+from cicld.evaluation.metrics import SegmentationScores
+from cicld.training.config import CommonConfig, make_config
+from cicld.training.runs import FINAL, is_finished, read_run_config, stage_runs
+from cicld.training.session import TrainResult
+
+#: The two adapted models the demo compares, in table order: name -> ``adapt --method``.
+METHODS = {"source-only": "source-only", "CICLD": "cicld"}
+
+
+@dataclass
+class DemoOptions:
+    """What ``cicld demo`` runs. The defaults are the full demo; ``quick`` is a smoke test."""
+
+    out: Path = Path("cicld-demo")
+    seed: int = 0
+    workers: int = 2  # toy-pair generation processes
+    num_pictures: int = 4  # target val images in the side-by-side picture and the predictions
+    #: A one-minute check of the install: a 64×32 toy pair of a few frames and a few steps per
+    #: stage. Its numbers mean nothing.
+    quick: bool = False
+
+    @property
+    def data_root(self) -> Path:
+        return self.out / "data" / "toy"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.out / "runs"
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    scores: dict[str, SegmentationScores]  # METHODS key -> target val scores
+    models: dict[str, Path]  # METHODS key -> exported model folder
+    comparison: Path  # the side-by-side picture
+    predictions: Path
+    evaluation: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, this invocation
+
+
+class DemoProgress:
+    """Callbacks the demo reports through (the CLI draws them with rich); no-ops by default."""
+
+    def stage_started(self, name: str, total: int | None) -> None: ...
+
+    def advanced(self, completed: int, status: str = "", total: int | None = None) -> None: ...
+
+    def stage_finished(self, name: str, seconds: float, note: str) -> None: ...
+
+
+def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> DemoResult:
+    progress = progress or DemoProgress()
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, total: int | None, work: Callable[[], str]) -> None:
+        progress.stage_started(name, total)
+        started = time.perf_counter()
+        note = work()
+        seconds[name] = time.perf_counter() - started
+        progress.stage_finished(name, seconds[name], note)
+
+    stage("toy pair", None, lambda: _make_toy_pair(options, progress))
+    trained: dict[str, Path] = {}
+    plan = [
+        ("pretrain-ae", "pretrain-ae", {}),
+        ("pretrain-ldm", "pretrain-ldm", {"init_from": "pretrain-ae"}),
+        *((f"adapt ({name})", "adapt", {"method": method, "init_from": "pretrain-ldm"}) for name, method in METHODS.items()),
+    ]
+    for name, stage_name, overrides in plan:
+        if "init_from" in overrides:
+            overrides = {**overrides, "init_from": str(trained[overrides["init_from"]])}
+        config = make_config(stage_name, **_stage_overrides(options), **overrides)
+        key = stage_name if stage_name != "adapt" else config.method
+
+        def train(config=config, key=key) -> str:
+            final, note = _train_or_reuse(config, progress)
+            trained[key] = final
+            return note
+
+        stage(name, config.steps, train)
+
+    models = {name: trained[method] for name, method in METHODS.items()}
+    evaluation = options.out / "evaluation"
+    scores: dict[str, SegmentationScores] = {}
+    stage("evaluate", None, lambda: _evaluate(options, models, evaluation, scores, progress))
+    predictions = options.out / "predictions"
+    comparison = options.out / "comparison.png"
+    stage("predict", None, lambda: _predict(options, models, predictions, comparison, progress))
+    summary = {name: {"model": str(models[name]), **scores[name].as_dict()} for name in models}
+    _write_json(options.out / "results.json", summary)
+    return DemoResult(options.out, scores, models, comparison, predictions, evaluation, seconds)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _stage_overrides(options: DemoOptions) -> dict:
+    common = dict(
+        source="toy",
+        seed=options.seed,
+        runs_root=str(options.runs_root),
+        source_root=str(options.data_root / "gta5"),
+        target_root=str(options.data_root / "cityscapes"),
+    )
+    if options.quick:
+        common.update(steps=4, batch_size=2, crop=None, checkpoint_every=2, log_every=1, val_every=0)
+    return common
+
+
+def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> str:
+    sizes = dict(size=(64, 32), num_source=8, num_target_train=8, num_target_val=4) if options.quick else {}
+    done = [0]
+
+    def advance(total: int) -> None:
+        done[0] += 1
+        progress.advanced(done[0], "frames", total=total)
+
+    try:
+        summary = generate_toy_pair(options.data_root, seed=options.seed, workers=options.workers, progress=advance, **sizes)
+    except OSError as exc:
+        raise CicldError(f"cannot write the toy pair to {options.data_root}: {exc.strerror or exc}") from None
+    for dataset in ("gta5", "cityscapes"):
+        report = prepare_dataset(find_frames(options.data_root / dataset, dataset), workers=options.workers)
+        if report.failures:
+            raise CicldError(f"the toy {dataset} data in {options.data_root} is damaged ({report.failures[0][1]}); delete it and re-run")
+    return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}"
+
+
+def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[Path, str]:
+    """Reuse a finished run with this exact config, resume an unfinished one, or start afresh."""
+    runs_root, wanted = Path(config.runs_root), _comparable(config.to_dict())
+    finished = _run_with_config(runs_root, config.stage, wanted, finished=True)
+    if finished is not None:
+        return finished / FINAL, f"reused the finished run {finished}"
+    resume = _run_with_config(runs_root, config.stage, wanted, finished=False)
+
+    def on_step(step: int, row: dict) -> None:
+        losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
+        progress.advanced(step, losses)
+
+    result: TrainResult = _TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)
+    note = f"run {result.run_dir}" + (" (resumed)" if resume else "")
+    return result.final, note
+
+
+def _run_with_config(runs_root: Path, stage: str, wanted: dict, finished: bool) -> Path | None:
+    """The newest (un)finished run of ``stage`` whose recorded config equals ``wanted``."""
+    for run in stage_runs(runs_root, stage):
+        if is_finished(run) == finished and _comparable(read_run_config(run)) == wanted:
+            return run
+    return None
+
+
+def _comparable(config: dict) -> dict:
+    # init_from names a folder that is resolved at run time; JSON turns tuples into lists.
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "init_from"}))
+
+
+def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, scores: dict, progress: DemoProgress) -> str:
+    from accelerate import Accelerator
+
+    from cicld.evaluation.evaluate import evaluate_model, evaluation_split
+    from cicld.evaluation.plots import confusion_matrix_png, iou_bar_chart_png
+    from cicld.models import CICLD
+
+    val = evaluation_split(options.data_root / "cityscapes", "cityscapes", "val", None)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    done = 0
+    for name, model_dir in models.items():
+        model = CICLD.from_pretrained(model_dir, device=accelerator.device)
+
+        def on_image(n: int, base=done) -> None:
+            progress.advanced(base + n, name, total=len(models) * len(val))
+
+        scores[name] = result = evaluate_model(model, val, accelerator, on_image=on_image)
+        done += len(val)
+        folder = out / _slug(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "scores.json", result.as_dict())
+        iou_bar_chart_png(result, folder / "iou.png", title=f"{name}, toy target val")
+        confusion_matrix_png(result, folder / "confusion.png")
+    return f"{len(val)} val images per model; scores and pictures in {out}"
+
+
+def _predict(options: DemoOptions, models: dict[str, Path], out: Path, comparison: Path, progress: DemoProgress) -> str:
+    from cicld.data.datasets import ValDataset
+    from cicld.data.transforms import normalize
+    from cicld.evaluation.plots import side_by_side_png
+    from cicld.evaluation.predict import PredictionInput, predict_files
+    from cicld.models import CICLD
+
+    samples = ValDataset(options.data_root / "cityscapes", "cityscapes", "val").samples[: options.num_pictures]
+    images = [read_image(s.image, "RGB") for s in samples]
+    rows = [[image, colorize(read_image(s.train_ids))] for image, s in zip(images, samples)]
+    for name, model_dir in models.items():
+        model = CICLD.from_pretrained(model_dir).eval()
+        with torch.no_grad():
+            for row, image in zip(rows, images):
+                logits = model.predict(normalize(image)[None])
+                row.append(colorize(logits.argmax(1)[0].to(torch.uint8).numpy()))
+        inputs = [PredictionInput(s.image, Path(s.image.name)) for s in samples]
+        predict_files(model, inputs, out / _slug(name), kinds=("color", "overlay"), overwrite=True,
+                      on_image=lambda n, name=name: progress.advanced(n, name, total=len(samples)))  # fmt: skip
+    side_by_side_png(rows, ["input", "ground truth", *(f"{name}" for name in models)], comparison)
+    return f"{len(samples)} val images: colour maps and overlays in {out}, side by side in {comparison}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _lazy_train(module: str, function: str) -> Callable:
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    return call
+
+
+_TRAIN = {
+    "pretrain-ae": _lazy_train("cicld.training.pretrain_ae", "pretrain_ae"),
+    "pretrain-ldm": _lazy_train("cicld.training.pretrain_ldm", "pretrain_ldm"),
+    "adapt": _lazy_train("cicld.training.adapt", "adapt"),
+}
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "-")
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
