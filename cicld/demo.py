@@ -86,27 +86,20 @@ def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> Demo
         seconds[name] = time.perf_counter() - started
         progress.stage_finished(name, seconds[name], note)
 
-    stage("toy pair", None, lambda: _make_toy_pair(options, progress))
-    trained: dict[str, Path] = {}
-    plan = [
-        ("pretrain-ae", "pretrain-ae", {}),
-        ("pretrain-ldm", "pretrain-ldm", {"init_from": "pretrain-ae"}),
-        *((f"adapt ({name})", "adapt", {"method": method, "init_from": "pretrain-ldm"}) for name, method in METHODS.items()),
-    ]
-    for name, stage_name, overrides in plan:
-        if "init_from" in overrides:
-            overrides = {**overrides, "init_from": str(trained[overrides["init_from"]])}
+    def train(label: str, stage_name: str, **overrides) -> Path:
         config = make_config(stage_name, **_stage_overrides(options), **overrides)
-        key = stage_name if stage_name != "adapt" else config.method
+        result: list[Path] = []
+        stage(label, config.steps, lambda: _train_or_reuse(config, progress, result))
+        return result[0]
 
-        def train(config=config, key=key) -> str:
-            final, note = _train_or_reuse(config, progress)
-            trained[key] = final
-            return note
-
-        stage(name, config.steps, train)
-
-    models = {name: trained[method] for name, method in METHODS.items()}
+    stage("toy pair", None, lambda: _make_toy_pair(options, progress))
+    autoencoder = train("pretrain-ae", "pretrain-ae")
+    latent_diffusion = train("pretrain-ldm", "pretrain-ldm", init_from=str(autoencoder))
+    # Both adapted models start from the same pretrain-ldm model: the difference is the adaptation.
+    models = {
+        name: train(f"adapt ({name})", "adapt", method=method, init_from=str(latent_diffusion))
+        for name, method in METHODS.items()
+    }
     evaluation = options.out / "evaluation"
     scores: dict[str, SegmentationScores] = {}
     stage("evaluate", None, lambda: _evaluate(options, models, evaluation, scores, progress))
@@ -153,12 +146,14 @@ def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> str:
     return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}"
 
 
-def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[Path, str]:
-    """Reuse a finished run with this exact config, resume an unfinished one, or start afresh."""
+def _train_or_reuse(config: CommonConfig, progress: DemoProgress, final: list[Path]) -> str:
+    """Reuse a finished run with this exact config, resume an unfinished one, or start afresh;
+    appends the exported model folder to ``final`` and returns a note for the user."""
     runs_root, wanted = Path(config.runs_root), _comparable(config.to_dict())
     finished = _run_with_config(runs_root, config.stage, wanted, finished=True)
     if finished is not None:
-        return finished / FINAL, f"reused the finished run {finished}"
+        final.append(finished / FINAL)
+        return f"reused the finished run {finished}"
     resume = _run_with_config(runs_root, config.stage, wanted, finished=False)
 
     def on_step(step: int, row: dict) -> None:
@@ -166,8 +161,8 @@ def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[Path,
         progress.advanced(step, losses)
 
     result: TrainResult = _TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)
-    note = f"run {result.run_dir}" + (" (resumed)" if resume else "")
-    return result.final, note
+    final.append(result.final)
+    return f"run {result.run_dir}" + (" (resumed)" if resume else "")
 
 
 def _run_with_config(runs_root: Path, stage: str, wanted: dict, finished: bool) -> Path | None:
@@ -225,7 +220,7 @@ def _predict(options: DemoOptions, models: dict[str, Path], out: Path, compariso
             for row, image in zip(rows, images):
                 logits = model.predict(normalize(image)[None])
                 row.append(colorize(logits.argmax(1)[0].to(torch.uint8).numpy()))
-        inputs = [PredictionInput(s.image, Path(s.image.name)) for s in samples]
+        inputs = [PredictionInput(s.image, Path(s.image.stem)) for s in samples]
         predict_files(model, inputs, out / _slug(name), kinds=("color", "overlay"), overwrite=True,
                       on_image=lambda n, name=name: progress.advanced(n, name, total=len(samples)))  # fmt: skip
     side_by_side_png(rows, ["input", "ground truth", *(f"{name}" for name in models)], comparison)

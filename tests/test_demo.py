@@ -71,6 +71,8 @@ def test_demo_writes_a_side_by_side_picture_of_input_truth_and_both_models(demo_
     assert np.array_equal(first_input, read_image(val_images[0], "RGB"))
     predictions = sorted(p.relative_to(out / "predictions") for p in (out / "predictions").rglob("*.png"))
     assert len(predictions) == 2 * 4 * 2  # two models, four images, colour + overlay
+    first = val_images[0].stem
+    assert {Path("cicld") / f"{first}_color.png", Path("source-only") / f"{first}_overlay.png"} <= set(predictions)
 
 
 def test_a_second_run_reuses_every_finished_stage(demo_run):

@@ -98,8 +98,10 @@ def evaluate(
         task = progress.add_task("evaluating", total=share, rate="")
 
         def on_image(done: int) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, completed=done, rate=f"{rate:.2f} images/s")
+            # The bar follows the main process's share; the others run the same number of images.
+            rate = accelerator.num_processes * done / max(time.perf_counter() - started, 1e-9)
+            processes = f" over {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+            progress.update(task, completed=done, rate=f"{rate:.2f} images/s{processes}")
 
         scores = evaluate_model(model, val, accelerator, options, on_image)
     if not accelerator.is_main_process:
