@@ -1,0 +1,267 @@
+"""The toy UDA benchmark: source-only vs CICLD vs oracle over seeds, and the paper's ablations.
+
+Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, `adapt`,
+`evaluate`) run as subprocesses on one toy pair with the toy recipe (`--source toy`):
+
+- **main**: for each seed, pretrain-ae → pretrain-ldm → adapt with `--method source-only`,
+  `cicld` and `oracle` (target labels); target-val mIoU19 as mean ± std over the seeds.
+- **table1** (paper Table 1, first seed): conditioning × inter-coder connection. The variants
+  share the first seed's autoencoder (neither switch changes it) and train pretrain-ldm + adapt.
+- **table2** (paper Table 2, first seed): adapt from the first seed's pretrain-ldm with
+  CE only (`--adversarial none`: ClassMix self-training + diffusion loss), 2-class adversarial,
+  3-class adversarial (the main run), 3-class + contrastive, 3-class + MMD.
+
+Jobs run `--jobs` at a time, each with one torch thread; a re-run reuses finished jobs.
+Writes `<out>/results.json` and a markdown report (`--markdown`, default `<out>/uda_toy.md`).
+
+    PYTHONPATH=. python benchmarks/uda_toy.py --out bench/uda_toy --jobs 2
+    PYTHONPATH=. python benchmarks/uda_toy.py --out bench/quick --quick     # plumbing check, minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cicld.data.labels import CLASSES  # noqa: E402
+from cicld.models import CICLD  # noqa: E402
+from cicld.training.runs import newest_finished_run  # noqa: E402
+
+
+@dataclass
+class Job:
+    """One training stage run into its own runs folder, then evaluated on the toy target val."""
+
+    name: str
+    stage: str
+    flags: list[str] = field(default_factory=list)
+    after: str | None = None  # the job whose model this one starts from (--init-from)
+    variant: dict | None = None  # model-config switches applied to `after`'s model first (Table 1)
+
+
+def plan(seeds: list[int], tables: set[str]) -> list[Job]:
+    jobs: list[Job] = []
+    first = seeds[0]
+    for seed in seeds:
+        s = [f"--seed={seed}"]
+        jobs += [
+            Job(f"ae-s{seed}", "pretrain-ae", s),
+            Job(f"ldm-s{seed}", "pretrain-ldm", s, after=f"ae-s{seed}"),
+            Job(f"source-only-s{seed}", "adapt", [*s, "--method=source-only"], after=f"ldm-s{seed}"),
+            Job(f"cicld-s{seed}", "adapt", s, after=f"ldm-s{seed}"),
+            Job(f"oracle-s{seed}", "adapt", [*s, "--method=oracle"], after=f"ldm-s{seed}"),
+        ]
+    s = [f"--seed={first}"]
+    if "table1" in tables:
+        for conditioning in (False, True):
+            for inter_coder in (False, True):
+                if conditioning and inter_coder:
+                    continue  # the main run
+                tag = f"cond{int(conditioning)}-ic{int(inter_coder)}"
+                variant = {"conditioning": conditioning, "inter_coder": inter_coder}
+                jobs += [
+                    Job(f"ldm-{tag}", "pretrain-ldm", s, after=f"ae-s{first}", variant=variant),
+                    Job(f"cicld-{tag}", "adapt", s, after=f"ldm-{tag}"),
+                ]
+    if "table2" in tables:
+        jobs += [
+            Job("ce-only", "adapt", [*s, "--adversarial=none"], after=f"ldm-s{first}"),
+            Job("adv-2class", "adapt", [*s, "--adversarial=2class"], after=f"ldm-s{first}"),
+            Job("adv-3class-cl", "adapt", [*s, "--contrastive"], after=f"ldm-s{first}"),
+            Job("adv-3class-mmd", "adapt", [*s, "--mmd"], after=f"ldm-s{first}"),
+        ]
+    return jobs
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Runner:
+    def __init__(self, out: Path, data: Path, quick: bool):
+        self.out, self.data, self.quick = out, data, quick
+        self.finals: dict[str, Path] = {}
+        self.seconds: dict[str, float] = {}
+        self.scores: dict[str, dict] = {}
+
+    def cicld(self, *args: str, log: Path) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        with open(log, "a") as handle:
+            done = subprocess.run([sys.executable, "-m", "cicld", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"`cicld {' '.join(args)}` failed (exit {done.returncode}); see {log}")
+
+    def run(self, job: Job) -> None:
+        runs_root = self.out / "runs" / job.name
+        finished = newest_finished_run(runs_root, job.stage)
+        log = self.out / "logs" / f"{job.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if finished is None:
+            started = time.perf_counter()
+            if any((runs_root / job.stage).glob("*/checkpoints/step-*")):  # interrupted: continue it as saved
+                self.cicld(job.stage, "--source=toy", f"--runs-root={runs_root}", "--resume=latest", log=log)
+            else:
+                init = self.start_model(job)
+                quick = ["--steps=3", "--batch-size=2", "--crop=none", "--val-every=0", "--checkpoint-every=2"] if self.quick else []
+                self.cicld(job.stage, "--source=toy", f"--runs-root={runs_root}", f"--source-root={self.data / 'gta5'}",
+                           f"--target-root={self.data / 'cityscapes'}", *([f"--init-from={init}"] if init else []),
+                           *job.flags, *quick, log=log)  # fmt: skip
+            self.seconds[job.name] = time.perf_counter() - started
+            finished = newest_finished_run(runs_root, job.stage)
+        self.finals[job.name] = finished / "final"
+        if job.stage != "pretrain-ae":
+            scores = self.out / "scores" / f"{job.name}.json"
+            if not scores.is_file():
+                scores.parent.mkdir(parents=True, exist_ok=True)
+                self.cicld("evaluate", str(finished / "final"), f"--data={self.data / 'cityscapes'}", f"--json={scores}",
+                           f"--out={self.out / 'plots' / job.name}", log=log)  # fmt: skip
+            self.scores[job.name] = json.loads(scores.read_text())
+
+    def start_model(self, job: Job) -> Path | None:
+        if job.after is None:
+            return None
+        base = self.finals[job.after]
+        if job.variant is None:
+            return base
+        return derive_variant(base, self.out / "variants" / job.name, job.variant)
+
+
+def derive_variant(model_dir: Path, out: Path, switches: dict) -> Path:
+    """``model_dir``'s weights in a model with some architecture switches changed.
+
+    Only the parameters the switches add or remove may differ (the inter-coder fusions, f_mask);
+    anything else missing or unexpected is an error, never silently skipped.
+    """
+    model = CICLD.from_pretrained(model_dir)
+    variant = CICLD(model.config.replace(**switches))
+    missing, unexpected = variant.load_state_dict(model.state_dict(), strict=False)
+    allowed = ("decoder.fusions.", "mask_encoder.")
+    stray = [k for k in (*missing, *unexpected) if not k.startswith(allowed)]
+    if stray:
+        raise RuntimeError(f"switching {switches} changes unrelated parameters: {stray[:5]}")
+    variant.save_pretrained(out)
+    return out
+
+
+def run_all(runner: Runner, jobs: list[Job], workers: int) -> None:
+    """Run jobs as soon as the job they start from has finished, ``workers`` at a time."""
+    pending = {job.name: job for job in jobs}
+    futures: dict = {}
+    with ThreadPoolExecutor(workers) as pool:
+        while pending or futures:
+            ready = [j for j in pending.values() if j.after is None or j.after in runner.finals]
+            for job in ready[: max(0, workers - len(futures))]:
+                futures[pool.submit(runner.run, job)] = job
+                del pending[job.name]
+            done = next((f for f in futures if f.done()), None)
+            if done is None:
+                time.sleep(0.5)
+                continue
+            job = futures.pop(done)
+            done.result()  # re-raise a failed job
+            score = runner.scores.get(job.name, {}).get("mIoU19")
+            took = runner.seconds.get(job.name)
+            print(f"{job.name:<18} {'' if score is None else f'mIoU19 {100 * score:5.1f}'}"
+                  f"{'' if took is None else f'  ({took:.0f} s)'}", flush=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float) -> str:
+    miou = {name: 100 * s["mIoU19"] for name, s in runner.scores.items()}
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"one torch thread per job; wall time {wall / 60:.1f} min (jobs run in parallel; reused jobs count 0).",
+        "",
+        "Target (toy Cityscapes val, 100 images) mIoU19 in %, mean ± std over seeds " + ", ".join(map(str, seeds)) + ":",
+        "",
+        "| method | mIoU19 | per seed |",
+        "|---|---:|---|",
+    ]
+    for method in ("source-only", "cicld", "oracle"):
+        values = [miou[f"{method}-s{s}"] for s in seeds]
+        lines.append(f"| {method} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
+    gains = [miou[f"cicld-s{s}"] - miou[f"source-only-s{s}"] for s in seeds]
+    ratios = [100 * miou[f"cicld-s{s}"] / miou[f"oracle-s{s}"] for s in seeds]
+    lines += ["", f"CICLD − source-only: {mean_std(gains)} mIoU; CICLD / oracle: {mean_std(ratios)} %.", ""]
+    first = seeds[0]
+    if "table1" in tables:
+        lines += ["Table 1 (seed " f"{first}): conditioning × inter-coder connection, CICLD adapt mIoU19", "",
+                  "| | unconditioned | conditioned |", "|---|---:|---:|"]  # fmt: skip
+        name = lambda c, i: f"cicld-s{first}" if (c and i) else f"cicld-cond{c}-ic{i}"  # noqa: E731
+        for ic, label in ((0, "without inter-coder connection"), (1, "with inter-coder connection")):
+            lines.append(f"| {label} | {miou[name(0, ic)]:.1f} | {miou[name(1, ic)]:.1f} |")
+        lines.append("")
+    if "table2" in tables:
+        lines += [f"Table 2 (seed {first}): objectives of `adapt`, from the same pretrain-ldm model", "",
+                  "| objective | flags | mIoU19 |", "|---|---|---:|"]  # fmt: skip
+        rows = [
+            ("CE only (self-training, no adversarial)", "--adversarial none", "ce-only"),
+            ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class"),
+            ("CE + 3-class adversarial (CICLD)", "(default)", f"cicld-s{first}"),
+            ("CE + 3-class adversarial + CL", "--contrastive", "adv-3class-cl"),
+            ("CE + 3-class adversarial + MMD", "--mmd", "adv-3class-mmd"),
+        ]
+        for label, flags, job in rows:
+            lines.append(f"| {label} | `{flags}` | {miou[job]:.1f} |")
+        lines.append("")
+    lines += ["Per-class IoU (seed " f"{first}):", "",
+              "| class | source-only | CICLD | oracle |", "|---|---:|---:|---:|"]  # fmt: skip
+    for c in CLASSES:
+        cells = [runner.scores[f"{m}-s{first}"]["per_class_iou"][c] for m in ("source-only", "cicld", "oracle")]
+        lines.append(f"| {c} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+    if runner.seconds:
+        lines += ["", "Job times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in runner.seconds.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/uda_toy"))
+    parser.add_argument("--data", type=Path, default=None, help="a toy pair (default: <out>/data, generated)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tables", default="table1,table2", help="ablations to run besides main (comma-separated, or none)")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at once (one torch thread each)")
+    parser.add_argument("--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only")
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    tables = {t for t in args.tables.split(",") if t and t != "none"}
+    data = args.data or args.out / "data"
+    started = time.perf_counter()
+    runner = Runner(args.out, data, args.quick)
+    if args.data is None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        size = ["--size=64x32"] if args.quick else []
+        runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), *size, log=args.out / "prepare.log")
+    run_all(runner, plan(args.seeds, tables), args.jobs)
+    command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
+    text = report(runner, args.seeds, tables, command, time.perf_counter() - started)
+    markdown = args.markdown or args.out / "uda_toy.md"
+    markdown.write_text(text)
+    (args.out / "results.json").write_text(json.dumps({"scores": runner.scores, "seconds": runner.seconds}, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
