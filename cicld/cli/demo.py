@@ -17,12 +17,12 @@ def demo(
     out: Path = typer.Option(Path("cicld-demo"), "--out", "-o", help="Folder for the toy data, runs, scores and pictures."),
     seed: int = typer.Option(0, help="Seed of the toy world and of every training stage."),
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Processes generating the toy pair."),
-    quick: bool = typer.Option(False, "--quick", help="A one-minute smoke test of the install (tiny data, a few steps; the scores mean nothing)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke test of the install in well under a minute (tiny data, four steps per stage; the scores mean nothing)."),
 ) -> None:
     """Run the whole method on the toy pair: data, three training stages, evaluation, pictures.
 
     toy pair -> pretrain-ae -> pretrain-ldm -> adapt (source-only) and adapt (CICLD) -> evaluate
-    both on the toy target's val split -> predictions and a side-by-side picture. About 12 minutes
+    both on the toy target's val split -> predictions and a side-by-side picture. About 9 minutes
     on a 2-core CPU. Re-running reuses finished stages and resumes an interrupted one.
     """
     from cicld.demo import DemoOptions, run_demo
