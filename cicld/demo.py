@@ -47,7 +47,8 @@ class DemoOptions:
 
     @property
     def data_root(self) -> Path:
-        return self.out / "data" / "toy"
+        # One pair per seed and size, side by side: another --seed never meets a pair it cannot reuse.
+        return self.out / "data" / f"toy-seed{self.seed}{'-quick' if self.quick else ''}"
 
     @property
     def runs_root(self) -> Path:

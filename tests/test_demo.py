@@ -67,7 +67,7 @@ def test_demo_writes_a_side_by_side_picture_of_input_truth_and_both_models(demo_
     # and an 18-pixel title row; one row per toy val image (four in --quick).
     assert picture.shape == (18 + 4 * (32 + 4) - 4, 4 * 64 + 3 * 4, 3)
     first_input = picture[18 : 18 + 32, 0:64]
-    val_images = sorted((out / "data/toy/cityscapes/leftImg8bit/val").rglob("*.png"))
+    val_images = sorted((out / "data/toy-seed0-quick/cityscapes/leftImg8bit/val").rglob("*.png"))
     assert np.array_equal(first_input, read_image(val_images[0], "RGB"))
     predictions = sorted(p.relative_to(out / "predictions") for p in (out / "predictions").rglob("*.png"))
     assert len(predictions) == 2 * 4 * 2  # two models, four images, colour + overlay
@@ -99,6 +99,17 @@ def test_an_interrupted_stage_is_resumed_from_its_last_checkpoint(demo_run):
     assert "(resumed)" in stdout
     assert (run / "final" / "model.safetensors").is_file()
     assert stdout.count("reused the finished run") == len(STAGE_LINES) - 1
+
+
+def test_another_seed_in_the_same_folder_gets_its_own_toy_pair_and_runs(demo_run):
+    from cicld.cli import main
+
+    out, _, _ = demo_run
+    code, stdout = _run_main(main, "demo", "--quick", "--out", str(out), "--seed", "1", "-j", "1")
+    assert code == 0, stdout
+    assert "reused" not in stdout  # nothing of seed 0 is taken for seed 1
+    assert (out / "data/toy-seed1-quick/toy.json").is_file() and (out / "data/toy-seed0-quick/toy.json").is_file()
+    assert json.loads((out / "data/toy-seed1-quick/toy.json").read_text())["seed"] == 1
 
 
 def test_an_output_folder_that_is_a_file_is_a_one_line_error(cli, tmp_path):
