@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -25,12 +26,19 @@ from cicld.data.prepare import find_frames, prepare_dataset
 from cicld.data.toy import generate_toy_pair
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
+from cicld.training.adapt import adapt
 from cicld.training.config import CommonConfig, make_config
+from cicld.training.pretrain_ae import pretrain_ae
+from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import FINAL, is_finished, read_run_config, stage_runs
-from cicld.training.session import TrainResult
+from cicld.training.session import loss_summary
+
+#: The stage functions the demo runs, by stage name.
+TRAIN = {"pretrain-ae": pretrain_ae, "pretrain-ldm": pretrain_ldm, "adapt": adapt}
 
 #: The two adapted models the demo compares, in table order: name -> ``adapt --method``.
 METHODS = {"source-only": "source-only", "CICLD": "cicld"}
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,7 +71,6 @@ class DemoResult:
     comparison: Path  # the side-by-side picture
     predictions: Path
     evaluation: Path
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage, this invocation
 
 
 class DemoProgress:
@@ -78,20 +85,18 @@ class DemoProgress:
 
 def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> DemoResult:
     progress = progress or DemoProgress()
-    seconds: dict[str, float] = {}
 
-    def stage(name: str, total: int | None, work: Callable[[], str]) -> None:
+    def stage(name: str, total: int | None, work: Callable[[], tuple[str, T]]) -> T:
+        """Run ``work`` (which returns a note for the user and its result) between two reports."""
         progress.stage_started(name, total)
         started = time.perf_counter()
-        note = work()
-        seconds[name] = time.perf_counter() - started
-        progress.stage_finished(name, seconds[name], note)
+        note, result = work()
+        progress.stage_finished(name, time.perf_counter() - started, note)
+        return result
 
     def train(label: str, stage_name: str, **overrides) -> Path:
         config = make_config(stage_name, **_stage_overrides(options), **overrides)
-        result: list[Path] = []
-        stage(label, config.steps, lambda: _train_or_reuse(config, progress, result))
-        return result[0]
+        return stage(label, config.steps, lambda: _train_or_reuse(config, progress))
 
     stage("toy pair", None, lambda: _make_toy_pair(options, progress))
     autoencoder = train("pretrain-ae", "pretrain-ae")
@@ -102,14 +107,13 @@ def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> Demo
         for name, method in METHODS.items()
     }
     evaluation = options.out / "evaluation"
-    scores: dict[str, SegmentationScores] = {}
-    stage("evaluate", None, lambda: _evaluate(options, models, evaluation, scores, progress))
+    scores = stage("evaluate", None, lambda: _evaluate(options, models, evaluation, progress))
     predictions = options.out / "predictions"
     comparison = options.out / "comparison.png"
     stage("predict", None, lambda: _predict(options, models, predictions, comparison, progress))
     summary = {name: {"model": str(models[name]), **scores[name].as_dict()} for name in models}
     _write_json(options.out / "results.json", summary)
-    return DemoResult(options.out, scores, models, comparison, predictions, evaluation, seconds)
+    return DemoResult(options.out, scores, models, comparison, predictions, evaluation)
 
 
 # --------------------------------------------------------------------------- stages
@@ -128,7 +132,7 @@ def _stage_overrides(options: DemoOptions) -> dict:
     return common
 
 
-def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> str:
+def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> tuple[str, None]:
     sizes = dict(size=(64, 32), num_source=8, num_target_train=8, num_target_val=4) if options.quick else {}
     done = [0]
 
@@ -144,26 +148,20 @@ def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> str:
         report = prepare_dataset(find_frames(options.data_root / dataset, dataset), workers=options.workers)
         if report.failures:
             raise CicldError(f"the toy {dataset} data in {options.data_root} is damaged ({report.failures[0][1]}); delete it and re-run")
-    return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}"
+    return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}", None
 
 
-def _train_or_reuse(config: CommonConfig, progress: DemoProgress, final: list[Path]) -> str:
-    """Reuse a finished run with this exact config, resume an unfinished one, or start afresh;
-    appends the exported model folder to ``final`` and returns a note for the user."""
+def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[str, Path]:
+    """Reuse a finished run with this exact config, resume an unfinished one, or start afresh.
+    Returns a note for the user and the exported model folder."""
     runs_root, wanted = Path(config.runs_root), _comparable(config.to_dict())
     finished = _run_with_config(runs_root, config.stage, wanted, finished=True)
     if finished is not None:
-        final.append(finished / FINAL)
-        return f"reused the finished run {finished}"
+        return f"reused the finished run {finished}", finished / FINAL
     resume = _run_with_config(runs_root, config.stage, wanted, finished=False)
-
-    def on_step(step: int, row: dict) -> None:
-        losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
-        progress.advanced(step, losses)
-
-    result: TrainResult = _TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)
-    final.append(result.final)
-    return f"run {result.run_dir}" + (" (resumed)" if resume else "")
+    on_step = lambda step, row: progress.advanced(step, loss_summary(row))  # noqa: E731
+    result = TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)
+    return f"run {result.run_dir}" + (" (resumed)" if resume else ""), result.final
 
 
 def _run_with_config(runs_root: Path, stage: str, wanted: dict, finished: bool) -> Path | None:
@@ -179,7 +177,7 @@ def _comparable(config: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.items() if k != "init_from"}))
 
 
-def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, scores: dict, progress: DemoProgress) -> str:
+def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, progress: DemoProgress) -> tuple[str, dict[str, SegmentationScores]]:
     from accelerate import Accelerator
 
     from cicld.evaluation.evaluate import evaluate_model, evaluation_split
@@ -188,6 +186,7 @@ def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, scores: 
 
     val = evaluation_split(options.data_root / "cityscapes", "cityscapes", "val", None)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    scores: dict[str, SegmentationScores] = {}
     done = 0
     for name, model_dir in models.items():
         model = CICLD.from_pretrained(model_dir, device=accelerator.device)
@@ -202,49 +201,30 @@ def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, scores: 
         _write_json(folder / "scores.json", result.as_dict())
         iou_bar_chart_png(result, folder / "iou.png", title=f"{name}, toy target val")
         confusion_matrix_png(result, folder / "confusion.png")
-    return f"{len(val)} val images per model; scores and pictures in {out}"
+    return f"{len(val)} val images per model; scores and pictures in {out}", scores
 
 
-def _predict(options: DemoOptions, models: dict[str, Path], out: Path, comparison: Path, progress: DemoProgress) -> str:
+def _predict(options: DemoOptions, models: dict[str, Path], out: Path, comparison: Path, progress: DemoProgress) -> tuple[str, None]:
     from cicld.data.datasets import ValDataset
-    from cicld.data.transforms import normalize
     from cicld.evaluation.plots import side_by_side_png
-    from cicld.evaluation.predict import PredictionInput, predict_files
+    from cicld.evaluation.predict import PredictionInput, output_paths, predict_files
     from cicld.models import CICLD
 
     samples = ValDataset(options.data_root / "cityscapes", "cityscapes", "val").samples[: options.num_pictures]
-    images = [read_image(s.image, "RGB") for s in samples]
-    rows = [[image, colorize(read_image(s.train_ids))] for image, s in zip(images, samples)]
+    inputs = [PredictionInput(s.image, Path(s.image.stem)) for s in samples]
+    rows = [[read_image(s.image, "RGB"), colorize(read_image(s.train_ids))] for s in samples]
     for name, model_dir in models.items():
-        model = CICLD.from_pretrained(model_dir).eval()
-        with torch.no_grad():
-            for row, image in zip(rows, images):
-                logits = model.predict(normalize(image)[None])
-                row.append(colorize(logits.argmax(1)[0].to(torch.uint8).numpy()))
-        inputs = [PredictionInput(s.image, Path(s.image.stem)) for s in samples]
-        predict_files(model, inputs, out / _slug(name), kinds=("color", "overlay"), overwrite=True,
+        folder = out / _slug(name)
+        predict_files(CICLD.from_pretrained(model_dir), inputs, folder, kinds=("color", "overlay"), overwrite=True,
                       on_image=lambda n, name=name: progress.advanced(n, name, total=len(samples)))  # fmt: skip
-    side_by_side_png(rows, ["input", "ground truth", *(f"{name}" for name in models)], comparison)
-    return f"{len(samples)} val images: colour maps and overlays in {out}, side by side in {comparison}"
+        # The picture shows the very colour maps just written.
+        for row, entry in zip(rows, inputs):
+            row.append(read_image(output_paths(folder, entry, ("color",))["color"], "RGB"))
+    side_by_side_png(rows, ["input", "ground truth", *models], comparison)
+    return f"{len(samples)} val images: colour maps and overlays in {out}, side by side in {comparison}", None
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _lazy_train(module: str, function: str) -> Callable:
-    def call(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
-
-    return call
-
-
-_TRAIN = {
-    "pretrain-ae": _lazy_train("cicld.training.pretrain_ae", "pretrain_ae"),
-    "pretrain-ldm": _lazy_train("cicld.training.pretrain_ldm", "pretrain_ldm"),
-    "adapt": _lazy_train("cicld.training.adapt", "adapt"),
-}
 
 
 def _slug(name: str) -> str:

@@ -91,8 +91,9 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
             progress.start()
         first_step, first_time = first[0]
         rate = (step - first_step) / max(time.perf_counter() - first_time, 1e-9)
-        losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
-        progress.update(task, completed=step, status=f"{losses} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
+        progress.update(task, completed=step, status=f"{loss_summary(row)} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
+
+    from cicld.training.session import loss_summary
 
     try:
         result = train(config, resume=resume, on_step=on_step)

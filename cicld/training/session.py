@@ -260,6 +260,11 @@ class Session:
         self.accelerator.end_training()
 
 
+def loss_summary(row: dict[str, float]) -> str:
+    """A step row's losses as ``name=value`` pairs, for progress displays (lr and val left out)."""
+    return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
+
+
 def _tensorboard_writer(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
