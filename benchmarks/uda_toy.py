@@ -6,7 +6,8 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
 - **main**: for each seed, pretrain-ae → pretrain-ldm → adapt with `--method source-only`,
   `cicld` and `oracle` (target labels); target-val mIoU19 as mean ± std over the seeds.
 - **table1** (paper Table 1, first seed): conditioning × inter-coder connection. The variants
-  share the first seed's autoencoder (neither switch changes it) and train pretrain-ldm + adapt.
+  share the first seed's autoencoder (neither switch changes it) and train pretrain-ldm (with
+  `--[no-]conditioning --[no-]inter-coder`) + adapt.
 - **table2** (paper Table 2, first seed): adapt from the first seed's pretrain-ldm with
   CE only (`--adversarial none`: ClassMix self-training + diffusion loss), 2-class adversarial,
   3-class adversarial (the main run), 3-class + contrastive, 3-class + MMD.
@@ -38,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cicld.data.labels import CLASSES  # noqa: E402
-from cicld.models import CICLD  # noqa: E402
 from cicld.training.runs import newest_finished_run  # noqa: E402
 
 
@@ -50,7 +50,6 @@ class Job:
     stage: str
     flags: list[str] = field(default_factory=list)
     after: str | None = None  # the job whose model this one starts from (--init-from)
-    variant: dict | None = None  # model-config switches applied to `after`'s model first (Table 1)
 
 
 def plan(seeds: list[int], tables: set[str]) -> list[Job]:
@@ -72,9 +71,9 @@ def plan(seeds: list[int], tables: set[str]) -> list[Job]:
                 if conditioning and inter_coder:
                     continue  # the main run
                 tag = f"cond{int(conditioning)}-ic{int(inter_coder)}"
-                variant = {"conditioning": conditioning, "inter_coder": inter_coder}
+                switches = [f"--{'' if conditioning else 'no-'}conditioning", f"--{'' if inter_coder else 'no-'}inter-coder"]
                 jobs += [
-                    Job(f"ldm-{tag}", "pretrain-ldm", s, after=f"ae-s{first}", variant=variant),
+                    Job(f"ldm-{tag}", "pretrain-ldm", [*s, *switches], after=f"ae-s{first}"),
                     Job(f"cicld-{tag}", "adapt", s, after=f"ldm-{tag}"),
                 ]
     if "table2" in tables:
@@ -131,29 +130,7 @@ class Runner:
             self.scores[job.name] = json.loads(scores.read_text())
 
     def start_model(self, job: Job) -> Path | None:
-        if job.after is None:
-            return None
-        base = self.finals[job.after]
-        if job.variant is None:
-            return base
-        return derive_variant(base, self.out / "variants" / job.name, job.variant)
-
-
-def derive_variant(model_dir: Path, out: Path, switches: dict) -> Path:
-    """``model_dir``'s weights in a model with some architecture switches changed.
-
-    Only the parameters the switches add or remove may differ (the inter-coder fusions, f_mask);
-    anything else missing or unexpected is an error, never silently skipped.
-    """
-    model = CICLD.from_pretrained(model_dir)
-    variant = CICLD(model.config.replace(**switches))
-    missing, unexpected = variant.load_state_dict(model.state_dict(), strict=False)
-    allowed = ("decoder.fusions.", "mask_encoder.")
-    stray = [k for k in (*missing, *unexpected) if not k.startswith(allowed)]
-    if stray:
-        raise RuntimeError(f"switching {switches} changes unrelated parameters: {stray[:5]}")
-    variant.save_pretrained(out)
-    return out
+        return None if job.after is None else self.finals[job.after]
 
 
 def run_all(runner: Runner, jobs: list[Job], workers: int) -> None:

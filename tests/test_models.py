@@ -182,6 +182,20 @@ def test_predict_is_deterministic_without_a_generator(model):
     assert torch.equal(model.predict(images(), steps=2), model.predict(images(), steps=2))
 
 
+def test_a_prediction_does_not_depend_on_the_other_images_in_its_batch(model):
+    alone = model.predict(images(seed=1), steps=1)
+    for others in (images(seed=3), images(batch=3, seed=4)):
+        in_batch = model.predict(torch.cat([others, images(seed=1)]), steps=1)[-1:]
+        torch.testing.assert_close(in_batch, alone, rtol=0, atol=1e-5)
+        assert torch.equal(in_batch.argmax(1), alone.argmax(1))
+
+
+def test_sliding_window_prediction_does_not_depend_on_the_other_images_in_its_batch(model):
+    alone = model.predict_sliding(images(seed=1), window=64, overlap=16, steps=1)
+    in_batch = model.predict_sliding(torch.cat([images(seed=3), images(seed=1)]), window=64, overlap=16, steps=1)[-1:]
+    torch.testing.assert_close(in_batch, alone, rtol=0, atol=1e-5)
+
+
 def test_predict_with_zero_steps_ignores_the_noise_seed(model):
     assert torch.equal(model.predict(images(), steps=0, generator=seeded(1)), model.predict(images(), steps=0, generator=seeded(2)))
 
@@ -194,6 +208,36 @@ def test_refinement_passes_condition_on_the_previous_prediction(model):
     plain = model.predict(images(), steps=1)
     refined = model.predict(images(), steps=1, refine=1)
     assert refined.shape == plain.shape and not torch.equal(refined, plain)
+
+
+# ---------------------------------------------------------------------- architecture switches
+@pytest.mark.parametrize(
+    "switch, value, part",
+    [("inter_coder", False, "decoder.fusions."), ("conditioning", False, "mask_encoder."), ("discriminator", "2class", "discriminator.")],
+)
+def test_with_switches_changes_only_the_switched_part_and_keeps_every_other_weight(switch, value, part):
+    model = tiny()
+    switched = model.with_switches(**{switch: value})
+    assert getattr(switched.config, switch) == value and getattr(model.config, switch) != value
+    before, after = model.state_dict(), switched.state_dict()
+    assert {k for k in before if not k.startswith(part)} == {k for k in after if not k.startswith(part)}
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith(part))
+    if switch == "discriminator":
+        assert switched.discriminator.fc2.out_features == 2
+    else:
+        assert not any(k.startswith(part) for k in after)
+        back = switched.with_switches(**{switch: True})  # switched on again: the part starts afresh
+        assert any(k.startswith(part) for k in back.state_dict())
+
+
+def test_with_switches_returns_the_same_model_when_nothing_changes():
+    model = tiny()
+    assert model.with_switches(inter_coder=True, conditioning=True) is model
+
+
+def test_with_switches_refuses_a_field_that_is_not_a_switch():
+    with pytest.raises(CicldError, match="not an architecture switch: latent_channels"):
+        tiny().with_switches(latent_channels=8)
 
 
 # ---------------------------------------------------------------------- inter-coder connection

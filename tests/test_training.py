@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cicld.models import CICLD
 from cicld.training.adapt import adapt
 from cicld.training.config import make_config
 from cicld.training.runs import stage_runs
@@ -29,8 +31,6 @@ def test_pretrain_ae_exports_a_model_but_leaves_runs_latest_alone(pretrained_run
 def test_pretrain_ldm_starts_from_the_autoencoder_and_becomes_runs_latest(pretrained_runs):
     (ae_run,) = stage_runs(pretrained_runs, "pretrain-ae")
     (ldm_run,) = stage_runs(pretrained_runs, "pretrain-ldm")
-    import json
-
     assert json.loads((ldm_run / "config.json").read_text())["init_from"] == str(ae_run / "final")
     assert (pretrained_runs / "latest").resolve() == (ldm_run / "final").resolve()
     # With --no-train-encoder, E stays as the autoencoder left it while the UNet trains.
@@ -59,6 +59,41 @@ def test_adapt_ablation_switches_run(cli, toy_root, pretrained_runs, tmp_path, a
     assert result.exit_code == 0, result.stderr
     header = (stage_runs(runs, "adapt")[0] / "log.csv").read_text().splitlines()[0]
     assert "cl" in header.split(",") and "mmd" in header.split(",")
+
+
+def test_adapt_with_2class_adversarial_trains_a_2_output_discriminator(cli, toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("adapt", *stage_flags(toy_root, runs), "--adversarial", "2class")
+    assert result.exit_code == 0, result.stderr
+    (run,) = stage_runs(runs, "adapt")
+    model = CICLD.from_pretrained(run / "final")
+    assert model.config.discriminator == "2class" and model.discriminator.fc2.out_features == 2
+    start = CICLD.from_pretrained(stage_runs(runs, "pretrain-ldm")[0] / "final")
+    assert start.discriminator.fc2.out_features == 3  # the default 3-class head was replaced, not reused
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
+def test_table1_flags_switch_the_inter_coder_connection_and_conditioning_off(cli, toy_root, pretrained_runs, tmp_path, stage):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli(stage, *stage_flags(toy_root, runs), "--no-inter-coder", "--no-conditioning")
+    assert result.exit_code == 0, result.stderr
+    run = max(stage_runs(runs, stage))
+    model = CICLD.from_pretrained(run / "final")
+    assert not model.config.inter_coder and model.decoder.fusions is None
+    assert not model.config.conditioning and model.mask_encoder is None
+
+
+def test_crop_none_trains_on_whole_images_even_where_the_recipe_crops(cli, toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    flags = [str(f) for f in stage_flags(toy_root, runs)]
+    flags[flags.index("--crop") + 1] = "none"
+    result = cli("adapt", *flags)
+    assert result.exit_code == 0, result.stderr
+    (run,) = stage_runs(runs, "adapt")
+    assert json.loads((run / "config.json").read_text())["crop"] is None
 
 
 def _adapt_config(toy_root, runs, steps):

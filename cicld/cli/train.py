@@ -55,12 +55,13 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
 
     def command(**values) -> None:
         resume = values.pop("resume")
-        ignored = [_flag(k) for k, v in values.items() if v is not None and k not in ("source", "runs_root")]
+        values = {k: v for k, v in values.items() if v is not None}  # the flags given; `--crop none` is given
+        ignored = [_flag(k) for k in values if k not in ("source", "runs_root")]
         if resume is not None and ignored:
             # The saved config wins on resume; a flag that would be dropped silently is an error.
             raise CicldError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} (or start a new run)")
         for key in ("crop", "source_resize", "target_resize"):
-            if values.get(key) is not None:
+            if key in values:
                 values[key] = parse_size(values[key], _flag(key))
         config = make_config(config_class.stage, **values)
         _run_stage(train, config, resume)

@@ -16,7 +16,8 @@ Decisions the paper leaves open (see ``docs/model.md``):
 - The UNet is fed a detached z_t, so the diffusion loss trains ε_θ only (Eq. 6) and cannot pull
   E towards a collapsed, easy-to-denoise latent; the segmentation and adversarial losses still
   reach E through the explicit z_t term of ẑ0 = (z_t − √(1−ᾱ_t)ε̂)/√ᾱ_t, and ε_θ through ε̂.
-- Inference noise is seeded (seed 0 unless a generator or noise is given): same input, same output.
+- Inference noise is seeded per image (seed 0 unless a generator or noise is given): the same
+  image gives the same prediction whatever else is in its batch.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: Inference noise seed when the caller gives neither a generator nor noise.
 DEFAULT_NOISE_SEED = 0
+#: The architecture switches of :meth:`CICLD.with_switches` and the parameters each one owns.
+SWITCHED_PARTS = {"inter_coder": "decoder.fusions.", "conditioning": "mask_encoder.", "discriminator": "discriminator."}
 
 
 class CICLD(nn.Module):
@@ -321,11 +324,16 @@ class CICLD(nn.Module):
         return self.segment(z0_hat, features if use_inter_coder else None, images.shape[-2:])
 
     def _inference_noise(self, padded: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if generator is None:
-            generator = torch.Generator().manual_seed(DEFAULT_NOISE_SEED)
+        """One latent noise draw per image. Without ``generator`` every image gets the draw of a fresh
+        seed-``DEFAULT_NOISE_SEED`` generator, so its prediction depends on the image alone, never on
+        the other images of its batch; with one, the images take successive draws from it."""
         factor = self.config.vae_scale_factor
-        shape = (padded.shape[0], self.config.latent_channels, padded.shape[-2] // factor, padded.shape[-1] // factor)
-        return self.diffusion.draw_noise(shape, generator, padded.device, padded.dtype)
+        shape = (1, self.config.latent_channels, padded.shape[-2] // factor, padded.shape[-1] // factor)
+        draws = []
+        for _ in range(padded.shape[0]):
+            source = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_NOISE_SEED)
+            draws.append(self.diffusion.draw_noise(shape, source, padded.device, padded.dtype))
+        return torch.cat(draws)
 
     def _pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         if images.dim() != 4 or images.shape[1] != self.config.in_channels:
@@ -401,6 +409,29 @@ class CICLD(nn.Module):
         model = cls(config)
         load_state_dict_strict(model, state, what=f"weights in {weights_path}")
         return model.to(device) if device is not None else model
+
+    def with_switches(self, **switches: Any) -> "CICLD":
+        """This model with architecture switches changed: ``inter_coder``, ``conditioning`` (Table 1)
+        and ``discriminator`` ("3class" or "2class", Table 2).
+
+        Every weight is copied except those of the parts a switch adds, removes or reshapes (the
+        inter-coder fusions, f_mask, f_dis), which start from their initialisation. Returns ``self``
+        when nothing changes.
+        """
+        unknown = sorted(set(switches) - set(SWITCHED_PARTS))
+        if unknown:
+            raise CicldError(f"not an architecture switch: {', '.join(unknown)}; switches are {', '.join(SWITCHED_PARTS)}")
+        changed = {k: v for k, v in switches.items() if getattr(self.config, k) != v}
+        if not changed:
+            return self
+        model = CICLD(self.config.replace(**changed)).to(device=self.device, dtype=self.dtype)
+        fresh = tuple(SWITCHED_PARTS[k] for k in changed)
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith(fresh)}
+        state = model.state_dict()
+        check_state_dict({k: v for k, v in state.items() if not k.startswith(fresh)}, kept, what="weights kept across the switch")
+        state.update(kept)
+        model.load_state_dict(state, strict=True)
+        return model.train(self.training)
 
     def load_autoencoder_kl(self, path: str | os.PathLike) -> None:
         """Initialise E and D (not f_cls, not the fusions) from a local diffusers AutoencoderKL directory.

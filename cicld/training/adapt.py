@@ -40,7 +40,8 @@ from cicld.training.session import Session, TrainResult
 def make_mixed_batch(ema_model, source: dict, target: dict, config: AdaptConfig, generator: torch.Generator):
     """Pseudo-label the target with ``ema_model`` and ClassMix the source into it (DESIGN §2)."""
     ema_model.eval()
-    probs = torch.softmax(ema_model.predict(target["image"]).float(), dim=1)
+    # Fresh inference noise every step (from the step's generator), not the fixed seed of `predict`.
+    probs = torch.softmax(ema_model.predict(target["image"], generator=generator).float(), dim=1)
     pseudo, weight = pseudo_label_weight(
         probs, config.pseudo_threshold, config.pseudo_ignore_top, config.pseudo_ignore_bottom
     )
@@ -60,7 +61,10 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
     val = val_dataset(config)
     if resume is None:  # a resumed run keeps the starting point it recorded
         config.init_from = str(resolve_init(config, "pretrain-ldm"))
-    model = load_model(Path(config.init_from))
+    switches = dict(config.architecture_switches)
+    if config.adversarial != "none":  # f_dis with as many outputs as the adversarial loss has domains
+        switches["discriminator"] = config.adversarial
+    model = load_model(Path(config.init_from), switches)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     objective = UDAObjective(model, config) if target is not None else SegmentationObjective(model, config.lambda_dif)
     optimizer = build_optimizer(objective, config)

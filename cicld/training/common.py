@@ -112,5 +112,6 @@ def resolve_init(config: CommonConfig, previous_stage: str) -> Path:
     return run / FINAL
 
 
-def load_model(path: Path) -> CICLD:
-    return CICLD.from_pretrained(path)
+def load_model(path: Path, switches: dict | None = None) -> CICLD:
+    """The starting model of a stage, with the architecture ``switches`` the stage asks for applied."""
+    return CICLD.from_pretrained(path).with_switches(**(switches or {}))

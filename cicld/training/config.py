@@ -142,7 +142,24 @@ class AutoencoderConfig(CommonConfig):
 
 
 @dataclass
-class LatentDiffusionConfig(CommonConfig):
+class SegmentationStageConfig(CommonConfig):
+    """What the two segmentation stages share: the paper's Table 1 switches."""
+
+    inter_coder: bool | None = _help(
+        "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
+    )
+    conditioning: bool | None = _help(
+        "label conditioning (f_mask, Eq. 5) on/off (Table 1); a change starts f_mask afresh [default: as the starting model]", None
+    )
+
+    @property
+    def architecture_switches(self) -> dict[str, bool]:
+        """The switches given, to apply to the starting model."""
+        return {k: v for k in ("inter_coder", "conditioning") if (v := getattr(self, k)) is not None}
+
+
+@dataclass
+class LatentDiffusionConfig(SegmentationStageConfig):
     """``pretrain-ldm``: ε_θ, D, f_cls and f_mask on the source, from the autoencoder (stage 2)."""
 
     stage = "pretrain-ldm"
@@ -151,7 +168,7 @@ class LatentDiffusionConfig(CommonConfig):
 
 
 @dataclass
-class AdaptConfig(CommonConfig):
+class AdaptConfig(SegmentationStageConfig):
     """``adapt``: the UDA loop (EMA pseudo-labels, ClassMix, 3-class adversarial alignment)."""
 
     stage = "adapt"
@@ -208,9 +225,13 @@ def toy_recipe(stage: str) -> dict[str, Any]:
 
 
 def make_config(stage: str, **overrides: Any) -> CommonConfig:
-    """The stage's config: dataclass defaults, then the toy recipe if ``source == "toy"``, then ``overrides``."""
+    """The stage's config: dataclass defaults, then the toy recipe if ``source == "toy"``, then ``overrides``.
+
+    Every override given wins, None included: ``crop=None`` means whole images even where the
+    recipe crops. Leave a field out to keep its default.
+    """
     cls = STAGE_CONFIGS[stage]
-    values = {k: v for k, v in overrides.items() if v is not None}
+    values = dict(overrides)
     if values.get("source") == "toy":
         names = {f.name for f in dataclasses.fields(cls)}
         values = {**{k: v for k, v in toy_recipe(stage).items() if k in names}, **values}

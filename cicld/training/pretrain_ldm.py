@@ -27,7 +27,7 @@ def pretrain_ldm(
     source, val = source_dataset(config), val_dataset(config)
     if resume is None:  # a resumed run keeps the starting point it recorded
         config.init_from = str(resolve_init(config, "pretrain-ae"))
-    model = load_model(Path(config.init_from))
+    model = load_model(Path(config.init_from), config.architecture_switches)
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
     objective = SegmentationObjective(model, config.lambda_dif)
