@@ -73,7 +73,6 @@ class Net:
     overrides: dict[str, Any] = field(default_factory=dict)  # cicld config fields
     noise: bool = True  # cicld: train through the noised latent and ε_θ (False: S = 0, segment(z0))
     lambda_dif: float = 1.0
-    head: dict[str, Any] | None = None  # scratch: SkipHead variant (see /tmp/exp/variants.py)
 
     def build(self) -> nn.Module:
         if self.kind == "plain":
@@ -81,13 +80,7 @@ class Net:
             if self.norm == "gn":
                 _batchnorm_to_groupnorm(model)
             return model
-        model = CICLD(CICLDConfig.preset(self.preset, **self.overrides))
-        if self.head is not None:
-            sys.path.insert(0, "/tmp/exp")
-            from variants import patch_skip_head
-
-            patch_skip_head(model, **self.head)
-        return model
+        return CICLD(CICLDConfig.preset(self.preset, **self.overrides))
 
 
 def _batchnorm_to_groupnorm(module: nn.Module, groups: int = 8) -> None:
@@ -108,18 +101,26 @@ class Rung:
 
 def _rungs() -> dict[str, Rung]:
     plain, cicld = PLAIN_RECIPE, CICLD_RECIPE
+    batch4 = dataclasses.replace(plain, batch=4)
     crop = dataclasses.replace(plain, crop=(128, 128), batch=4, steps=600)
     opt = dataclasses.replace(crop, optimizer="adamw-poly", lr=1e-3, weight_decay=0.01)
+    small = {"preset": "small"}
     rungs = [
+        # From the plain CNN's recipe to the toy recipe of cicld <= 0.x (commit 0899905), one change at a time.
         Rung("plain", Net("plain"), plain, "plain CNN, its own recipe (whole images, batch 8, Adam one-cycle, class weights)"),
-        Rung("crop128-b4", Net("plain"), crop, "... 128x128 crops, batch 4, 600 steps (cicld's toy data per step)"),
-        Rung("adamw-poly", Net("plain"), opt, "... AdamW 1e-3, warm-up 20 + poly (cicld's optimiser and schedule)"),
-        Rung("no-class-weights", Net("plain"), cicld, "... no class weights (= cicld's toy recipe)"),
+        Rung("crop128-b4", Net("plain"), crop, "... 128x128 crops, batch 4, 600 steps (the old toy recipe's data per step)"),
+        Rung("adamw-poly", Net("plain"), opt, "... AdamW 1e-3, warm-up 20 + poly (the old toy recipe's optimiser)"),
+        Rung("no-class-weights", Net("plain"), cicld, "... no class weights (= the old toy recipe)"),
         Rung("groupnorm", Net("plain", norm="gn"), cicld, "... GroupNorm instead of BatchNorm"),
-        Rung("cicld-tiny-s0", Net("cicld", noise=False), cicld, "cicld tiny, S = 0 (E, inter-coder, D, f_cls; no latent noise, no ε_θ)"),
-        Rung("cicld-tiny", Net("cicld"), cicld, "cicld tiny as shipped (noised latent, ε_θ, one-step ẑ0, diffusion loss)"),
-        Rung("cicld-tiny-no-ic", Net("cicld", overrides={"inter_coder": False}), cicld, "... without the inter-coder connection"),
-        Rung("cicld-tiny-plain-recipe", Net("cicld"), plain, "cicld tiny as shipped, trained with the plain CNN's recipe"),
+        # The new toy recipe (whole images, batch 4, Adam one-cycle, class weights) with each network.
+        Rung("plain-b4", Net("plain"), batch4, "plain CNN, whole images at batch 4 (the new toy recipe's data per step)"),
+        Rung("plain-b4-gn", Net("plain", norm="gn"), batch4, "... GroupNorm instead of BatchNorm"),
+        Rung("small-gn", Net("cicld", **small, overrides={"ae_norm": "group"}), batch4, "cicld small with GroupNorm (diffusers' own)"),
+        Rung("small", Net("cicld", **small), batch4, "cicld small as shipped (BatchNorm in E/D/f_cls; noised latent, ε_θ, S = 1)"),
+        Rung("small-s0", Net("cicld", **small, noise=False), batch4, "... S = 0: no latent noise, no ε_θ"),
+        Rung("small-no-ic", Net("cicld", **small, overrides={"inter_coder": False}), batch4, "... without the inter-coder connection"),
+        Rung("small-no-cond", Net("cicld", **small, overrides={"conditioning": False}), batch4, "... without conditioning"),
+        Rung("small-old-recipe", Net("cicld", **small), cicld, "cicld small with the old toy recipe (crops, AdamW-poly, no class weights)"),
     ]
     return {r.name: r for r in rungs}
 

@@ -4,7 +4,8 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
 `evaluate`) run as subprocesses on one toy pair with the toy recipe (`--source toy`):
 
 - **main**: for each seed, pretrain-ae → pretrain-ldm → adapt with `--method source-only`,
-  `cicld` and `oracle` (target labels); target-val mIoU19 as mean ± std over the seeds.
+  `self-training` (the no-diffusion baseline), `cicld` and `oracle` (target labels); target-val
+  mIoU19 as mean ± std over the seeds; the CICLD models also at S = 0, 1, 2, 10 DDIM steps.
 - **table1** (paper Table 1, first seed): conditioning × inter-coder connection. The variants
   share the first seed's autoencoder (neither switch changes it) and train pretrain-ldm (with
   `--[no-]conditioning --[no-]inter-coder`) + adapt.
@@ -61,6 +62,7 @@ def plan(seeds: list[int], tables: set[str]) -> list[Job]:
             Job(f"ae-s{seed}", "pretrain-ae", s),
             Job(f"ldm-s{seed}", "pretrain-ldm", s, after=f"ae-s{seed}"),
             Job(f"source-only-s{seed}", "adapt", [*s, "--method=source-only"], after=f"ldm-s{seed}"),
+            Job(f"self-training-s{seed}", "adapt", [*s, "--method=self-training"], after=f"ldm-s{seed}"),
             Job(f"cicld-s{seed}", "adapt", s, after=f"ldm-s{seed}"),
             Job(f"oracle-s{seed}", "adapt", [*s, "--method=oracle"], after=f"ldm-s{seed}"),
         ]
@@ -90,8 +92,8 @@ def plan(seeds: list[int], tables: set[str]) -> list[Job]:
 
 
 class Runner:
-    def __init__(self, out: Path, data: Path, quick: bool):
-        self.out, self.data, self.quick = out, data, quick
+    def __init__(self, out: Path, data: Path, quick: bool, steps_sweep: tuple[int, ...] = ()):
+        self.out, self.data, self.quick, self.steps_sweep = out, data, quick, steps_sweep
         self.finals: dict[str, Path] = {}
         self.seconds: dict[str, float] = {}
         self.scores: dict[str, dict] = {}
@@ -122,12 +124,19 @@ class Runner:
             finished = newest_finished_run(runs_root, job.stage)
         self.finals[job.name] = finished / "final"
         if job.stage != "pretrain-ae":
-            scores = self.out / "scores" / f"{job.name}.json"
-            if not scores.is_file():
-                scores.parent.mkdir(parents=True, exist_ok=True)
-                self.cicld("evaluate", str(finished / "final"), f"--data={self.data / 'cityscapes'}", f"--json={scores}",
-                           f"--out={self.out / 'plots' / job.name}", log=log)  # fmt: skip
-            self.scores[job.name] = json.loads(scores.read_text())
+            self.scores[job.name] = self.evaluate(job.name, finished / "final", log)
+        if job.name.startswith("cicld-s") and self.steps_sweep:
+            for steps in self.steps_sweep:  # what S, the number of DDIM steps at inference, buys
+                name = f"{job.name}-S{steps}"
+                self.scores[name] = self.evaluate(name, finished / "final", log, f"--steps={steps}")
+
+    def evaluate(self, name: str, model: Path, log: Path, *flags: str) -> dict:
+        scores = self.out / "scores" / f"{name}.json"
+        if not scores.is_file():
+            scores.parent.mkdir(parents=True, exist_ok=True)
+            self.cicld("evaluate", str(model), f"--data={self.data / 'cityscapes'}", f"--json={scores}",
+                       f"--out={self.out / 'plots' / name}", *flags, log=log)  # fmt: skip
+        return json.loads(scores.read_text())
 
     def start_model(self, job: Job) -> Path | None:
         return None if job.after is None else self.finals[job.after]
@@ -176,12 +185,23 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
         "| method | mIoU19 | per seed |",
         "|---|---:|---|",
     ]
-    for method in ("source-only", "cicld", "oracle"):
+    for method in ("source-only", "self-training", "cicld", "oracle"):
         values = [miou[f"{method}-s{s}"] for s in seeds]
         lines.append(f"| {method} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
-    gains = [miou[f"cicld-s{s}"] - miou[f"source-only-s{s}"] for s in seeds]
-    ratios = [100 * miou[f"cicld-s{s}"] / miou[f"oracle-s{s}"] for s in seeds]
-    lines += ["", f"CICLD − source-only: {mean_std(gains)} mIoU; CICLD / oracle: {mean_std(ratios)} %.", ""]
+    lines.append("")
+    for method in ("cicld", "self-training"):
+        gains = [miou[f"{method}-s{s}"] - miou[f"source-only-s{s}"] for s in seeds]
+        ratios = [100 * miou[f"{method}-s{s}"] / miou[f"oracle-s{s}"] for s in seeds]
+        lines.append(f"{method} − source-only: {mean_std(gains)} mIoU; {method} / oracle: {mean_std(ratios)} %.  ")
+    lines.append("")
+    sweep = [steps for steps in runner.steps_sweep if all(f"cicld-s{s}-S{steps}" in miou for s in seeds)]
+    if sweep:
+        lines += ["CICLD (adapted) on the target val by DDIM steps S at inference (`cicld evaluate --steps S`; "
+                  "the model's default is S = 1):", "", "| S | mIoU19 | per seed |", "|---:|---:|---|"]  # fmt: skip
+        for steps in sweep:
+            values = [miou[f"cicld-s{s}-S{steps}"] for s in seeds]
+            lines.append(f"| {steps} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
+        lines.append("")
     first = seeds[0]
     if "table1" in tables:
         lines += ["Table 1 (seed " f"{first}): conditioning × inter-coder connection, CICLD adapt mIoU19", "",
@@ -222,15 +242,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once (one torch thread each)")
     parser.add_argument("--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--pair-seed", type=int, default=0, help="seed of the generated toy pair (another seed: a pair not tuned on)")
+    parser.add_argument("--steps-sweep", default="0,1,2,10", help="DDIM steps S to evaluate the CICLD models at (comma-separated, or none)")
     args = parser.parse_args()
     tables = {t for t in args.tables.split(",") if t and t != "none"}
     data = args.data or args.out / "data"
     started = time.perf_counter()
-    runner = Runner(args.out, data, args.quick)
+    sweep = tuple(int(v) for v in args.steps_sweep.split(",") if v and v != "none")
+    runner = Runner(args.out, data, args.quick, sweep)
     if args.data is None:
         args.out.mkdir(parents=True, exist_ok=True)
         size = ["--size=64x32"] if args.quick else []
-        runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), *size, log=args.out / "prepare.log")
+        runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), f"--seed={args.pair_seed}", *size,
+                     log=args.out / "prepare.log")  # fmt: skip
     run_all(runner, plan(args.seeds, tables), args.jobs)
     command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
     text = report(runner, args.seeds, tables, command, time.perf_counter() - started)

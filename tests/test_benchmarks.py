@@ -32,7 +32,8 @@ def test_uda_toy_benchmark_runs_every_job_and_reports_them(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = (out / "uda_toy.md").read_text()
     scores = json.loads((out / "results.json").read_text())["scores"]
-    expected = {f"{m}-s{s}" for m in ("ldm", "source-only", "cicld", "oracle") for s in (0, 1)}
+    expected = {f"{m}-s{s}" for m in ("ldm", "source-only", "self-training", "cicld", "oracle") for s in (0, 1)}
+    expected |= {f"cicld-s{s}-S{steps}" for s in (0, 1) for steps in (0, 1, 2, 10)}
     expected |= {f"{p}-cond{c}-ic{i}" for p in ("ldm", "cicld") for c, i in ((0, 0), (0, 1), (1, 0))}
     expected |= {"ce-only", "adv-2class", "adv-3class-cl", "adv-3class-mmd"}
     assert set(scores) == expected
@@ -41,6 +42,9 @@ def test_uda_toy_benchmark_runs_every_job_and_reports_them(tmp_path):
     row = re.search(r"^\| source-only \| (\S+) ± (\S+) \|", report, re.MULTILINE)
     assert row is not None and float(row.group(1)) == pytest.approx(sum(values) / 2, abs=0.051)
     assert "Table 1" in report and "Table 2" in report
+    # The S sweep's default (S = 1) is the main CICLD run evaluated again: the same scores.
+    assert scores["cicld-s0-S1"]["mIoU19"] == scores["cicld-s0"]["mIoU19"]
+    assert re.search(r"^\| 10 \| ", report, re.MULTILINE)
     # A re-run trains nothing: every job is found finished and scored.
     again = run_benchmark(out)
     assert again.returncode == 0

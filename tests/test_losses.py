@@ -140,6 +140,15 @@ def test_segmentation_loss_is_cross_entropy_over_non_ignored_pixels():
     torch.testing.assert_close(segmentation_loss(logits, labels), expected)
 
 
+def test_class_weighted_segmentation_loss_is_torch_weighted_cross_entropy():
+    logits = torch.randn(2, 4, 3, 3, generator=seeded())
+    labels = torch.randint(0, 4, (2, 3, 3), generator=seeded(1))
+    labels[0, 0] = 255
+    weight = torch.tensor([0.2, 1.0, 3.0, 0.5])
+    expected = F.cross_entropy(logits, labels, weight=weight, ignore_index=255)
+    torch.testing.assert_close(segmentation_loss(logits, labels, class_weight=weight), expected)
+
+
 def test_segmentation_loss_is_zero_not_nan_when_every_pixel_is_ignored():
     logits = torch.randn(1, 4, 2, 2, requires_grad=True)
     loss = segmentation_loss(logits, torch.full((1, 2, 2), 255))

@@ -92,6 +92,13 @@ def test_forward_train_returns_everything_the_losses_need_at_the_right_shapes(mo
     assert out["logits"].shape == (2, NUM_CLASSES, H, W)
 
 
+def test_forward_train_segments_only_the_leading_images_it_is_asked_to(model):
+    full = model.forward_train(images(3), labels(3), generator=seeded())
+    part = model.forward_train(images(3), labels(3), generator=seeded(), num_segmented=2)
+    assert part["logits"].shape == (2, NUM_CLASSES, H, W) and part["z0_hat"].shape[0] == 3
+    torch.testing.assert_close(part["logits"], full["logits"][:2], rtol=0, atol=1e-5)
+
+
 def test_predict_returns_logits_at_the_input_resolution(model):
     assert model.predict(images(2)).shape == (2, NUM_CLASSES, H, W)
 
@@ -147,13 +154,14 @@ def test_tiny_prediction_at_64x128_costs_under_half_a_gflop(model):
     assert 0 < counter.get_total_flops() < 0.5e9
 
 
-def test_segmentation_never_runs_the_full_resolution_decoder_stages(model):
+def test_segmentation_runs_the_decoder_only_at_the_latent_scale(model):
     called = []
     hooks = [m.register_forward_hook(lambda *a, name=n: called.append(name)) for n, m in (
+        ("up_blocks.1", model.decoder.up_blocks[1]),
         ("up_blocks.2", model.decoder.up_blocks[2]),
         ("up_blocks.3", model.decoder.up_blocks[3]),
         ("conv_out", model.decoder.conv_out),
-        ("up_blocks.1.upsampler", model.decoder.up_blocks[1].upsamplers[0]),
+        ("up_blocks.0.upsampler", model.decoder.up_blocks[0].upsamplers[0]),
     )]
     try:
         model.predict(images())
@@ -486,7 +494,7 @@ def test_loading_weights_into_a_different_architecture_names_the_mismatched_keys
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["num_classes"] = 7
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(CicldError, match=r"shape mismatches: decoder.f_cls.classifier.weight \(19, 16, 1, 1\) vs \(7, 16, 1, 1\)"):
+    with pytest.raises(CicldError, match=r"shape mismatches: decoder.f_cls.classifier.weight \(19, 32, 1, 1\) vs \(7, 32, 1, 1\)"):
         CICLD.from_pretrained(tmp_path)
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cicld.data.sampling import RareClassSampler, load_class_stats
+from cicld.data.sampling import RareClassSampler, class_weights, load_class_stats
 from cicld.errors import DataError
 
 
@@ -35,6 +35,16 @@ def test_probabilities_follow_daformer_softmax_of_one_minus_frequency(tmp_path):
     for c in totals:
         assert sampler.probability(c) == pytest.approx(np.exp(logits[c]) / norm, rel=1e-9)
     assert sampler.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_class_weights_are_the_square_root_of_median_frequency_balancing_clipped(tmp_path):
+    weights = class_weights(_write(tmp_path, STATS), max_weight=2.0)
+    totals = {0: 265000, 13: 9000, 18: 3500}
+    median = np.median([n / sum(totals.values()) for n in totals.values()])  # car's frequency
+    assert weights[0] == pytest.approx(np.sqrt(median * sum(totals.values()) / 265000))
+    assert weights[13] == pytest.approx(1.0)
+    assert weights[18] == pytest.approx(min(2.0, np.sqrt(9000 / 3500)))
+    assert weights[1] == 0.0 and len(weights) == 19  # absent from the data
 
 
 def test_rarer_classes_get_higher_probability(tmp_path):

@@ -40,7 +40,7 @@ def test_pretrain_ldm_starts_from_the_autoencoder_and_becomes_runs_latest(pretra
     assert not all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("unet."))
 
 
-@pytest.mark.parametrize("method", ["cicld", "source-only", "oracle"])
+@pytest.mark.parametrize("method", ["cicld", "self-training", "source-only", "oracle"])
 def test_adapt_runs_each_method_and_reports_a_target_miou(cli, toy_root, pretrained_runs, tmp_path, method):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -59,6 +59,20 @@ def test_adapt_ablation_switches_run(cli, toy_root, pretrained_runs, tmp_path, a
     assert result.exit_code == 0, result.stderr
     header = (stage_runs(runs, "adapt")[0] / "log.csv").read_text().splitlines()[0]
     assert "cl" in header.split(",") and "mmd" in header.split(",")
+
+
+def test_self_training_baseline_trains_without_the_diffusion_model_and_predicts_with_s0(cli, toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("adapt", *stage_flags(toy_root, runs), "--method", "self-training")
+    assert result.exit_code == 0, result.stderr
+    (run,) = stage_runs(runs, "adapt")
+    assert (run / "log.csv").read_text().splitlines()[0].split(",")[:3] == ["step", "ce_source", "ce_mixed"]
+    start = load_file(stage_runs(runs, "pretrain-ldm")[0] / "final" / "model.safetensors")
+    final = load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(start[k], final[k]) for k in start if k.startswith(("unet.", "discriminator.")))
+    assert not all(torch.equal(start[k], final[k]) for k in start if k.startswith("encoder."))
+    assert CICLD.from_pretrained(run / "final").config.inference_steps == 0
 
 
 def test_adapt_with_2class_adversarial_trains_a_2_output_discriminator(cli, toy_root, pretrained_runs, tmp_path):

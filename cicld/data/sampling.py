@@ -77,6 +77,34 @@ def load_class_stats(path: str | Path) -> list[dict]:
     return frames
 
 
+def class_pixel_totals(frames: list[dict], stats_path: Path) -> np.ndarray:
+    """Pixels of each trainId over all frames of :func:`load_class_stats` (error if there are none)."""
+    totals = np.zeros(NUM_CLASSES, dtype=np.float64)
+    for frame in frames:
+        for cls, pixels in frame["counts"].items():
+            totals[cls] += pixels
+    if totals.sum() == 0:
+        raise DataError(f"{stats_path} counts no labelled pixels; rerun `cicld prepare-data`")
+    return totals
+
+
+def class_weights(stats_path: str | Path, max_weight: float = 5.0) -> np.ndarray:
+    """Cross-entropy class weights √(median f / f_c), clipped to ``max_weight``; 0 for absent classes.
+
+    The square root of median-frequency balancing (Eigen & Fergus): rare classes count more,
+    without letting a class of a few pixels dominate the loss. ``f`` are the class frequencies
+    of ``sample_class_stats.json`` (the labelled data the loss is computed on).
+    """
+    path = Path(stats_path)
+    totals = class_pixel_totals(load_class_stats(path), path)
+    frequency = totals / totals.sum()
+    present = frequency > 0
+    median = np.median(frequency[present])
+    weights = np.zeros(NUM_CLASSES, dtype=np.float64)
+    weights[present] = np.sqrt(median / frequency[present])
+    return np.minimum(weights, max_weight)
+
+
 class RareClassSampler:
     """Draws ``(class_id, file)`` pairs with DAFormer's rare-class sampling.
 
@@ -104,12 +132,7 @@ class RareClassSampler:
         self.min_crop_ratio = min_crop_ratio
         frames = load_class_stats(self.stats_path)
 
-        totals = np.zeros(NUM_CLASSES, dtype=np.float64)
-        for frame in frames:
-            for cls, pixels in frame["counts"].items():
-                totals[cls] += pixels
-        if totals.sum() == 0:
-            raise DataError(f"{self.stats_path} counts no labelled pixels; rerun `cicld prepare-data`")
+        totals = class_pixel_totals(frames, self.stats_path)
         present = np.flatnonzero(totals)
         #: f_c of every trainId (0 for classes absent from the data).
         self.class_frequency = totals / totals.sum()

@@ -11,18 +11,22 @@ What CICLD adds:
 - the encoder also returns its per-scale features (the last activation at each resolution,
   before the block's downsampler) for the inter-coder connection;
 - the decoder has two heads. The RGB head is diffusers' own full-resolution tail (conv_norm_out,
-  conv_out), used by ``pretrain-ae``. The segmentation head ``f_cls`` reads the decoder at
-  1/``cls_stride`` (1/4 by default) and the logits are upsampled bilinearly, like
-  SegFormer/DAFormer heads, so segmentation never runs the expensive full-resolution stages;
-- ``fusions``: the inter-coder connection. At every decoder scale the segmentation path runs,
-  the encoder feature of that scale is concatenated and fused by a zero-initialised 1×1 conv
-  added residually, so switching the connection on starts from the plain decoder.
+  conv_out), used by ``pretrain-ae``. For segmentation D runs only at the latent's scale (1/8),
+  and ``f_cls``, a light FPN-style head, takes its features to logits at 1/``cls_stride`` (1/4
+  by default), which are upsampled bilinearly like SegFormer/DAFormer heads: segmentation never
+  runs D's expensive higher-resolution stages;
+- ``fusions``: the inter-coder connection, one per encoder/decoder pair of the segmentation
+  path. At 1/8 the encoder feature is concatenated to D's and fused by a 1×1 conv added
+  residually; at each finer scale down to 1/``cls_stride`` the encoder feature is normalised,
+  projected by a 1×1 conv and added to f_cls's map. Every fusion's last conv is zero-initialised,
+  so switching the connection on starts from the plain decoder.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import Decoder, DiagonalGaussianDistribution, Encoder
 
 
@@ -85,17 +89,44 @@ class InterCoderFusion(nn.Module):
         return hidden + self.proj(torch.cat([hidden, encoder_feature], dim=1))
 
 
+class InterCoderSkip(nn.Module):
+    """x + W·act(norm(e)): an encoder feature added to f_cls's map of the same scale, W zero-initialised."""
+
+    def __init__(self, encoder_channels: int, head_channels: int, norm_num_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(encoder_channels, norm_num_groups), encoder_channels, eps=1e-6)
+        self.act = nn.SiLU()
+        self.proj = nn.Conv2d(encoder_channels, head_channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor, encoder_feature: torch.Tensor) -> torch.Tensor:
+        return hidden + self.proj(self.act(self.norm(encoder_feature)))
+
+
 class SegmentationHead(nn.Module):
-    """f_cls: norm, 3×3 conv, norm, 1×1 classifier on decoder features (logits at the input stride)."""
+    """f_cls: a light FPN-style head from D's 1/8 features to logits at 1/``stride``.
+
+    :meth:`project` maps D's features to ``hidden_channels``; the decoder then upsamples that
+    map ×2 per scale down to 1/``stride`` (where the inter-coder skips add the encoder's
+    features of each scale), and :meth:`forward` (norm, 3×3 conv, norm, dropout, 1×1) turns it
+    into logits.
+    """
 
     def __init__(self, in_channels: int, hidden_channels: int, num_classes: int, norm_num_groups: int, dropout: float):
         super().__init__()
-        self.norm_in = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.norm = nn.GroupNorm(_groups(hidden_channels, norm_num_groups), hidden_channels, eps=1e-6)
+        groups = _groups(hidden_channels, norm_num_groups)
+        self.norm_project = nn.GroupNorm(_groups(in_channels, norm_num_groups), in_channels, eps=1e-6)
+        self.project_conv = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.norm_in = nn.GroupNorm(groups, hidden_channels, eps=1e-6)
+        self.conv = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, hidden_channels, eps=1e-6)
         self.act = nn.SiLU()
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(hidden_channels, num_classes, 1)
+
+    def project(self, decoder_features: torch.Tensor) -> torch.Tensor:
+        return self.project_conv(self.act(self.norm_project(decoder_features)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.conv(self.act(self.norm_in(hidden)))
@@ -133,42 +164,57 @@ class LatentDecoder(Decoder):
         num_scales = len(block_out_channels)
         self.scale_factor = 2 ** (num_scales - 1)
         self.cls_stride = cls_stride
-        # up_blocks[i] works at stride scale_factor / 2**i; segmentation stops at cls_stride.
-        self.num_seg_blocks = num_scales - cls_stride.bit_length() + 1
-        reversed_widths = list(reversed(block_out_channels))
+        # Encoder scales whose features f_cls adds, coarse to fine: strides scale_factor/2 .. cls_stride.
+        self.skip_scales = [k for k in reversed(range(num_scales - 1)) if 2**k >= cls_stride]
+        width = block_out_channels[-1]  # D's width at the latent's scale
         if inter_coder:
-            # Fusion i sits at the input of up_blocks[i]: decoder width reversed_widths[i-1]
-            # (the mid block's width for i = 0), encoder feature of the same stride.
+            # fusions[0]: E's feature at the latent's scale into D, before D's first up block;
+            # fusions[1:]: E's features at the finer scales f_cls reads, added to its map.
             self.fusions = nn.ModuleList(
-                InterCoderFusion(reversed_widths[max(i - 1, 0)], block_out_channels[num_scales - 1 - i])
-                for i in range(self.num_seg_blocks)
+                [InterCoderFusion(width, block_out_channels[-1])]
+                + [InterCoderSkip(block_out_channels[k], cls_hidden_channels, norm_num_groups) for k in self.skip_scales]
             )
         else:
             self.fusions = None
-        self.f_cls = SegmentationHead(
-            reversed_widths[self.num_seg_blocks - 1], cls_hidden_channels, num_classes, norm_num_groups, cls_dropout
-        )
+        self.f_cls = SegmentationHead(width, cls_hidden_channels, num_classes, norm_num_groups, cls_dropout)
 
     def decode_rgb(self, latents: torch.Tensor) -> torch.Tensor:
         """The autoencoder path (``pretrain-ae``): full-resolution decoder, no inter-coder connection."""
         return super().forward(self.post_quant_conv(latents))
 
     def segment(self, latents: torch.Tensor, encoder_features: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits at 1/cls_stride. ``encoder_features=None`` runs with the inter-coder connection off."""
+        """Logits at 1/cls_stride. ``encoder_features=None`` runs with the inter-coder connection off.
+
+        D runs only at the latent's scale (mid block and the first up block, before its
+        upsampler); f_cls takes the map from there to 1/cls_stride, adding the encoder's feature at
+        every scale on the way (the inter-coder connection of each encoder/decoder pair).
+        """
         hidden = self.mid_block(self.conv_in(self.post_quant_conv(latents)), None)
         use_skips = self.fusions is not None and encoder_features is not None
-        num_scales = len(self.up_blocks)
-        for i in range(self.num_seg_blocks):
-            block = self.up_blocks[i]
+        if use_skips:
+            hidden = self.fusions[0](hidden, encoder_features[-1])
+        for resnet in self.up_blocks[0].resnets:  # UpDecoderBlock2D.forward without its upsampler
+            hidden = resnet(hidden, temb=None)
+        hidden = self.f_cls.project(hidden)
+        for i, scale in enumerate(self.skip_scales, start=1):
+            hidden = F.interpolate(hidden, scale_factor=2.0, mode="bilinear", align_corners=False)
             if use_skips:
-                hidden = self.fusions[i](hidden, encoder_features[num_scales - 1 - i])
-            # UpDecoderBlock2D.forward, opened up to stop before the upsampler at cls_stride.
-            for resnet in block.resnets:
-                hidden = resnet(hidden, temb=None)
-            if i < self.num_seg_blocks - 1:
-                for upsampler in block.upsamplers:
-                    hidden = upsampler(hidden)
+                hidden = self.fusions[i](hidden, encoder_features[scale])
         return self.f_cls(hidden)
+
+
+def use_batch_norm(module: nn.Module) -> None:
+    """Replace every GroupNorm under ``module`` by a BatchNorm2d of the same width (in place).
+
+    GroupNorm is what diffusers' blocks (and an SD-VAE's weights) use. BatchNorm learns faster and
+    transfers better across the toy domain gap at CPU batch sizes (``docs/benchmarks.md``); its
+    statistics are per process (no SyncBatchNorm), so it suits single-device training.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, nn.BatchNorm2d(child.num_channels))
+        else:
+            use_batch_norm(child)
 
 
 def _groups(channels: int, preferred: int) -> int:

@@ -36,7 +36,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file, save_file
 
 from cicld.errors import CicldError
-from cicld.models.autoencoder import LatentDecoder, LatentEncoder
+from cicld.models.autoencoder import LatentDecoder, LatentEncoder, use_batch_norm
 from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
 from cicld.models.config import CICLDConfig
 from cicld.models.diffusion import LatentDiffusion
@@ -80,6 +80,9 @@ class CICLD(nn.Module):
             cls_dropout=config.cls_dropout,
             inter_coder=config.inter_coder,
         )
+        if config.ae_norm == "batch":
+            use_batch_norm(self.encoder)
+            use_batch_norm(self.decoder)
         self.unet = UNet2DModel(
             in_channels=config.latent_channels,
             out_channels=config.latent_channels,
@@ -180,11 +183,14 @@ class CICLD(nn.Module):
         generator: torch.Generator | None = None,
         use_inter_coder: bool = True,
         condition_dropout: float | None = None,
+        num_segmented: int | None = None,
     ) -> dict[str, Any]:
         """One training pass: everything the losses need.
 
         Returns ``z0``, ``t`` (B,), ``noise``, ``z_t``, ``noise_pred`` (ε̂), ``z0_hat`` (one-step ẑ0),
-        ``condition`` (c or None) and ``logits`` (B, K, H, W) at the input resolution.
+        ``condition`` (c or None) and ``logits`` (N, K, H, W) at the input resolution for the first
+        N = ``num_segmented`` images (default all): images that only need the latent losses
+        (``adapt``'s target batch) skip D and f_cls.
         ``labels`` become the condition (dropped per sample with ``condition_dropout``,
         default ``config.condition_dropout`` in train mode and 0 in eval mode); samples whose
         label is all ignore, or ``labels=None``, get the null condition.
@@ -200,7 +206,9 @@ class CICLD(nn.Module):
         condition = self.condition(labels, dropout=condition_dropout, generator=generator)
         noise_pred = self.predict_noise(z_t.detach(), t, condition)
         z0_hat = self.diffusion.predict_z0(z_t, noise_pred, t)
-        logits = self.segment(z0_hat, features if use_inter_coder else None, images.shape[-2:])
+        segmented = slice(0, batch if num_segmented is None else num_segmented)
+        features = [f[segmented] for f in features] if use_inter_coder else None
+        logits = self.segment(z0_hat[segmented], features, images.shape[-2:])
         return {
             "z0": z0,
             "t": t,
@@ -441,6 +449,8 @@ class CICLD(nn.Module):
         """
         from diffusers import AutoencoderKL
 
+        if self.config.ae_norm != "group":
+            raise CicldError(f"an AutoencoderKL uses GroupNorm; this model has ae_norm {self.config.ae_norm!r}")
         path = Path(path)
         if not path.is_dir():
             raise CicldError(f"autoencoder directory not found: {path}")

@@ -4,7 +4,8 @@ Every number that changes a parameter shape or the inference path lives here, so
 ``config.json`` next to ``model.safetensors`` is enough to rebuild the network exactly.
 Three presets are built in (see ``docs/model.md`` for parameter counts and timings):
 
-- ``tiny``: tests and the CPU demo (well under 1 M parameters, 64×128 in milliseconds);
+- ``tiny``: tests (well under 1 M parameters, 64×128 in milliseconds);
+- ``small``: the toy recipe and the CPU demo (about 1.4 M parameters);
 - ``base``: the default, paper scale (LDM-f8-like autoencoder with a 4-channel latent, a
   tens-of-millions-parameter latent UNet) but with a light full-resolution stem, so that
   1024×512 inference is no slower than a SegFormer-B5-sized peer;
@@ -25,6 +26,7 @@ from cicld.errors import CicldError
 
 DISCRIMINATOR_KINDS = ("3class", "2class")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+AE_NORMS = ("group", "batch")
 
 
 @dataclass
@@ -41,10 +43,14 @@ class CICLDConfig:
     ae_layers_per_block: int = 2
     ae_norm_num_groups: int = 32
     ae_mid_block_attention: bool = False
+    # Normalisation in E, D, the fusions and f_cls: "group" (diffusers' own, needed to load an
+    # SD-VAE) or "batch" (learns faster and transfers better at CPU scale; per-process statistics).
+    ae_norm: str = "group"
     # z0 = scaling_factor * posterior mean, as AutoencoderKL.config.scaling_factor in LDM/SD.
     scaling_factor: float = 1.0
 
-    # Segmentation head f_cls: reads decoder features at 1/cls_stride and upsamples the logits.
+    # Segmentation head f_cls: from D's 1/8 features to logits at 1/cls_stride (then upsampled),
+    # adding the encoder's features of each scale on the way (inter-coder connection).
     cls_stride: int = 4
     cls_hidden_channels: int = 128
     cls_dropout: float = 0.1
@@ -124,6 +130,8 @@ class CICLDConfig:
             fail(f"cls_stride must be a power of two between 1 and {self.vae_scale_factor}, got {self.cls_stride}")
         if self.discriminator not in DISCRIMINATOR_KINDS:
             fail(f"discriminator must be one of {DISCRIMINATOR_KINDS}, got {self.discriminator!r}")
+        if self.ae_norm not in AE_NORMS:
+            fail(f"ae_norm must be one of {AE_NORMS}, got {self.ae_norm!r}")
         if self.beta_schedule not in BETA_SCHEDULES:
             fail(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if not 0.0 < self.t_star <= 1.0:
@@ -174,18 +182,35 @@ class CICLDConfig:
         return cls.from_dict({**cls().to_dict(), **_PRESETS[name], **overrides})
 
 
+_TINY_UNET: dict[str, Any] = {
+    "unet_block_out_channels": (32, 64),
+    "unet_down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+    "unet_up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+    "unet_layers_per_block": 1,
+    "unet_attention_head_dim": 16,
+    "unet_norm_num_groups": 8,
+}
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "ae_block_out_channels": (8, 16, 16, 32),
         "ae_layers_per_block": 1,
         "ae_norm_num_groups": 8,
-        "cls_hidden_channels": 16,
-        "unet_block_out_channels": (32, 64),
-        "unet_down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "unet_up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-        "unet_layers_per_block": 1,
-        "unet_attention_head_dim": 16,
-        "unet_norm_num_groups": 8,
+        "cls_hidden_channels": 32,
+        **_TINY_UNET,
+        "mask_encoder_channels": (8, 16, 32),
+        "discriminator_channels": (8, 16, 32),
+        "discriminator_hidden": 64,
+    },
+    # The toy recipe's model: tiny's ε_θ, f_mask and f_dis, with the width at 1/4-1/8 where the
+    # toy scenes' information is, and an f_cls wide enough for 19 classes.
+    "small": {
+        "ae_block_out_channels": (8, 16, 32, 64),
+        "ae_layers_per_block": 1,
+        "ae_norm_num_groups": 8,
+        "ae_norm": "batch",
+        "cls_hidden_channels": 64,
+        **_TINY_UNET,
         "mask_encoder_channels": (8, 16, 32),
         "discriminator_channels": (8, 16, 32),
         "discriminator_hidden": 64,

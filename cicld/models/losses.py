@@ -30,20 +30,24 @@ def segmentation_loss(
     labels: torch.Tensor,
     pixel_weight: torch.Tensor | float | None = None,
     ignore_index: int = IGNORE_INDEX,
+    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel cross-entropy (Eq. 7), averaged over non-ignored pixels; 0 when every pixel is ignored.
 
     ``pixel_weight`` (a scalar, a per-image (B,) vector or a (B, H, W) map, e.g. the pseudo-label
     confidence weight) multiplies each pixel's loss before averaging, as DAFormer's mixed-image
-    loss does.
+    loss does. ``class_weight`` (K,) weights each pixel by its label's class and makes the
+    average a weighted one (``F.cross_entropy(weight=...)``'s normalisation).
     """
     per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
     valid = (labels != ignore_index).to(per_pixel.dtype)
+    if class_weight is not None:
+        valid = valid * class_weight.to(per_pixel)[labels.long().clamp(0, len(class_weight) - 1)]
     if pixel_weight is not None:
         if isinstance(pixel_weight, torch.Tensor) and pixel_weight.dim() == 1:
             pixel_weight = pixel_weight.view(-1, 1, 1)
         per_pixel = per_pixel * pixel_weight
-    return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1e-12 if class_weight is not None else 1.0)
 
 
 def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

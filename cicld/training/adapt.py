@@ -6,8 +6,10 @@ colour jitter and blur; source, mixed and target images pass through ``model`` (
 "teacher") in one batch; the losses of :class:`~cicld.training.objectives.UDAObjective` are
 minimised; ``ema_model`` follows ``model`` by EMA and is what gets exported.
 
-``--method source-only`` trains on the source alone and ``--method oracle`` on the target's own
-labels (toy data only): the lower and upper bounds the benchmarks compare against.
+``--method self-training`` is the no-diffusion baseline (the same network and loop without ε_θ,
+S = 0, no adversarial loss: DACS/DAFormer-style self-training); ``--method source-only`` trains on
+the source alone and ``--method oracle`` on the target's own labels (toy data only): the
+baseline and bounds the benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cicld.training.common import (
     build_optimizer,
     ema_update,
     load_model,
+    loss_class_weights,
     oracle_dataset,
     resolve_init,
     source_dataset,
@@ -32,7 +35,7 @@ from cicld.training.common import (
     validate,
 )
 from cicld.training.config import AdaptConfig
-from cicld.training.objectives import SegmentationObjective, UDAObjective
+from cicld.training.objectives import SegmentationObjective, SelfTrainingObjective, UDAObjective
 from cicld.training.session import Session, TrainResult
 
 
@@ -57,16 +60,24 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
     session = Session(config, resume)
     config, accelerator = session.config, session.accelerator
     labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
-    target = target_dataset(config) if config.method == "cicld" else None
+    target = target_dataset(config) if config.method in ("cicld", "self-training") else None
     val = val_dataset(config)
     if resume is None:  # a resumed run keeps the starting point it recorded
         config.init_from = str(resolve_init(config, "pretrain-ldm"))
     switches = dict(config.architecture_switches)
-    if config.adversarial != "none":  # f_dis with as many outputs as the adversarial loss has domains
+    if config.method == "cicld" and config.adversarial != "none":  # f_dis with one output per domain
         switches["discriminator"] = config.adversarial
     model = load_model(Path(config.init_from), switches)
+    if config.method == "self-training":  # no ε_θ: pseudo-labels, validation and the export use S = 0
+        model.config = model.config.replace(inference_steps=0)
     ema_model = copy.deepcopy(model).requires_grad_(False)
-    objective = UDAObjective(model, config) if target is not None else SegmentationObjective(model, config.lambda_dif)
+    class_weight = loss_class_weights(config, labelled)
+    if config.method == "self-training":
+        objective = SelfTrainingObjective(model, class_weight)
+    elif target is not None:
+        objective = UDAObjective(model, config, class_weight)
+    else:
+        objective = SegmentationObjective(model, config.lambda_dif, class_weight)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     ema_model.to(accelerator.device)

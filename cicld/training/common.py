@@ -9,7 +9,7 @@ from torch import nn
 
 from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
 from cicld.data.layouts import CLASS_STATS_FILE
-from cicld.data.sampling import RareClassSampler
+from cicld.data.sampling import RareClassSampler, class_weights
 from cicld.errors import CicldError, DataError
 from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
@@ -64,6 +64,13 @@ def val_dataset(config: CommonConfig) -> ValDataset:
     root = config.resolved_target_root
     require_prepared(root, "cityscapes", toy=config.source == "toy")
     return evaluation_split(root, "cityscapes", "val", config.resolved_target_resize, config.val_limit)
+
+
+def loss_class_weights(config, dataset) -> torch.Tensor | None:
+    """The cross-entropy class weights of ``dataset`` (the labelled data) when ``--class-weights`` is on."""
+    if not config.class_weights:
+        return None
+    return torch.tensor(class_weights(dataset.root / CLASS_STATS_FILE), dtype=torch.float32)
 
 
 def build_optimizer(model: nn.Module, config: CommonConfig) -> torch.optim.AdamW:

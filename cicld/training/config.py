@@ -18,7 +18,7 @@ from cicld.errors import CicldError
 from cicld.models.config import CICLDConfig
 
 SOURCES = ("gta5", "synthia", "toy")
-METHODS = ("cicld", "source-only", "oracle")
+METHODS = ("cicld", "self-training", "source-only", "oracle")
 ADVERSARIAL = ("3class", "2class", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -152,6 +152,10 @@ class SegmentationStageConfig(CommonConfig):
         "label conditioning (f_mask, Eq. 5) on/off (Table 1); a change starts f_mask afresh [default: as the starting model]", None
     )
 
+    class_weights: bool = _help(
+        "weight the cross-entropy by √(median frequency / class frequency) of the labelled data (clipped to 5)", False
+    )
+
     @property
     def architecture_switches(self) -> dict[str, bool]:
         """The switches given, to apply to the starting model."""
@@ -172,7 +176,11 @@ class AdaptConfig(SegmentationStageConfig):
     """``adapt``: the UDA loop (EMA pseudo-labels, ClassMix, 3-class adversarial alignment)."""
 
     stage = "adapt"
-    method: str = _help("cicld (UDA), source-only (no target data) or oracle (target labels; toy data only)", "cicld")
+    method: str = _help(
+        "cicld (UDA); self-training (the no-diffusion baseline: the same network and loop without ε_θ, "
+        "S = 0, DACS/DAFormer-style); source-only (no target data); oracle (target labels; toy data only)",
+        "cicld",
+    )
     adversarial: str = _help("adversarial loss on ẑ0: 3class (the paper's), 2class (ADDA-style) or none", "3class")
     contrastive: bool = _help("add the contrastive (CL) loss between source and mixed features (Table 2)", False)
     mmd: bool = _help("add the MMD loss between source and target latents (Table 2)", False)
@@ -202,24 +210,31 @@ STAGE_CONFIGS = {c.stage: c for c in (AutoencoderConfig, LatentDiffusionConfig, 
 
 
 def toy_recipe(stage: str) -> dict[str, Any]:
-    """CPU-sized defaults for the toy pair (256×128 images, the ``tiny`` model)."""
+    """CPU-sized defaults for the toy pair (256×128 images, the ``small`` model).
+
+    Whole images rather than crops and class-weighted cross-entropy: on the toy pair these two
+    are worth about 8 mIoU each (``benchmarks/learning_ladder.py``, docs/benchmarks.md).
+    """
     common = dict(
-        preset="tiny",
+        preset="small",
         batch_size=4,
-        crop=(128, 128),
+        crop=None,
         num_workers=0,
-        lr=1e-3,
+        lr=2e-3,
         head_lr_mult=1.0,
-        warmup_steps=20,
+        warmup_steps=50,
         checkpoint_every=100,
         log_every=10,
-        val_every=200,
+        val_every=0,
         rcs_min_pixels=50,
     )
     per_stage = {
-        "pretrain-ae": dict(steps=300, gan_start=200, kl_weight=1e-6),
-        "pretrain-ldm": dict(steps=600, train_encoder=True),
-        "adapt": dict(steps=600, pseudo_ignore_top=0, pseudo_ignore_bottom=8, lambda_adv=0.01),
+        # 64×64 crops: the autoencoder learns local appearance, at an eighth of a whole image's cost.
+        "pretrain-ae": dict(steps=100, batch_size=8, crop=(64, 64), gan_start=50, kl_weight=1e-6),
+        "pretrain-ldm": dict(steps=500, train_encoder=True, class_weights=True),
+        "adapt": dict(
+            steps=500, class_weights=True, ema_alpha=0.99, pseudo_ignore_top=0, pseudo_ignore_bottom=16, lambda_adv=0.01
+        ),
     }
     return {**common, **per_stage[stage]}
 

@@ -63,15 +63,16 @@ class AutoencoderObjective(nn.Module):
 class SegmentationObjective(nn.Module):
     """``pretrain-ldm`` and the source-only/oracle bounds: CE on labelled images + diffusion loss."""
 
-    def __init__(self, model: CICLD, lambda_dif: float):
+    def __init__(self, model: CICLD, lambda_dif: float, class_weight: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.lambda_dif = lambda_dif
+        self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model.forward_train(images, labels)
         return {
-            "ce_source": segmentation_loss(out["logits"], labels),
+            "ce_source": segmentation_loss(out["logits"], labels, class_weight=self.class_weight),
             "diffusion": self.lambda_dif * diffusion_loss(out["noise_pred"], out["noise"]),
         }
 
@@ -83,10 +84,11 @@ class UDAObjective(nn.Module):
     label gives it the null condition. f_dis learns on detached ẑ0; E and ε_θ see it frozen.
     """
 
-    def __init__(self, model: CICLD, config):
+    def __init__(self, model: CICLD, config, class_weight: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.config = config
+        self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(
         self,
@@ -102,11 +104,12 @@ class UDAObjective(nn.Module):
         out = self.model.forward_train(
             torch.cat([source_images, mixed_images, target_images]),
             torch.cat([source_labels, mixed_labels, target_labels]),
+            num_segmented=2 * b,  # the target's logits are not used: it needs E and ε_θ only
         )
         logits, z0_hat = out["logits"], out["z0_hat"]
         source, mixed, target = slice(0, b), slice(b, 2 * b), slice(2 * b, 3 * b)
         losses = {
-            "ce_source": segmentation_loss(logits[source], source_labels),
+            "ce_source": segmentation_loss(logits[source], source_labels, class_weight=self.class_weight),
             "ce_mixed": segmentation_loss(logits[mixed], mixed_labels, pixel_weight=mixed_weights),
             "diffusion": config.lambda_dif * diffusion_loss(out["noise_pred"], out["noise"]),
         }
@@ -129,6 +132,32 @@ class UDAObjective(nn.Module):
         if config.mmd:
             losses["mmd"] = config.lambda_mmd * mmd_loss(_positions(z0_hat[source]), _positions(z0_hat[target]))
         return losses
+
+
+class SelfTrainingObjective(nn.Module):
+    """``adapt --method self-training``: the no-diffusion baseline (DACS/DAFormer-style).
+
+    The same network and UDA loop as CICLD without ε_θ: logits straight from z0 and E's features
+    (S = 0), CE on source and mixed images only: no diffusion loss, no f_dis, no target pass.
+    """
+
+    def __init__(self, model: CICLD, class_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(
+        self, source_images: torch.Tensor, source_labels: torch.Tensor, mixed_images: torch.Tensor,
+        mixed_labels: torch.Tensor, mixed_weights: torch.Tensor, target_images: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        b = source_images.shape[0]
+        images = torch.cat([source_images, mixed_images])
+        z0, features = self.model.encode(images)
+        logits = self.model.segment(z0, features, images.shape[-2:])
+        return {
+            "ce_source": segmentation_loss(logits[:b], source_labels, class_weight=self.class_weight),
+            "ce_mixed": segmentation_loss(logits[b:], mixed_labels, pixel_weight=mixed_weights),
+        }
 
 
 def _positions(latents: torch.Tensor, limit: int = 256) -> torch.Tensor:

@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from cicld.training.batches import step_batches
-from cicld.training.common import build_optimizer, load_model, resolve_init, source_dataset, val_dataset, validate
+from cicld.training.common import (
+    build_optimizer,
+    load_model,
+    loss_class_weights,
+    resolve_init,
+    source_dataset,
+    val_dataset,
+    validate,
+)
 from cicld.training.config import LatentDiffusionConfig
 from cicld.training.objectives import SegmentationObjective
 from cicld.training.session import Session, TrainResult
@@ -30,7 +38,7 @@ def pretrain_ldm(
     model = load_model(Path(config.init_from), config.architecture_switches)
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
-    objective = SegmentationObjective(model, config.lambda_dif)
+    objective = SegmentationObjective(model, config.lambda_dif, loss_class_weights(config, source))
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     trained = accelerator.unwrap_model(objective).model
