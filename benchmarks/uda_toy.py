@@ -214,7 +214,7 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
         lines += [f"Table 2 (seed {first}): objectives of `adapt`, from the same pretrain-ldm model", "",
                   "| objective | flags | mIoU19 |", "|---|---|---:|"]  # fmt: skip
         rows = [
-            ("CE only (self-training, no adversarial)", "--adversarial none", "ce-only"),
+            ("CE + diffusion loss, no adversarial", "--adversarial none", "ce-only"),
             ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class"),
             ("CE + 3-class adversarial (CICLD)", "(default)", f"cicld-s{first}"),
             ("CE + 3-class adversarial + CL", "--contrastive", "adv-3class-cl"),
