@@ -13,9 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cicld.models import CICLD
+from cicld.models import CICLD, CICLDConfig
+from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.training.adapt import adapt
+from cicld.training.common import build_optimizer
 from cicld.training.config import make_config
+from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
 from cicld.training.runs import stage_runs
 
 from conftest import REPO, stage_flags
@@ -108,6 +111,33 @@ def test_crop_none_trains_on_whole_images_even_where_the_recipe_crops(cli, toy_r
     assert result.exit_code == 0, result.stderr
     (run,) = stage_runs(runs, "adapt")
     assert json.loads((run / "config.json").read_text())["crop"] is None
+
+
+def _numel(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def test_the_optimizer_gives_the_fresh_heads_head_lr_mult_times_the_learning_rate():
+    model = CICLD(CICLDConfig.preset("tiny"))
+    model.encoder.requires_grad_(False)  # a frozen part is left out of both groups
+    config = make_config("adapt", source="toy", lr=1e-3, head_lr_mult=10.0)
+    base, heads = build_optimizer(SegmentationObjective(model, 1.0), config).param_groups
+    counts = model.parameter_counts()
+    assert _numel(base["params"]) == counts["decoder"] + counts["unet"]
+    assert _numel(heads["params"]) == counts["f_cls"] + counts["inter_coder"] + counts["mask_encoder"] + counts["discriminator"]
+    assert base["lr"] == base["initial_lr"] == pytest.approx(1e-3)
+    assert heads["lr"] == heads["initial_lr"] == pytest.approx(1e-2)
+
+
+def test_parameters_an_objective_adds_to_the_model_train_at_the_base_learning_rate():
+    model = CICLD(CICLDConfig.preset("tiny"))
+    config = make_config("pretrain-ae", source="toy", lr=1e-3, head_lr_mult=10.0)
+    patch_discriminator = PatchDiscriminator()
+    base, heads = build_optimizer(AutoencoderObjective(model, patch_discriminator, None, config), config).param_groups
+    counts = model.parameter_counts()
+    assert _numel(base["params"]) == counts["encoder"] + counts["decoder"] + counts["unet"] + _numel(patch_discriminator.parameters())
+    assert _numel(heads["params"]) == counts["total"] - counts["encoder"] - counts["decoder"] - counts["unet"]
+    assert (base["lr"], heads["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-2))
 
 
 def _adapt_config(toy_root, runs, steps):

@@ -379,6 +379,22 @@ class CICLD(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by where they come from, for the optimizer's learning rates.
+
+        ``pretrained``: E, D's body and ε_θ, loaded from an earlier stage or an autoencoder.
+        ``heads``: f_cls, the inter-coder fusions, f_mask and f_dis, freshly initialised, which get
+        ``head_lr_mult`` × the learning rate (DAFormer's decode-head rule). Grouped by module, not
+        by parameter name, so that a wrapper (an objective, DDP) cannot hide them behind a prefix.
+        Frozen parameters are left out.
+        """
+        heads = [m for m in (self.decoder.f_cls, self.decoder.fusions, self.mask_encoder, self.discriminator) if m is not None]
+        head_ids = {id(p) for m in heads for p in m.parameters()}
+        return {
+            "pretrained": [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids],
+            "heads": [p for p in self.parameters() if p.requires_grad and id(p) in head_ids],
+        }
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickles) into ``directory``."""
         directory = Path(directory)

@@ -17,10 +17,6 @@ from cicld.models import CICLD
 from cicld.training.config import CommonConfig
 from cicld.training.runs import FINAL, is_finished, newest_finished_run
 
-# Freshly initialised parts get ``head_lr_mult`` × the learning rate (DAFormer's decode-head rule).
-HEAD_MODULES = ("decoder.f_cls", "decoder.fusions", "mask_encoder", "discriminator")
-
-
 def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     """One-line hint when a dataset folder is missing or not prepared yet."""
     if toy and not (root / CLASS_STATS_FILE).is_file():
@@ -73,15 +69,15 @@ def loss_class_weights(config, dataset) -> torch.Tensor | None:
     return torch.tensor(class_weights(dataset.root / CLASS_STATS_FILE), dtype=torch.float32)
 
 
-def build_optimizer(model: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: pre-trained parts at ``lr``, fresh heads at ``lr × head_lr_mult``."""
-    base, heads = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (heads if name.startswith(HEAD_MODULES) else base).append(parameter)
+def build_optimizer(objective: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: the model's fresh heads at ``lr × head_lr_mult``, everything else the
+    objective trains at ``lr`` (the pre-trained parts, and modules the objective adds, such as
+    pretrain-ae's patch discriminator: they are not heads of the exported model)."""
+    model_groups, model_ids = objective.model.parameter_groups(), {id(p) for p in objective.model.parameters()}
+    added = [p for p in objective.parameters() if p.requires_grad and id(p) not in model_ids]
     groups = [
-        {"params": base, "lr": config.lr, "initial_lr": config.lr},
-        {"params": heads, "lr": config.lr * config.head_lr_mult, "initial_lr": config.lr * config.head_lr_mult},
+        {"params": model_groups["pretrained"] + added, "lr": config.lr, "initial_lr": config.lr},
+        {"params": model_groups["heads"], "lr": config.lr * config.head_lr_mult, "initial_lr": config.lr * config.head_lr_mult},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
 
