@@ -15,10 +15,12 @@ from safetensors.torch import load_file
 
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
+from cicld.training import pretrain_ldm as ldm_stage
 from cicld.training.adapt import adapt
 from cicld.training.common import build_optimizer
 from cicld.training.config import make_config
 from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
+from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import stage_runs
 
 from conftest import REPO, stage_flags
@@ -140,12 +142,29 @@ def test_parameters_an_objective_adds_to_the_model_train_at_the_base_learning_ra
     assert (base["lr"], heads["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-2))
 
 
-def _adapt_config(toy_root, runs, steps):
+def _config(stage, toy_root, runs, steps, **extra):
     return make_config(
-        "adapt", source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
+        stage, source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
         runs_root=str(runs), steps=steps, crop=(32, 32), batch_size=2, val_limit=2, checkpoint_every=2,
-        warmup_steps=1, keep_checkpoints=5,
+        warmup_steps=1, keep_checkpoints=5, **extra,
     )  # fmt: skip
+
+
+def _adapt_config(toy_root, runs, steps):
+    return _config("adapt", toy_root, runs, steps)
+
+
+def _crash_after(crash_step):
+    def on_step(step, row):
+        if step == crash_step:
+            raise KeyboardInterrupt  # killed between checkpoints: this step's work is lost
+
+    return on_step
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    a, b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_interrupted_adapt_run_resumed_from_latest_ends_bit_identical(toy_root, pretrained_runs, tmp_path):
@@ -169,6 +188,29 @@ def test_an_interrupted_adapt_run_resumed_from_latest_ends_bit_identical(toy_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = (resumed.run_dir / "log.csv").read_text()
     assert "\n4," in log
+
+
+def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    sessions = []
+
+    class RecordedSession(ldm_stage.Session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    monkeypatch.setattr(ldm_stage, "Session", RecordedSession)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, grad_accum_steps=2))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, grad_accum_steps=2), on_step=_crash_after(3))
+    # As on the command line: the resumed run is named with the defaults, the saved settings win.
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
+
+    assert sessions[-1].config.grad_accum_steps == 2
+    assert sessions[-1].accelerator.gradient_accumulation_steps == 2
+    assert _same_weights(expected.final, resumed.final)
 
 
 def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):

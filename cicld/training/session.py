@@ -82,37 +82,18 @@ class Session:
     """One training run: its folder, accelerator, log and checkpoints."""
 
     def __init__(self, config: CommonConfig, resume: str | None = None):
-        """Resolve what to run: a new run of ``config``, or the run named by ``resume`` (whose saved
-        config then wins). Nothing is written until :meth:`open_run`."""
-        self.config = config
-        self.accelerator = make_accelerator(config)
+        """Resolve what to run: a new run of ``config``, or the run named by ``resume``, whose saved
+        config wins. That config is resolved before the accelerator is built, so that gradient
+        accumulation and mixed precision are the run's own. Nothing is written until :meth:`open_run`."""
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         if resume is not None:
-            self.run_dir, self.resume_from = self._find_resumable(config, resume)
+            self.run_dir, self.resume_from, config = _find_resumable(config, resume)
+        self.config = config
+        self.accelerator = make_accelerator(config)
         self.start_step = 0
         self._log_fields: list[str] | None = None
         self._tensorboard = None
-
-    def _find_resumable(self, config: CommonConfig, resume: str) -> tuple[Path, Path]:
-        runs_root = Path(config.runs_root)
-        if resume == "latest":
-            run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
-            if run_dir is None:
-                raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
-        else:
-            run_dir = Path(resume)
-            if run_dir.name.startswith("step-"):  # a checkpoint folder was named: its run is two levels up
-                run_dir = run_dir.parent.parent
-        saved = read_run_config(run_dir)
-        if saved.get("stage") != config.stage:
-            raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise CicldError(f"{run_dir} has no checkpoint to resume from")
-        # The saved config wins: a resumed run continues exactly the run that was started.
-        self.config = type(config).from_dict(saved)
-        return run_dir, checkpoint
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), once data and model are ready."""
@@ -258,6 +239,27 @@ class Session:
         if self._tensorboard is not None:
             self._tensorboard.close()
         self.accelerator.end_training()
+
+
+def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, CommonConfig]:
+    """The run and checkpoint that ``resume`` names, and the run's saved config: it wins, so that a
+    resumed run continues exactly the run that was started."""
+    runs_root = Path(config.runs_root)
+    if resume == "latest":
+        run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
+        if run_dir is None:
+            raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
+    else:
+        run_dir = Path(resume)
+        if run_dir.name.startswith("step-"):  # a checkpoint folder was named: its run is two levels up
+            run_dir = run_dir.parent.parent
+    saved = read_run_config(run_dir)
+    if saved.get("stage") != config.stage:
+        raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CicldError(f"{run_dir} has no checkpoint to resume from")
+    return run_dir, checkpoint, type(config).from_dict(saved)
 
 
 def loss_summary(row: dict[str, float]) -> str:
