@@ -48,6 +48,15 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000020", "step-00000030"]
 
 
+def test_saving_a_step_drops_the_later_checkpoints_of_an_abandoned_continuation(tmp_path):
+    accelerator, model, optimizer = _setup()
+    for step in (10, 20, 30):
+        save_checkpoint(accelerator, tmp_path, step=step, state={}, keep=5)
+    save_checkpoint(accelerator, tmp_path, step=20, state={"again": True}, keep=5)  # resumed from step 10
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000010", "step-00000020"]
+    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path)) == {"step": 20, "again": True}
+
+
 def test_a_crash_during_a_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     accelerator, model, optimizer = _setup()
     save_checkpoint(accelerator, tmp_path, step=5, state={})

@@ -213,6 +213,32 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
+def test_resuming_a_named_checkpoint_continues_from_exactly_that_step(toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=5), on_step=_crash_after(5))
+    run = max(stage_runs(runs, "pretrain-ldm"))  # the newest: the fixture's finished run is older
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    steps_run = []
+    result = pretrain_ldm(
+        _config("pretrain-ldm", toy_root, runs, steps=5), resume=str(run / "checkpoints" / "step-00000002"),
+        on_step=lambda step, row: steps_run.append(step),
+    )  # fmt: skip
+    assert steps_run == [3, 4, 5]
+    assert result.run_dir == run and (run / "final" / "model.safetensors").is_file()
+
+
+def test_resuming_a_checkpoint_that_is_not_complete_is_a_clear_error(toy_root, pretrained_runs, tmp_path):
+    from cicld.errors import CicldError
+
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    run = stage_runs(runs, "pretrain-ldm")[0]
+    with pytest.raises(CicldError, match=r"step-00000001 is not a complete checkpoint of"):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=2), resume=str(run / "checkpoints" / "step-00000001"))
+
+
 def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
     from cicld.errors import CicldError
     from cicld.training import objectives

@@ -70,7 +70,9 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         "resume",
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
-            None, help="continue a run: 'latest' (the newest unfinished run of this stage and source), a run or a checkpoint folder"
+            None,
+            help="continue a run: 'latest' (the newest unfinished run of this stage and source), a run (from its newest "
+            "checkpoint) or a checkpoint folder (from exactly that step; the run's later checkpoints are then replaced)",
         ),
         annotation=Optional[str],
     )

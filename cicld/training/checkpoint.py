@@ -31,7 +31,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+    return sorted(found, key=_step)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -62,10 +62,23 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
             shutil.rmtree(final)
         os.replace(temporary, final)
         _fsync_dir(root)
-        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else ():
+        for old in _outdated(list_checkpoints(run_dir), step, keep):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _outdated(checkpoints: list[Path], step: int, keep: int) -> list[Path]:
+    """What to delete once ``step`` is saved: checkpoints after it (a continuation abandoned by
+    resuming an earlier checkpoint: ``--resume latest`` must not pick them up), and all but the
+    newest ``keep`` of the rest."""
+    later = [c for c in checkpoints if _step(c) > step]
+    kept = [c for c in checkpoints if _step(c) <= step]
+    return later + (kept[:-keep] if keep > 0 else [])
+
+
+def _step(checkpoint: Path) -> int:
+    return int(_CHECKPOINT.match(checkpoint.name).group(1))
 
 
 def load_checkpoint(accelerator, checkpoint: Path) -> dict:

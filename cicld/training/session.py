@@ -28,7 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
-from cicld.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from cicld.training.config import CommonConfig
 from cicld.training.runs import FINAL, RUN_CONFIG, mark_latest, new_run_dir, newest_unfinished_run, read_run_config
 
@@ -244,21 +244,24 @@ class Session:
 def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, CommonConfig]:
     """The run and checkpoint that ``resume`` names, and the run's saved config: it wins, so that a
     resumed run continues exactly the run that was started."""
-    runs_root = Path(config.runs_root)
+    runs_root, checkpoint = Path(config.runs_root), None
     if resume == "latest":
         run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
         if run_dir is None:
             raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
     else:
         run_dir = Path(resume)
-        if run_dir.name.startswith("step-"):  # a checkpoint folder was named: its run is two levels up
-            run_dir = run_dir.parent.parent
+        if run_dir.name.startswith("step-"):  # a checkpoint folder: exactly that step, its run two levels up
+            run_dir, checkpoint = run_dir.parent.parent, run_dir
     saved = read_run_config(run_dir)
     if saved.get("stage") != config.stage:
         raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
-    checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise CicldError(f"{run_dir} has no checkpoint to resume from")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise CicldError(f"{run_dir} has no checkpoint to resume from")
+    elif checkpoint not in list_checkpoints(run_dir):
+        raise CicldError(f"{checkpoint} is not a complete checkpoint of {run_dir}")
     return run_dir, checkpoint, type(config).from_dict(saved)
 
 
