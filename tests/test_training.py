@@ -22,6 +22,7 @@ from cicld.training.config import make_config
 from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
 from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import stage_runs
+from cicld.training.session import Session
 
 from conftest import REPO, stage_flags
 
@@ -260,6 +261,26 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkp
         adapt(_adapt_config(toy_root, runs, steps=4))
     (run,) = stage_runs(runs, "adapt")
     assert not (run / "final").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "9"], "fewer than one batch"),  # the toy source has 8 frames
+        (["--crop", "24x24"], "multiples of 16"),  # fails in the first forward pass
+    ],
+)
+def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(cli, toy_root, pretrained_runs, tmp_path, flags, message):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=4), on_step=_crash_after(3))
+    unfinished = max(stage_runs(runs, "pretrain-ldm"))
+    before = sorted((runs / "pretrain-ldm").iterdir())
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs), *flags)
+    assert result.exit_code == 2 and message in result.stderr
+    assert sorted((runs / "pretrain-ldm").iterdir()) == before
+    assert Session(make_config("pretrain-ldm", source="toy", runs_root=str(runs)), resume="latest").run_dir == unfinished
 
 
 def test_missing_data_is_a_one_line_hint(cli, tmp_path):

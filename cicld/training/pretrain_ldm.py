@@ -42,7 +42,6 @@ def pretrain_ldm(
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     trained = accelerator.unwrap_model(objective).model
-    session.open_run()
     start = session.restore()
 
     source_stream = step_batches(

@@ -84,7 +84,8 @@ class Session:
     def __init__(self, config: CommonConfig, resume: str | None = None):
         """Resolve what to run: a new run of ``config``, or the run named by ``resume``, whose saved
         config wins. That config is resolved before the accelerator is built, so that gradient
-        accumulation and mixed precision are the run's own. Nothing is written until :meth:`open_run`."""
+        accumulation and mixed precision are the run's own. Nothing is written before the first
+        step is done (:meth:`open_run`)."""
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         if resume is not None:
@@ -96,7 +97,12 @@ class Session:
         self._tensorboard = None
 
     def open_run(self) -> Path:
-        """Create the run folder and write ``config.json`` (new runs), once data and model are ready."""
+        """Create the run folder and write ``config.json`` (new runs), when the first step is done.
+
+        By then everything that can fail at start-up has succeeded (data sets, model, the first
+        batches, the first forward and backward pass), so a failed start leaves no empty run behind
+        to shadow a resumable one for ``--resume latest``.
+        """
         if self.run_dir is None:
             runs_root, config = Path(self.config.runs_root), self.config
             self.run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
@@ -138,7 +144,7 @@ class Session:
             finite = self.accelerator.reduce(finite, reduction="min")
         if not bool(finite.item()):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            last = latest_checkpoint(self.run_dir)
+            last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingDiverged(
                 f"training diverged at step {step} ({bad}); {kept}; try a lower --lr or --mixed-precision no"
@@ -200,8 +206,9 @@ class Session:
                     self._tensorboard.add_scalar(key, value, step)
 
     def end_step(self, done: int, losses: dict[str, float], lr: float, evaluate=None, on_step=None) -> None:
-        """After ``done`` steps: validate when due (``evaluate()`` returns the val mIoU), log when
-        due, report to ``on_step(done, row)``, checkpoint when due."""
+        """After ``done`` steps: open the run folder (first step), validate when due (``evaluate()``
+        returns the val mIoU), log when due, report to ``on_step(done, row)``, checkpoint when due."""
+        self.open_run()
         config, row = self.config, {**losses, "lr": lr}
         if evaluate is not None:
             due = config.val_every and done % config.val_every == 0 and done < config.steps
