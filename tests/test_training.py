@@ -317,6 +317,75 @@ def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
     assert len(lines) == 1 and message in lines[0]
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--lr", "0"], "--lr must be positive, got 0.0"),
+        (["--max-grad-norm", "nan"], "--max-grad-norm must be a finite number, got nan"),
+        (["--max-grad-norm", "0"], "--max-grad-norm must be positive"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
+        (["--ema-alpha", "1.5"], "--ema-alpha must be between 0 and 1, got 1.5"),
+        (["--mix-blur-p", "-0.5"], "--mix-blur-p must be between 0 and 1"),
+        (["--lambda-adv", "inf"], "--lambda-adv must be a finite number"),
+        (["--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["--num-workers", "-1"], "--num-workers must be at least 0"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
+        (["--val-limit", "0"], "--val-limit must be at least 1, got 0"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli, toy_root, tmp_path, flags, message):
+    result = cli("adapt", *stage_flags(toy_root, tmp_path / "runs"), *flags)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
+    assert not (tmp_path / "runs").exists()
+
+
+def _poison_the_weights_after(monkeypatch, poisoned_step):
+    """Make one parameter NaN right after optimizer step ``poisoned_step`` (0-based) (the losses
+    stay finite up to there: only the weights show it)."""
+    original = Session.optimizer_step
+
+    def optimizer_step(self, objective, optimizer, step, compute_losses):
+        losses = original(self, objective, optimizer, step, compute_losses)
+        if step == poisoned_step:
+            with torch.no_grad():
+                next(self.accelerator.unwrap_model(objective).model.unet.parameters()).fill_(float("nan"))
+        return losses
+
+    monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
+
+
+def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    latest = (runs / "latest").resolve()
+    _poison_the_weights_after(monkeypatch, poisoned_step=3)
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    assert "NaN or inf weights after step 4" in line and f"the last good checkpoint is {run / 'checkpoints' / 'step-00000002'}" in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert not (run / "final").exists()
+    assert (runs / "latest").resolve() == latest
+
+
+def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
+    from cicld.training.session import TrainingDiverged
+
+    session = Session(make_config("adapt", source="toy", runs_root=str(tmp_path / "runs")))
+    session.open_run()
+    model = CICLD(CICLDConfig.preset("tiny"))
+    with torch.no_grad():
+        model.decoder.f_cls.parameters().__next__().view(-1)[0] = float("inf")
+    with pytest.raises(TrainingDiverged, match="NaN or inf weights in the model to export: final/ was not written.*no checkpoint was written yet"):
+        session.export(model, update_latest=True)
+    assert not (session.run_dir / "final").exists() and not (tmp_path / "runs" / "latest").exists()
+
+
 def test_resume_latest_without_an_unfinished_run_is_a_one_line_error(cli, tmp_path):
     result = cli("adapt", "--source", "toy", "--runs-root", tmp_path / "runs", "--resume", "latest")
     assert result.exit_code == 2

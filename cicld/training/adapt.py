@@ -82,6 +82,7 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
     objective, optimizer = accelerator.prepare(objective, optimizer)
     ema_model.to(accelerator.device)
     accelerator.register_for_checkpointing(ema_model)
+    session.guard_weights(objective, ema_model)
     start = session.restore()
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes

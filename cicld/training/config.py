@@ -9,6 +9,7 @@ sync with these classes).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,35 @@ ADVERSARIAL = ("3class", "2class", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+def _help(
+    text: str, default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None, positive: bool = False
+) -> Any:
+    """A config field with its help text and, for numbers, its valid range (``low`` ≤ value ≤ ``high``,
+    value > 0 where ``positive``), checked by :func:`check_ranges`."""
+    metadata = {"help": text, "low": low, "high": high, "positive": positive}
     if default is dataclasses.MISSING:
-        return field(metadata={"help": text}, **kwargs)
-    return field(default=default, metadata={"help": text}, **kwargs)
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_ranges(config: Any) -> None:
+    """Every number of ``config`` finite and in its field's range, or a one-line error naming the flag.
+
+    A NaN or infinite setting (``--lr inf``) would otherwise train a model of NaN weights to the end.
+    """
+    for spec in dataclasses.fields(config):
+        value, meta, flag = getattr(config, spec.name), spec.metadata, "--" + spec.name.replace("_", "-")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise CicldError(f"{flag} must be a finite number, got {value}")
+        if meta.get("positive") and value <= 0:
+            raise CicldError(f"{flag} must be positive, got {value}")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and high is not None and not low <= value <= high:
+            raise CicldError(f"{flag} must be between {low} and {high}, got {value}")
+        if low is not None and value < low:
+            raise CicldError(f"{flag} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -37,28 +63,28 @@ class CommonConfig:
     source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
     target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) for a model built from scratch", "base")
-    steps: int = _help("optimizer steps", 40000)
-    batch_size: int = _help("images per domain per process and step", 2)
+    steps: int = _help("optimizer steps", 40000, low=1)
+    batch_size: int = _help("images per domain per process and step", 2, low=1)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
     source_resize: tuple[int, int] | None = _help("resize source images to (width, height) before cropping [default: per dataset]", None)
     target_resize: tuple[int, int] | None = _help("resize target images to (width, height) [default: 1024x512]", None)
-    num_workers: int = _help("data-loading worker processes per training process", 4)
+    num_workers: int = _help("data-loading worker processes per training process", 4, low=0)
     rare_class_sampling: bool = _help("draw source frames by rare-class sampling (DAFormer RCS, T=0.01)", False)
-    rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000)
-    lr: float = _help("AdamW learning rate of the pre-trained parts", 6e-5)
-    head_lr_mult: float = _help("learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0)
-    weight_decay: float = _help("AdamW weight decay", 0.01)
-    warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500)
-    poly_power: float = _help("power of the polynomial learning-rate decay", 1.0)
-    grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1)
-    max_grad_norm: float | None = _help("clip the gradient norm to this (None: no clipping)", None)
+    rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000, low=0)
+    lr: float = _help("AdamW learning rate of the pre-trained parts", 6e-5, positive=True)
+    head_lr_mult: float = _help("learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0, positive=True)
+    weight_decay: float = _help("AdamW weight decay", 0.01, low=0)
+    warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500, low=0)
+    poly_power: float = _help("power of the polynomial learning-rate decay", 1.0, low=0)
+    grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1, low=1)
+    max_grad_norm: float | None = _help("clip the gradient norm to this (None: no clipping)", None, positive=True)
     mixed_precision: str = _help("no, fp16 (GPU) or bf16", "no")
-    seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0)
-    checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000)
-    keep_checkpoints: int = _help("how many newest checkpoints to keep", 2)
-    log_every: int = _help("write a log row (CSV, TensorBoard) every N steps", 50)
-    val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000)
-    val_limit: int | None = _help("validate on at most this many val images (None: all)", None)
+    seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0, low=0)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
+    keep_checkpoints: int = _help("how many newest checkpoints to keep", 2, low=1)
+    log_every: int = _help("write a log row (CSV, TensorBoard) every N steps", 50, low=1)
+    val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000, low=0)
+    val_limit: int | None = _help("validate on at most this many val images (None: all)", None, low=1)
     runs_root: str = _help("folder of all runs", "runs")
     init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
 
@@ -70,11 +96,7 @@ class CommonConfig:
             fail(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        for name in ("steps", "batch_size", "grad_accum_steps", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            fail(f"--lr must be positive, got {self.lr}")
+        check_ranges(self)
 
     # ---------------------------------------------------------------- derived
     @property
@@ -127,12 +149,12 @@ class AutoencoderConfig(CommonConfig):
     """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
 
     stage = "pretrain-ae"
-    l1_weight: float = _help("weight of the L1 reconstruction loss", 1.0)
-    kl_weight: float = _help("weight of the KL term of the latent posterior", 1e-6)
-    gan_weight: float = _help("weight of the patch-GAN loss once it starts", 0.5)
-    gan_start: int = _help("step at which the patch-GAN loss starts (warm-up on reconstruction only)", 20000)
+    l1_weight: float = _help("weight of the L1 reconstruction loss", 1.0, low=0)
+    kl_weight: float = _help("weight of the KL term of the latent posterior", 1e-6, low=0)
+    gan_weight: float = _help("weight of the patch-GAN loss once it starts", 0.5, low=0)
+    gan_start: int = _help("step at which the patch-GAN loss starts (warm-up on reconstruction only)", 20000, low=0)
     perceptual_weights: str | None = _help("local VGG16 safetensors file for the perceptual loss (None: no perceptual loss)", None)
-    perceptual_weight: float = _help("weight of the perceptual loss", 1.0)
+    perceptual_weight: float = _help("weight of the perceptual loss", 1.0, low=0)
     init_autoencoder: str | None = _help("local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None)
 
     def validate(self) -> None:
@@ -167,7 +189,7 @@ class LatentDiffusionConfig(SegmentationStageConfig):
     """``pretrain-ldm``: ε_θ, D, f_cls and f_mask on the source, from the autoencoder (stage 2)."""
 
     stage = "pretrain-ldm"
-    lambda_dif: float = _help("weight of the diffusion loss ‖ε − ε_θ‖²", 1.0)
+    lambda_dif: float = _help("weight of the diffusion loss ‖ε − ε_θ‖²", 1.0, low=0)
     train_encoder: bool = _help("also train E with the segmentation loss (the paper keeps it fixed here)", False)
 
 
@@ -184,17 +206,17 @@ class AdaptConfig(SegmentationStageConfig):
     adversarial: str = _help("adversarial loss on ẑ0: 3class (the paper's), 2class (ADDA-style) or none", "3class")
     contrastive: bool = _help("add the contrastive (CL) loss between source and mixed features (Table 2)", False)
     mmd: bool = _help("add the MMD loss between source and target latents (Table 2)", False)
-    lambda_dif: float = _help("weight of the diffusion loss", 1.0)
-    lambda_adv: float = _help("weight of the adversarial (confusion) loss for E and ε_θ", 0.01)
-    lambda_dis: float = _help("weight of the discriminator's own loss", 1.0)
-    lambda_cl: float = _help("weight of the contrastive loss", 0.1)
-    lambda_mmd: float = _help("weight of the MMD loss", 0.1)
-    ema_alpha: float = _help("EMA: ema_model = α·ema_model + (1 − α)·model, α = min(1 − 1/(t+1), this)", 0.999)
-    pseudo_threshold: float = _help("pseudo-label confidence threshold for the mixed-image weight", 0.968)
-    pseudo_ignore_top: int = _help("target rows from the top whose pseudo-labels get weight 0", 15)
-    pseudo_ignore_bottom: int = _help("target rows from the bottom whose pseudo-labels get weight 0 (ego vehicle)", 120)
-    mix_jitter_p: float = _help("probability of colour jitter on a mixed image", 0.8)
-    mix_blur_p: float = _help("probability of Gaussian blur on a mixed image", 0.5)
+    lambda_dif: float = _help("weight of the diffusion loss", 1.0, low=0)
+    lambda_adv: float = _help("weight of the adversarial (confusion) loss for E and ε_θ", 0.01, low=0)
+    lambda_dis: float = _help("weight of the discriminator's own loss", 1.0, low=0)
+    lambda_cl: float = _help("weight of the contrastive loss", 0.1, low=0)
+    lambda_mmd: float = _help("weight of the MMD loss", 0.1, low=0)
+    ema_alpha: float = _help("EMA: ema_model = α·ema_model + (1 − α)·model, α = min(1 − 1/(t+1), this)", 0.999, low=0, high=1)
+    pseudo_threshold: float = _help("pseudo-label confidence threshold for the mixed-image weight", 0.968, low=0, high=1)
+    pseudo_ignore_top: int = _help("target rows from the top whose pseudo-labels get weight 0", 15, low=0)
+    pseudo_ignore_bottom: int = _help("target rows from the bottom whose pseudo-labels get weight 0 (ego vehicle)", 120, low=0)
+    mix_jitter_p: float = _help("probability of colour jitter on a mixed image", 0.8, low=0, high=1)
+    mix_blur_p: float = _help("probability of Gaussian blur on a mixed image", 0.5, low=0, high=1)
 
     def validate(self) -> None:
         super().validate()

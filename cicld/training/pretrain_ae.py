@@ -41,6 +41,7 @@ def pretrain_ae(
     objective = AutoencoderObjective(model, PatchDiscriminator(), perceptual, config)
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    session.guard_weights(objective)
     start = session.restore()
 
     # Half of each batch from the source, half from the target: the latent space must serve both.

@@ -42,6 +42,7 @@ def pretrain_ldm(
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     trained = accelerator.unwrap_model(objective).model
+    session.guard_weights(objective)
     start = session.restore()
 
     source_stream = step_batches(

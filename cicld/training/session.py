@@ -43,7 +43,10 @@ class TrainResult:
 
 
 class TrainingDiverged(CicldError):
-    """A loss became NaN or infinite."""
+    """A loss or a weight became NaN or infinite."""
+
+
+_HINT = "try a lower --lr or --mixed-precision no"
 
 
 def make_accelerator(config: CommonConfig) -> Accelerator:
@@ -95,6 +98,7 @@ class Session:
         self.start_step = 0
         self._log_fields: list[str] | None = None
         self._tensorboard = None
+        self._guarded: tuple[torch.nn.Module, ...] = ()
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done.
@@ -136,19 +140,40 @@ class Session:
             group["lr"] = group["initial_lr"] * factor
         return self.config.lr * factor
 
+    def guard_weights(self, *modules: torch.nn.Module) -> None:
+        """Name what the checkpoints hold (the prepared objective, an EMA copy): their weights are
+        checked before every checkpoint, so that no checkpoint holds NaN or inf and the last one
+        is always a good one to resume from."""
+        self._guarded = modules
+
     def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> None:
         """Stop with a clear message (keeping the last good checkpoint) if any loss is NaN or inf."""
         values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
-        finite = torch.isfinite(values).all().to(torch.int32).reshape(1)
-        if self.accelerator.num_processes > 1:
-            finite = self.accelerator.reduce(finite, reduction="min")
-        if not bool(finite.item()):
+        if not self._everywhere(torch.isfinite(values).all()):
             bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training diverged at step {step} ({bad}); {kept}; try a lower --lr or --mixed-precision no"
-            )
+            raise TrainingDiverged(f"training diverged at step {step} ({bad}); {self._last_good()}; {_HINT}")
+
+    def check_weights(self, modules, consequence: str) -> None:
+        """Stop with a clear message if any weight (parameter or buffer) of ``modules`` is NaN or inf.
+
+        The losses can stay finite while the weights are not (an infinite step on the last step,
+        a NaN gradient norm): a model must never be checkpointed or exported like that.
+        """
+        flags = [torch.isfinite(t).all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+        if flags and not self._everywhere(torch.stack(flags).all()):
+            raise TrainingDiverged(f"training diverged: NaN or inf weights {consequence}; {self._last_good()}; {_HINT}")
+
+    def _everywhere(self, flag: torch.Tensor) -> bool:
+        """Whether the boolean ``flag`` holds in every process (so that they all stop together)."""
+        flag = flag.to(torch.int32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="min")
+        return bool(flag.item())
+
+    def _last_good(self) -> str:
+        # Checkpoints are written only with finite weights (check_weights), so the newest is good.
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
 
     def optimizer_step(self, objective, optimizer, step: int, compute_losses) -> dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches.
@@ -223,11 +248,14 @@ class Session:
     def maybe_checkpoint(self, step_done: int, **state) -> None:
         """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
         if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
+            self.check_weights(self._guarded, f"after step {step_done}: not checkpointed")
             save_checkpoint(self.accelerator, self.run_dir, step_done, state, keep=self.config.keep_checkpoints)
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
-        """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it."""
+        """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it.
+        A model with NaN or inf weights is refused (the last line of defence: see check_weights)."""
+        self.check_weights([model], "in the model to export: final/ was not written, runs/latest not moved")
         self.accelerator.wait_for_everyone()
         final = self.run_dir / FINAL
         if self.accelerator.is_main_process:
