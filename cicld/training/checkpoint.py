@@ -5,6 +5,7 @@ A checkpoint is ``<run>/checkpoints/step-00001000/``: what ``Accelerator.save_st
 (the step and anything else the loop needs to continue). It is written into a hidden temporary
 folder and renamed into place only when complete, so a kill during a write never breaks the
 newest good checkpoint; unfinished temporaries are ignored and cleaned up by the next save.
+Checkpoints written again or pruned never leave a half-deleted folder that looks complete.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from cicld.errors import CicldError
+from cicld.training.runs import recover_replaced, replace_directory
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
@@ -49,8 +51,10 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     final = root / f"step-{step:08d}"
     temporary = root / f".step-{step:08d}.tmp"
     if accelerator.is_main_process:
-        for stale in root.glob(".step-*.tmp") if root.is_dir() else ():
-            shutil.rmtree(stale, ignore_errors=True)
+        if root.is_dir():  # what a crash in an earlier save left behind
+            recover_replaced(root)
+            for stale in root.glob(".step-*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         temporary.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
@@ -58,12 +62,10 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     if accelerator.is_main_process:
         (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
         _fsync_dir(temporary)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+        replace_directory(temporary, final)  # written again after resuming an earlier checkpoint
         _fsync_dir(root)
         for old in _outdated(list_checkpoints(run_dir), step, keep):
-            shutil.rmtree(old, ignore_errors=True)
+            _delete(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -75,6 +77,14 @@ def _outdated(checkpoints: list[Path], step: int, keep: int) -> list[Path]:
     later = [c for c in checkpoints if _step(c) > step]
     kept = [c for c in checkpoints if _step(c) <= step]
     return later + (kept[:-keep] if keep > 0 else [])
+
+
+def _delete(checkpoint: Path) -> None:
+    """Hide, then delete: a crash halfway through the deletion never leaves a folder that still
+    has its trainer_state.json, and so looks complete, without its weights."""
+    hidden = checkpoint.with_name(f".{checkpoint.name}.deleted.tmp")
+    os.replace(checkpoint, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _step(checkpoint: Path) -> int:

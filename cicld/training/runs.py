@@ -14,8 +14,12 @@ written atomically at the end of training. An unfinished run with checkpoints ca
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +91,55 @@ def mark_latest(runs_root: Path, final_dir: Path) -> Path:
     temporary.symlink_to(os.path.relpath(Path(final_dir).resolve(), runs_root.resolve()))
     os.replace(temporary, link)
     return link
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``, replacing what is there, such that ``target``
+    is never missing once it existed (``final/``, a checkpoint written again).
+
+    Where the system swaps two folders in one step (Linux), that is all there is. Elsewhere the old
+    folder is renamed aside to ``.<name>.old`` first; should a crash come between the two renames,
+    :func:`recover_replaced` (run before the next write) puts it back.
+    """
+    new, target = Path(new), Path(target)
+    if target.exists() and _exchange(new, target):
+        shutil.rmtree(new)  # it holds the old folder now
+        return
+    aside = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(aside, ignore_errors=True)  # a stale one: target is there
+        os.replace(target, aside)
+    os.replace(new, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_replaced(parent: Path) -> None:
+    """Finish what a crash inside :func:`replace_directory` left in ``parent``: an aside folder goes
+    back where its folder is missing, and is deleted where the new one made it into place."""
+    for aside in Path(parent).glob(".*.old"):
+        target = aside.with_name(aside.name[1 : -len(".old")])
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, target)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # an old kernel or a file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def resolve_model_dir(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:

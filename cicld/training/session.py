@@ -30,7 +30,16 @@ from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from cicld.training.config import CommonConfig
-from cicld.training.runs import FINAL, RUN_CONFIG, mark_latest, new_run_dir, newest_unfinished_run, read_run_config
+from cicld.training.runs import (
+    FINAL,
+    RUN_CONFIG,
+    mark_latest,
+    new_run_dir,
+    newest_unfinished_run,
+    read_run_config,
+    recover_replaced,
+    replace_directory,
+)
 
 
 @dataclass
@@ -260,11 +269,10 @@ class Session:
         final = self.run_dir / FINAL
         if self.accelerator.is_main_process:
             temporary = self.run_dir / f".{FINAL}.tmp"
+            recover_replaced(self.run_dir)  # what a crash in an earlier export left behind
             shutil.rmtree(temporary, ignore_errors=True)
             model.save_pretrained(temporary)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(temporary, final)
+            replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
             if update_latest:
                 mark_latest(Path(self.config.runs_root), final)
         self.accelerator.wait_for_everyone()
