@@ -218,6 +218,18 @@ def test_refinement_passes_condition_on_the_previous_prediction(model):
     assert refined.shape == plain.shape and not torch.equal(refined, plain)
 
 
+def test_batchnorm_layers_of_a_frozen_part_keep_their_statistics_in_training():
+    torch.manual_seed(0)
+    model = CICLD(CICLDConfig.preset("tiny", ae_norm="batch"))
+    model.encoder.requires_grad_(False)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    model.forward_train(images(2), labels(2), generator=seeded())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
 # ---------------------------------------------------------------------- architecture switches
 @pytest.mark.parametrize(
     "switch, value, part",

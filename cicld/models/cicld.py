@@ -111,6 +111,17 @@ class CICLD(nn.Module):
         )
         self.diffusion = LatentDiffusion.from_config(config)
 
+    def train(self, mode: bool = True) -> "CICLD":
+        """``nn.Module.train``, except that BatchNorm layers whose parameters are frozen stay in eval
+        mode: a part a stage does not train (E in ``pretrain-ldm --no-train-encoder``) keeps its
+        statistics too, exactly as the previous stage left it. Freeze first, then call this."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.weight.requires_grad:
+                    module.eval()
+        return self
+
     # ------------------------------------------------------------------ building blocks
     @property
     def device(self) -> torch.device:

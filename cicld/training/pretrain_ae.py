@@ -37,6 +37,7 @@ def pretrain_ae(
         model.load_autoencoder_kl(config.init_autoencoder)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(FROZEN))
+    model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)
     perceptual = PerceptualLoss(config.perceptual_weights) if config.perceptual_weights else None
     objective = AutoencoderObjective(model, PatchDiscriminator(), perceptual, config)
     optimizer = build_optimizer(objective, config)

@@ -38,6 +38,7 @@ def pretrain_ldm(
     model = load_model(Path(config.init_from), config.architecture_switches)
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
+    model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)
     objective = SegmentationObjective(model, config.lambda_dif, loss_class_weights(config, source))
     optimizer = build_optimizer(objective, config)
     objective, optimizer = accelerator.prepare(objective, optimizer)
