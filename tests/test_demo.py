@@ -18,7 +18,7 @@ from cicld.data.pngio import read_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-STAGE_LINES = ("pretrain-ae", "pretrain-ldm", "adapt (source-only)", "adapt (CICLD)")
+STAGE_LINES = ("pretrain-ae", "pretrain-ldm", "adapt (CICLD)")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,11 @@ def test_demo_runs_every_stage_and_reports_both_models(demo_run):
     assert "source-only" in stdout and "CICLD" in stdout and "mIoU19" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"source-only", "CICLD"}
+    # The source-only model is pretrain-ldm's, and CICLD adapts exactly that model.
+    (ldm_run,) = (out / "runs" / "pretrain-ldm").iterdir()
+    (adapt_run,) = (out / "runs" / "adapt").iterdir()
+    assert Path(results["source-only"]["model"]) == ldm_run / "final"
+    assert json.loads((adapt_run / "config.json").read_text())["init_from"] == str(ldm_run / "final")
     for name, scores in results.items():
         assert 0.0 <= scores["mIoU19"] <= 1.0
         assert (out / "evaluation" / name.lower() / "scores.json").is_file()
@@ -88,7 +93,7 @@ def test_an_interrupted_stage_is_resumed_from_its_last_checkpoint(demo_run):
     from cicld.cli import main
 
     out, _, _ = demo_run
-    run = max((out / "runs" / "adapt").iterdir(), key=lambda p: json.loads((p / "config.json").read_text())["method"] == "cicld")
+    (run,) = (out / "runs" / "adapt").iterdir()
     # As if killed between the checkpoint at step 2 and the end: no final/, no step-4 checkpoint.
     shutil.rmtree(run / "final")
     for checkpoint in (run / "checkpoints").iterdir():
