@@ -146,3 +146,44 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644
+
+
+def test_a_16_bit_greyscale_png_is_read_as_rgb_like_its_8_bit_twin(tmp_path):
+    eight = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 0..65535, full range
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    twin = read_image(tmp_path / "eight.png", "RGB")
+    np.testing.assert_array_equal(read_image(tmp_path / "sixteen.png", "RGB"), twin)
+    assert twin.shape == (16, 16, 3) and twin.dtype == np.uint8
+
+
+def test_a_32_bit_integer_image_holding_16_bit_values_is_scaled_like_a_16_bit_one(tmp_path):
+    values = (np.arange(256, dtype=np.int32) * 257).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "wide.tif")
+    assert Image.open(tmp_path / "wide.tif").mode == "I"
+    np.testing.assert_array_equal(read_image(tmp_path / "wide.tif", "RGB")[..., 0], (values >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode, suffix", [("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "tif")])
+def test_every_8_bit_mode_reaches_rgb_with_its_colours(tmp_path, mode, suffix):
+    rgb = np.array([[[0, 0, 0], [255, 255, 255], [200, 30, 90], [10, 160, 240]]], dtype=np.uint8)
+    if mode in ("1", "L", "LA"):
+        rgb[0, 2:] = 255  # greys that these modes can hold
+    if mode == "P":
+        image = Image.fromarray(np.array([[0, 1, 2, 3]], dtype=np.uint8)).convert("L")
+        image = Image.frombytes("P", image.size, image.tobytes())
+        image.putpalette(rgb.reshape(-1).tolist())
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+    image.save(tmp_path / f"x.{suffix}")
+    assert Image.open(tmp_path / f"x.{suffix}").mode == mode
+    read = read_image(tmp_path / f"x.{suffix}", "RGB")
+    assert read.dtype == np.uint8
+    np.testing.assert_array_equal(read, rgb)
+
+
+def test_a_floating_point_image_is_refused_in_one_line_naming_the_file(tmp_path):
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match=r"float\.tif.*outside the 16-bit range"):
+        read_image(tmp_path / "float.tif", "RGB")

@@ -88,3 +88,14 @@ def test_bad_inputs_are_one_line_errors(cli, pretrained_runs, tmp_path, monkeypa
 def test_unknown_output_kind_is_refused(cli, images, pretrained_runs, tmp_path):
     result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs, "--outputs", "color,depth")
     assert result.exit_code == 2 and "--outputs must name some of" in result.stderr
+
+
+def test_a_16_bit_greyscale_png_is_predicted_like_its_8_bit_twin(cli, pretrained_runs, tmp_path):
+    grey = np.random.default_rng(1).integers(0, 256, (32, 64), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "eight.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # mode I;16, same picture
+    out = tmp_path / "out"
+    result = cli("predict", tmp_path / "eight.png", tmp_path / "sixteen.png", out, "--runs-root", pretrained_runs, "--outputs", "trainids,overlay")
+    assert result.exit_code == 0, result.stderr
+    for kind in ("trainIds", "overlay"):
+        assert (out / f"sixteen_{kind}.png").read_bytes() == (out / f"eight_{kind}.png").read_bytes()

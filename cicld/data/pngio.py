@@ -49,14 +49,15 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
     """Read any image Pillow knows, fully decoded (so truncation is caught here, not later).
 
     ``mode`` converts (e.g. "RGB" for network input); None keeps the file's own mode, and a
-    palette ("P") image returns its indices.
+    palette ("P") image returns its indices. 16-bit greyscale is scaled to 8 bits on the way
+    (:func:`_wide_to_8bit`), not clipped as Pillow's ``convert`` would.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
             if mode is not None and image.mode != mode:
-                image = image.convert(mode)
+                image = image.convert(mode) if image.mode not in _WIDE_MODES else _wide_to_8bit(image, path).convert(mode)
             return np.asarray(image)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
@@ -65,6 +66,27 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, zlib.error) as exc:
         # Pillow says "image file is truncated", "broken PNG file", "incorrect header check"...
         raise DataError(f"{path} is corrupt or truncated ({exc})") from None
+
+
+#: Greyscale modes with more than 8 bits a sample. Pillow's ``convert`` clips them to 0..255
+#: (a 16-bit photo becomes white), so :func:`_wide_to_8bit` scales them instead.
+_WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS", "I;32", "I;32B", "I;32S", "F"}
+
+
+def _wide_to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L": the high byte of each sample (``value >> 8``).
+
+    Pillow opens 16-bit greyscale as "I;16" (or as 32-bit "I" holding 0..65535); both are taken
+    to span 0..65535, as a 16-bit file does. Values outside that range (negative, 32-bit or
+    floating-point data) have no agreed brightness scale, so they are refused, not guessed at.
+    """
+    values = np.asarray(image)
+    if image.mode == "F" or values.size and (values.min() < 0 or values.max() > 0xFFFF):
+        raise DataError(
+            f"{path} has {image.mode!r} pixels outside the 16-bit range 0..65535 (floating-point or 32-bit data); "
+            "save it as an 8- or 16-bit image"
+        )
+    return Image.fromarray((values.astype(np.uint32) >> 8).astype(np.uint8))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
