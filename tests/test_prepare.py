@@ -154,3 +154,38 @@ def test_a_folder_of_another_dataset_names_what_is_missing(cityscapes_root, data
     else:
         with pytest.raises(DataError, match=f"not a {dataset} dataset: missing"):
             find_frames(cityscapes_root, dataset)
+
+
+def test_frames_skipped_for_a_size_mismatch_are_left_out_of_training_not_asked_for(gta5_root):
+    from cicld.data.datasets import SourceDataset, ValDataset
+    from cicld.data.sampling import RareClassSampler
+
+    write_gta5_frame(gta5_root, "00003", GTA5_IDS, image_size=(8, 6))
+    _prepare(gta5_root, "gta5", policy=SizeMismatchPolicy.skip)
+    sampler = RareClassSampler(gta5_root, min_pixels=1)
+    data = SourceDataset(gta5_root, "gta5", crop=(4, 3), rare_class_sampling=sampler)
+    assert [s.name for s in data.samples] == ["00000", "00001", "00002"]
+    assert {data[i]["name"] for i in range(len(data))} <= {"00000", "00001", "00002"}
+    assert [s.name for s in ValDataset(gta5_root, "gta5").samples] == ["00000", "00001", "00002"]
+
+
+def test_preparing_again_with_resize_brings_a_skipped_frame_back(gta5_root):
+    from cicld.data.datasets import SourceDataset
+
+    write_gta5_frame(gta5_root, "00003", GTA5_IDS, image_size=(8, 6))
+    _prepare(gta5_root, "gta5", policy=SizeMismatchPolicy.skip)
+    assert json.loads((gta5_root / "skipped_frames.json").read_text()) == ["00003"]
+    report = _prepare(gta5_root, "gta5")
+    assert report.converted == 1 and not (gta5_root / "skipped_frames.json").exists()
+    assert [s.name for s in SourceDataset(gta5_root, "gta5").samples] == ["00000", "00001", "00002", "00003"]
+
+
+def test_a_frame_missing_its_train_ids_without_being_skipped_is_still_an_error(gta5_root):
+    from cicld.data.datasets import SourceDataset
+    from cicld.errors import DataError
+
+    write_gta5_frame(gta5_root, "00003", GTA5_IDS, image_size=(8, 6))
+    _prepare(gta5_root, "gta5", policy=SizeMismatchPolicy.skip)
+    (gta5_root / "labels" / "00001_labelTrainIds.png").unlink()
+    with pytest.raises(DataError, match="1 of 3 gta5 labels have no prepared trainIds file"):
+        SourceDataset(gta5_root, "gta5")

@@ -29,6 +29,7 @@ normalisation, i.e. the mean colour) and label with 255 — exactly mmseg's ``Pa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset
 
 from cicld.data import transforms as T
 from cicld.data.labels import IGNORE_INDEX
-from cicld.data.layouts import DATASETS, Sample, list_samples
+from cicld.data.layouts import DATASETS, SKIPPED_FRAMES_FILE, Sample, list_samples
 from cicld.data.pngio import read_image
 from cicld.data.sampling import RareClassSampler
 from cicld.errors import DataError
@@ -86,9 +87,30 @@ def _read_train_ids(path: Path, dataset: str, root: Path) -> np.ndarray:
     return label
 
 
+def _skipped_frames(root: Path, dataset: str) -> set[str]:
+    """Names of the frames ``prepare-data`` left out on purpose (``--on-size-mismatch skip``)."""
+    path = root / SKIPPED_FRAMES_FILE
+    if not path.is_file():
+        return set()
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is unreadable ({exc}); delete it and {_prepare_hint(dataset, root)}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path} is not a list of frame names; delete it and {_prepare_hint(dataset, root)}")
+    return set(names)
+
+
 def _labelled(samples: Iterable[Sample], dataset: str, root: Path, split: str) -> list[Sample]:
-    """The frames that have labels, all with their prepared trainIds file; else DataError."""
-    labelled = [s for s in samples if s.label is not None]
+    """The frames that have labels, all with their prepared trainIds file; else DataError.
+
+    Frames that ``prepare-data`` left out on purpose (listed in ``skipped_frames.json``) are
+    left out here too: they have no trainIds file and no class statistics.
+    """
+    skipped = _skipped_frames(root, dataset)
+    labelled = [s for s in samples if s.label is not None and s.name not in skipped]
+    if not labelled and skipped:
+        raise DataError(f"{root} has no labelled {dataset} frames left: prepare-data left out all of them ({SKIPPED_FRAMES_FILE})")
     if not labelled:
         where = f"gtFine/{split}/" if dataset == "cityscapes" else "the label folder"
         raise DataError(f"{root} has no labelled {dataset} frames (no labels in {where})")

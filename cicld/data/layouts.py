@@ -25,6 +25,9 @@ DatasetName = Literal["gta5", "synthia", "cityscapes"]
 DATASETS: tuple[str, ...] = ("gta5", "synthia", "cityscapes")
 TRAIN_IDS_SUFFIX = "_labelTrainIds.png"
 CLASS_STATS_FILE = "sample_class_stats.json"
+#: The frames ``prepare-data`` left out on purpose (``--on-size-mismatch skip``): their names, one
+#: JSON list in the dataset root. The datasets leave them out too, so they never ask for them.
+SKIPPED_FRAMES_FILE = "skipped_frames.json"
 
 
 @dataclass(frozen=True)

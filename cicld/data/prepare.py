@@ -9,7 +9,9 @@ the format of DAFormer/HRDA/MIC's converters, so data prepared by either tool wo
 It is idempotent and resumable: a frame whose trainId file exists is skipped (its counts are read
 back from that file), and every file is written atomically, so a run killed half-way leaves only
 finished files behind. The stats files are written last, once every frame has succeeded: their
-presence means the dataset is prepared.
+presence means the dataset is prepared. Frames left out with ``--on-size-mismatch skip`` are listed
+in ``skipped_frames.json`` (written just before the stats), which the datasets read to leave them
+out as well.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
-from cicld.data.layouts import CLASS_STATS_FILE, Sample, list_samples
+from cicld.data.layouts import CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
 from cicld.data.transforms import resize_label
 from cicld.data.pngio import atomic_write, image_mode, image_size, read_image, read_png, write_image
 from cicld.errors import DataError
@@ -153,11 +155,13 @@ def prepare_dataset(
     root, dataset, samples = frames.root, frames.dataset, frames.samples
     report = PrepareReport(dataset, root, missing_partner=list(frames.missing_partner))
     stats: list[dict] = []
+    left_out: list[str] = []
     for done, (sample, result) in enumerate(zip(samples, _run(dataset, samples, policy, verify_images, workers)), 1):
         if result.status == "failed":
             report.failures.append((result.name, result.error))
         elif result.status == "mismatch-skipped":
             report.mismatch_skipped += 1
+            left_out.append(sample.name)
         else:
             report.converted += result.status == "converted"
             report.skipped += result.status == "skipped"
@@ -168,6 +172,7 @@ def prepare_dataset(
         if on_progress is not None:
             on_progress(done, len(samples))
     if not report.failures:
+        write_skipped_frames(root, left_out)  # before the stats, whose presence means "prepared"
         write_class_stats(root, stats)
     return report
 
@@ -185,6 +190,19 @@ def _stats_entry(root: Path, sample: Sample, counts: list[int]) -> dict:
     entry: dict = {str(c): int(n) for c, n in enumerate(counts) if n > 0}
     entry["file"] = sample.train_ids.relative_to(root).as_posix()
     return entry
+
+
+def write_skipped_frames(root: Path, names: list[str]) -> None:
+    """Record the frames left out on purpose, so the datasets leave them out too (none: no file)."""
+    path = root / SKIPPED_FRAMES_FILE
+    try:
+        if names:
+            text = json.dumps(names, indent=2).encode()
+            atomic_write(path, lambda handle: handle.write(text))
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_class_stats(root: Path, stats: list[dict]) -> None:
