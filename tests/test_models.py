@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -71,6 +72,27 @@ def test_invalid_config_values_are_rejected():
         CICLDConfig(discriminator="4class")
     with pytest.raises(CicldError, match="t_star"):
         CICLDConfig(t_star=0.0)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("latent_channels", "4", "latent_channels must be an integer, got '4'"),
+        ("t_star", "0.2", "t_star must be a number, got '0.2'"),
+        ("inter_coder", 1, "inter_coder must be true or false, got 1"),
+        ("num_classes", 19.0, "num_classes must be an integer, got 19.0"),
+        ("ae_block_out_channels", [8, "16", 16, 32], "ae_block_out_channels must be a list of integers"),
+        ("ae_block_out_channels", 8, "ae_block_out_channels must be a list of integers, got 8"),
+        ("beta_schedule", None, "beta_schedule must be a string, got None"),
+    ],
+)
+def test_a_wrongly_typed_config_value_is_a_one_line_error_naming_the_key(key, value, expected):
+    with pytest.raises(CicldError, match=re.escape(expected)):
+        CICLDConfig.from_dict({**CICLDConfig.preset("tiny").to_dict(), key: value})
+
+
+def test_an_integer_where_a_number_belongs_is_accepted_as_that_number():
+    assert CICLDConfig.from_dict({**CICLDConfig.preset("tiny").to_dict(), "t_star": 1}).t_star == 1.0
 
 
 def test_default_config_is_the_base_preset_with_the_cityscapes_classes():

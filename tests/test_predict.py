@@ -99,3 +99,17 @@ def test_a_16_bit_greyscale_png_is_predicted_like_its_8_bit_twin(cli, pretrained
     assert result.exit_code == 0, result.stderr
     for kind in ("trainIds", "overlay"):
         assert (out / f"sixteen_{kind}.png").read_bytes() == (out / f"eight_{kind}.png").read_bytes()
+
+
+def test_a_model_folder_whose_config_has_a_wrongly_typed_value_is_a_one_line_error_naming_the_key(cli, images, tmp_path):
+    import json
+
+    from cicld.models import CICLD, CICLDConfig
+
+    CICLD(CICLDConfig.preset("tiny")).save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "latent_channels": "4"}))
+    result = cli("predict", images, tmp_path / "out", "--checkpoint", tmp_path / "model")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: invalid model config: latent_channels must be an integer, got '4'"]
+    assert not (tmp_path / "out").exists()

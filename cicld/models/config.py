@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -158,13 +159,9 @@ class CICLDConfig:
         if unknown:
             raise CicldError(f"unknown model config keys: {', '.join(unknown[:5])}")
         hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in data.items():
-            # JSON has no tuples: restore them so that configs compare equal after a round trip.
-            if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
-                value = tuple(value)
-            values[key] = value
-        return cls(**values)
+        # Each value is checked against its field's type before validate() compares it with
+        # anything: a string where a number belongs must be a one-line error naming the key.
+        return cls(**{key: typed_config_value(key, value, hints[key]) for key, value in data.items()})
 
     def replace(self, **changes: Any) -> "CICLDConfig":
         """A copy with some fields changed (validated like a new config)."""
@@ -180,6 +177,61 @@ class CICLDConfig:
         if name not in _PRESETS:
             raise CicldError(f"unknown model preset {name!r}; choose one of {', '.join(_PRESETS)}")
         return cls.from_dict({**cls().to_dict(), **_PRESETS[name], **overrides})
+
+
+def typed_config_value(key: str, value: Any, hint: Any, what: str = "model config") -> Any:
+    """``value`` read from a JSON config as the field type ``hint`` (lists become tuples); a
+    one-line CicldError naming ``key`` if it is not of that type. Integers count as floats;
+    booleans count as neither."""
+    converted = _as_type(value, hint)
+    if converted is _WRONG:
+        raise CicldError(f"invalid {what}: {key} must be {_type_name(hint)}, got {value!r}")
+    return converted
+
+
+_WRONG = object()
+
+
+def _as_type(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if (converted := _as_type(value, option)) is not _WRONG:
+                return converted
+        return _WRONG
+    if hint is type(None):
+        return None if value is None else _WRONG
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _WRONG
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            return _WRONG
+        items = tuple(_as_type(v, k) for v, k in zip(value, kinds))
+        return _WRONG if any(i is _WRONG for i in items) else items
+    if hint is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+    if hint is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _WRONG
+    if hint is str:
+        return value if isinstance(value, str) else _WRONG
+    return value  # a type this config does not use: left to validate()
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+            return f"a list of {plural.get(args[0], _type_name(args[0]))}"
+        return f"a list of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 _TINY_UNET: dict[str, Any] = {

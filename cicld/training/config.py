@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
 from cicld.errors import CicldError
-from cicld.models.config import CICLDConfig
+from cicld.models.config import CICLDConfig, typed_config_value
 
 SOURCES = ("gta5", "synthia", "toy")
 METHODS = ("cicld", "self-training", "source-only", "oracle")
@@ -138,10 +139,8 @@ class CommonConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise CicldError(f"unknown {cls.stage} config keys: {', '.join(unknown)}")
-        for key in ("crop", "source_resize", "target_resize"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: typed_config_value(key, value, hints[key], f"{cls.stage} config") for key, value in data.items()})
 
 
 @dataclass
