@@ -417,3 +417,42 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     (run,) = stage_runs(runs, "adapt")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    return stage_runs(runs, "pretrain-ldm")[0] / "checkpoints" / "step-00000002"
+
+
+@pytest.mark.parametrize(
+    "damaged, content, message",
+    [
+        ("model.safetensors", b"\x00" * 50, "the checkpoint is corrupt or does not fit this run (SafetensorError"),
+        ("optimizer.bin", b"not a zip archive", "the checkpoint is corrupt or does not fit this run"),
+        ("trainer_state.json", b'{"step": ', "trainer_state.json is corrupt"),
+    ],
+    ids=["weights", "optimizer", "trainer-state"],
+)
+def test_resuming_a_corrupt_checkpoint_is_a_one_line_error(cli, pretrained_runs, tmp_path, damaged, content, message):
+    checkpoint = _checkpoint_to_damage(pretrained_runs, tmp_path)
+    (checkpoint / damaged).write_bytes(content)
+    result = cli("pretrain-ldm", "--resume", checkpoint)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot resume from {checkpoint}: ") and message in line
+
+
+def test_resume_naming_a_file_is_a_one_line_error(cli, pretrained_runs, tmp_path):
+    checkpoint = _checkpoint_to_damage(pretrained_runs, tmp_path)
+    result = cli("pretrain-ldm", "--resume", checkpoint / "model.safetensors")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume {checkpoint / 'model.safetensors'} is a file; name a run folder, one of its checkpoint folders or latest"
+    ]
+
+
+def test_resume_naming_nothing_that_exists_is_a_one_line_error(cli, tmp_path):
+    result = cli("adapt", "--resume", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: --resume {tmp_path / 'nowhere'}: no such run or checkpoint folder"]

@@ -97,8 +97,26 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
     state_file = checkpoint / STATE_FILE
     if not state_file.is_file():
         raise CicldError(f"{checkpoint} is not a complete cicld checkpoint (no {STATE_FILE})")
-    accelerator.load_state(str(checkpoint))
-    return json.loads(state_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CicldError(f"cannot resume from {checkpoint}: {STATE_FILE} is corrupt ({_first_line(exc)})") from None
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as exc:  # torch, safetensors and pickle each raise their own kinds for a damaged file
+        raise CicldError(
+            f"cannot resume from {checkpoint}: the checkpoint is corrupt or does not fit this run "
+            f"({type(exc).__name__}: {_first_line(exc)}); resume an earlier checkpoint of the run by naming its folder"
+        ) from None
+    return state
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fsync_dir(path: Path) -> None:

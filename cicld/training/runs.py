@@ -47,10 +47,12 @@ def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_CONFIG
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise CicldError(f"{run_dir} is not a cicld run (no {RUN_CONFIG})") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CicldError(f"{path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CicldError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def stage_runs(runs_root: Path, stage: str) -> list[Path]:

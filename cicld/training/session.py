@@ -294,6 +294,10 @@ def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, Comm
             raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
     else:
         run_dir = Path(resume)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CicldError(f"--resume {resume} is a file; name a run folder, one of its checkpoint folders or latest")
+        if not run_dir.exists() and not run_dir.name.startswith("step-"):
+            raise CicldError(f"--resume {resume}: no such run or checkpoint folder")
         if run_dir.name.startswith("step-"):  # a checkpoint folder: exactly that step, its run two levels up
             run_dir, checkpoint = run_dir.parent.parent, run_dir
     saved = read_run_config(run_dir)
