@@ -1,7 +1,9 @@
 """cicld evaluate: scores the default model on the run's target split; table, JSON and pictures."""
 
 import json
+import os
 
+import pytest
 from PIL import Image
 
 
@@ -39,3 +41,55 @@ def test_no_model_anywhere_is_a_one_line_hint(cli, tmp_path):
 def test_a_folder_that_is_not_a_model_is_refused(cli, tmp_path):
     result = cli("evaluate", tmp_path)
     assert result.exit_code == 2 and "neither a model folder" in result.stderr
+
+
+@pytest.fixture
+def evaluation_must_not_run(monkeypatch):
+    """Fail the test if the evaluation starts: bad outputs must be refused before it."""
+    import cicld.evaluation.evaluate
+
+    def evaluate_model(*args, **kwargs):
+        raise AssertionError("the evaluation ran although its outputs cannot be written")
+
+    monkeypatch.setattr(cicld.evaluation.evaluate, "evaluate_model", evaluate_model)
+
+
+@pytest.mark.parametrize(
+    "make, flags, message",
+    [
+        (lambda tmp: (tmp / "taken").write_text("x"), ["--out", "taken"], "--out {tmp}/taken is a file, not a folder"),
+        (lambda tmp: (tmp / "taken").write_text("x"), ["--out", "taken/pictures"], "--out {tmp}/taken/pictures cannot be created: {tmp}/taken is a file, not a folder"),
+        (lambda tmp: (tmp / "scores").mkdir(), ["--json", "scores"], "--json {tmp}/scores is a folder; give a file name"),
+        (lambda tmp: (tmp / "taken").write_text("x"), ["--json", "taken/scores.json"], "--json {tmp}/taken/scores.json cannot be created: {tmp}/taken is a file, not a folder"),
+    ],
+    ids=["out-is-a-file", "out-inside-a-file", "json-is-a-folder", "json-inside-a-file"],
+)
+def test_outputs_that_cannot_be_written_are_refused_in_one_line_before_the_evaluation_runs(
+    cli, pretrained_runs, tmp_path, evaluation_must_not_run, make, flags, message
+):
+    make(tmp_path)
+    flags = [str(tmp_path / f) if not f.startswith("--") else f for f in flags]
+    result = cli("evaluate", "--runs-root", pretrained_runs, "--out", tmp_path / "pictures", *flags)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: " + message.format(tmp=tmp_path)]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_out_folder_without_write_permission_is_refused_before_the_evaluation_runs(cli, pretrained_runs, tmp_path, evaluation_must_not_run):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = cli("evaluate", "--runs-root", pretrained_runs, "--out", locked / "pictures")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: --out {locked / 'pictures'} cannot be written: no permission to write in {locked}"]
+
+
+def test_a_write_that_fails_after_the_evaluation_is_one_line_naming_the_file(cli, pretrained_runs, tmp_path, monkeypatch):
+    import cicld.cli.evaluate
+
+    def refuse(path, write):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cicld.cli.evaluate, "atomic_write", refuse, raising=False)
+    result = cli("evaluate", "--runs-root", pretrained_runs, "--out", tmp_path / "pictures", "--json", tmp_path / "scores.json")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'scores.json'}: Permission denied"]

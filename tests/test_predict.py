@@ -113,3 +113,28 @@ def test_a_model_folder_whose_config_has_a_wrongly_typed_value_is_a_one_line_err
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == ["error: invalid model config: latent_channels must be an integer, got '4'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_in_one_line_before_predicting(cli, images, pretrained_runs, tmp_path, monkeypatch):
+    import cicld.evaluation.predict
+
+    monkeypatch.setattr(cicld.evaluation.predict, "predict_files", lambda *a, **k: pytest.fail("predicted"))
+    (tmp_path / "taken").write_text("x")
+    result = cli("predict", images, tmp_path / "taken" / "out", "--runs-root", pretrained_runs)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: output folder {tmp_path / 'taken' / 'out'} cannot be created: {tmp_path / 'taken'} is a file, not a folder"
+    ]
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_file(cli, images, pretrained_runs, tmp_path, monkeypatch):
+    import cicld.evaluation.predict
+
+    def refuse(path, array, palette=None):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cicld.evaluation.predict, "write_image", refuse)
+    out = tmp_path / "out"
+    result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--outputs", "color")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: cannot write {out / 'a_color.png'}: Permission denied"]

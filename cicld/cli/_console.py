@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -12,6 +15,39 @@ error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def print_error(message: str) -> None:
     # soft_wrap keeps it one line however narrow the terminal; markup off so paths print as-is.
     error_console.print("error: " + message, markup=False)
+
+
+def require_writable_folder(path: Path, what: str) -> None:
+    """Refuse, before any work is done, an output folder that is a file or cannot be created or
+    written: a one-line CicldError. Nothing is created."""
+    from cicld.errors import CicldError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CicldError(f"{what} {path} is a file, not a folder")
+    _require_creatable(path, path, what)
+
+
+def require_writable_file(path: Path, what: str) -> None:
+    """Refuse, before any work is done, an output file that is a folder or cannot be written."""
+    from cicld.errors import CicldError
+
+    path = Path(path)
+    if path.is_dir():
+        raise CicldError(f"{what} {path} is a folder; give a file name")
+    _require_creatable(path.parent, path, what)
+
+
+def _require_creatable(folder: Path, shown: Path, what: str) -> None:
+    from cicld.errors import CicldError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:  # where mkdir would start
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CicldError(f"{what} {shown} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CicldError(f"{what} {shown} cannot be written: no permission to write in {existing}")
 
 
 def progress_bar(*extra_columns) -> Progress:

@@ -12,8 +12,9 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, progress_bar
+from cicld.cli._console import console, parse_size, progress_bar, require_writable_file, require_writable_folder
 from cicld.data.labels import CLASSES
+from cicld.data.pngio import atomic_write
 from cicld.errors import CicldError
 
 
@@ -27,6 +28,15 @@ def _run_config(model_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+
+
+def _write(path: Path, save) -> None:
+    """``save(path)`` (atomic), a one-line error if it fails: the outputs were checked before the
+    evaluation, but a disk can fill up or a folder change in the meantime."""
+    try:
+        save(path)
+    except OSError as exc:
+        raise CicldError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _scores_table(scores, title: str) -> Table:
@@ -72,6 +82,10 @@ def evaluate(
     from cicld.training.config import STAGE_CONFIGS
     from cicld.training.runs import resolve_model_dir
 
+    # Outputs that cannot be written are refused now, not after the whole evaluation has run.
+    require_writable_folder(out, "--out")
+    if json_file is not None:
+        require_writable_file(json_file, "--json")
     model_dir = resolve_model_dir(checkpoint, runs_root)
     run = _run_config(model_dir)
     run_config = STAGE_CONFIGS[run["stage"]].from_dict(run) if run and run.get("stage") in STAGE_CONFIGS else None
@@ -107,11 +121,12 @@ def evaluate(
     if not accelerator.is_main_process:
         return
     console.print(_scores_table(scores, f"{model_dir} on {data} ({dataset} {split}, {len(val)} images)"))
-    out.mkdir(parents=True, exist_ok=True)
-    pictures = [confusion_matrix_png(scores, out / "confusion.png"), iou_bar_chart_png(scores, out / "iou.png")]
     result = {"model": str(model_dir), "data": str(data), "dataset": dataset, "split": split, "images": len(val), **scores.as_dict()}
+    pictures = [out / "confusion.png", out / "iou.png"]
+    _write(pictures[0], lambda path: confusion_matrix_png(scores, path))
+    _write(pictures[1], lambda path: iou_bar_chart_png(scores, path))
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2).encode()
+        _write(json_file, lambda path: atomic_write(path, lambda handle: handle.write(text)))
         console.print(f"scores: {json_file}")
     console.print(f"pictures: {', '.join(map(str, pictures))}")

@@ -10,7 +10,7 @@ import typer
 from rich.progress import TextColumn
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, progress_bar
+from cicld.cli._console import console, parse_size, progress_bar, require_writable_folder
 from cicld.cli.evaluate import _run_config
 from cicld.errors import CicldError, PartialFailure
 
@@ -45,6 +45,7 @@ def predict(
     *inputs, out = paths
     if out.exists() and not out.is_dir():
         raise CicldError(f"{out} is a file; the last argument must be the output folder")
+    require_writable_folder(out, "output folder")
     entries, not_images = collect_inputs(inputs)
     for path in not_images:
         console.print(f"[yellow]warning:[/] skipping {path}: not an image")

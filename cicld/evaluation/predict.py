@@ -160,12 +160,18 @@ def _by_size(pending, target_height, divisor) -> dict[tuple[int, int], list]:
 def _write_outputs(out: Path, entry: PredictionInput, kinds, image: np.ndarray, train_ids: np.ndarray) -> list[Path]:
     paths = output_paths(out, entry, kinds)
     for kind, path in paths.items():
-        if kind == "trainids":
-            write_image(path, train_ids)
-        elif kind == "labelids":
-            write_image(path, train_ids_to_cityscapes_ids(train_ids).astype(np.uint8))
-        elif kind == "color":
-            write_image(path, colorize(train_ids))
-        else:  # overlay: half image, half colour map
-            write_image(path, ((image.astype(np.uint16) + colorize(train_ids)) // 2).astype(np.uint8))
+        try:
+            write_image(path, _output_array(kind, image, train_ids))
+        except OSError as exc:  # every file is written atomically: those already written are complete
+            raise CicldError(f"cannot write {path}: {exc.strerror or exc}") from None
     return list(paths.values())
+
+
+def _output_array(kind: str, image: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
+    if kind == "trainids":
+        return train_ids
+    if kind == "labelids":
+        return train_ids_to_cityscapes_ids(train_ids).astype(np.uint8)
+    if kind == "color":
+        return colorize(train_ids)
+    return ((image.astype(np.uint16) + colorize(train_ids)) // 2).astype(np.uint8)  # overlay: half image, half colour map
