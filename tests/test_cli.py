@@ -129,3 +129,10 @@ def test_toy_chain_generates_then_prepare_data_skips_what_is_done(cli, tmp_path)
     other = cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1")
     assert other.exit_code == 2 and "other parameters" in other.stderr and "--overwrite" in other.stderr
     assert cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1", "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize("command", [["prepare-data", "toy", "{tmp}/toy"], ["demo", "--quick", "--out", "{tmp}/demo"]], ids=["prepare-data", "demo"])
+def test_a_negative_seed_is_a_one_line_error_before_anything_is_created(cli, tmp_path, command):
+    result = cli(*[part.format(tmp=tmp_path) for part in command], "--seed", "-1")
+    assert_one_line_error(result, "--seed")
+    assert list(tmp_path.iterdir()) == []

@@ -319,3 +319,9 @@ def test_preview_grid_shows_images_and_coloured_labels(tmp_path, pair):
     label_row = grid[h + 4 : 2 * h + 4, :w]
     assert (label_row == (128, 64, 128)).all(-1).any()
     assert os.path.getsize(out) > 0
+
+
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(DataError, match="the toy seed must be a whole number >= 0, got -1"):
+        generate_toy_pair(tmp_path / "toy", seed=-1, size=SIZE, **COUNTS)
+    assert not (tmp_path / "toy").exists()

@@ -15,7 +15,7 @@ from cicld.cli._console import console, progress_bar
 @app.command()
 def demo(
     out: Path = typer.Option(Path("cicld-demo"), "--out", "-o", help="Folder for the toy data, runs, scores and pictures."),
-    seed: int = typer.Option(0, help="Seed of the toy world and of every training stage."),
+    seed: int = typer.Option(0, min=0, help="Seed of the toy world and of every training stage."),
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Processes generating the toy pair."),
     quick: bool = typer.Option(False, "--quick", help="A smoke test of the install in well under a minute (tiny data, four steps per stage; the scores mean nothing)."),
 ) -> None:

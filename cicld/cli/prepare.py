@@ -39,7 +39,7 @@ def prepare_data(
         SizeMismatchPolicy.resize, help="A label not the size of its image: resize it (nearest) or skip the frame."
     ),
     verify_images: bool = typer.Option(True, help="Decode every image once, so corrupt or truncated files are found now."),
-    seed: Optional[int] = typer.Option(None, help="toy only: random seed of the generated world. [default: 0]"),
+    seed: Optional[int] = typer.Option(None, min=0, help="toy only: random seed of the generated world. [default: 0]"),
     size: Optional[str] = typer.Option(None, help="toy only: image size WIDTHxHEIGHT. [default: 256x128]"),
     source_format: Optional[SourceFormat] = typer.Option(None, help="toy only: source domain format. [default: gta5]"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="toy only: regenerate a toy pair made with other parameters."),

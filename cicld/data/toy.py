@@ -1227,6 +1227,8 @@ def generate_toy_pair(
         raise DataError(f"toy image size {width}x{height} is too small; use at least 16x8")
     if min(num_source, num_target_train, num_target_val) < 0 or workers < 1:
         raise DataError("toy frame counts must be >= 0 and workers >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"the toy seed must be a whole number >= 0, got {seed!r}")  # numpy refuses negative seeds
     params = _parameters(seed, (width, height), num_source, num_target_train, num_target_val, formats)
     manifest = root / MANIFEST
     jobs = _jobs(root, num_source, num_target_train, num_target_val, formats)
