@@ -12,7 +12,24 @@ class CicldError(Exception):
 
     def __init__(self, message: str):
         # One line, always: a multi-line message would read like a traceback.
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(_unwrap_worker_message(str(message)).split()))
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """The original message of an error that torch carried out of a DataLoader worker.
+
+    torch re-raises a worker's exception as ``type(error)(text)``, where ``text`` is "Caught
+    DataError in DataLoader worker process 0." followed by the worker's whole traceback, whose last
+    line is ``cicld.errors.DataError: <the message>``. That message is all the user needs: the
+    same line as with ``--num-workers 0``.
+    """
+    first, _, rest = message.partition("\n")
+    if not (first.startswith("Caught ") and " in " in first and rest.startswith("Original Traceback")):
+        return message
+    name = first[len("Caught ") :].split(" ", 1)[0]
+    last = rest.rstrip().splitlines()[-1]
+    _, found, original = last.partition(f"{name}: ")
+    return original if found else message
 
 
 class DataError(CicldError):

@@ -177,6 +177,18 @@ def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path):
         SourceDataset(root, "gta5")[1]
 
 
+def test_a_data_error_in_a_dataloader_worker_keeps_its_own_short_message(tmp_path):
+    root = _make(tmp_path, "gta5")
+    broken = root / "images" / "00002.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    data = SourceDataset(root, "gta5")
+    with pytest.raises(DataError) as in_process:
+        data[1]
+    with pytest.raises(DataError) as in_worker:
+        list(DataLoader(data, batch_size=1, num_workers=1, shuffle=False))
+    assert str(in_worker.value) == str(in_process.value) == f"{broken} is corrupt or truncated (image file is truncated)"
+
+
 def test_source_without_any_label_is_a_data_error(tmp_path):
     root = make_cityscapes(tmp_path / "cs", "train", {"aachen/aachen_000000_000000": stripes(H, W)}, with_labels=False)
     with pytest.raises(DataError, match="no labelled cityscapes frames"):

@@ -456,3 +456,18 @@ def test_resume_naming_nothing_that_exists_is_a_one_line_error(cli, tmp_path):
     result = cli("adapt", "--resume", tmp_path / "nowhere")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: --resume {tmp_path / 'nowhere'}: no such run or checkpoint folder"]
+
+
+def test_a_data_error_with_loader_workers_is_the_same_one_short_line_as_without(cli, toy_root, tmp_path):
+    data = tmp_path / "toy"
+    shutil.copytree(toy_root, data)
+    for image in (data / "gta5" / "images").glob("*.png"):
+        image.write_bytes(image.read_bytes()[:100])
+    lines = {}
+    for workers in ("0", "1"):
+        flags = stage_flags(data, tmp_path / "runs")
+        result = cli("pretrain-ae", *flags, "--num-workers", workers)
+        assert result.exit_code == 2
+        (lines[workers],) = result.stderr.strip().splitlines()
+    assert lines["1"] == lines["0"]
+    assert lines["0"].startswith("error: ") and lines["0"].endswith("is corrupt or truncated (image file is truncated)")
