@@ -187,3 +187,15 @@ def test_a_floating_point_image_is_refused_in_one_line_naming_the_file(tmp_path)
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(DataError, match=r"float\.tif.*outside the 16-bit range"):
         read_image(tmp_path / "float.tif", "RGB")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey-alpha", "rgb", "rgba"])
+def test_every_kind_of_16_bit_png_reaches_rgb_as_its_high_bytes(tmp_path, channels):
+    values = (np.arange(32, dtype=np.uint16) * 2047).reshape(4, 8)
+    samples = np.repeat(values[..., None], channels, axis=2)
+    if channels in (2, 4):
+        samples[..., -1] = 65535  # opaque
+    with open(tmp_path / "x.png", "wb") as handle:
+        png.Writer(8, 4, bitdepth=16, greyscale=channels < 3, alpha=channels in (2, 4)).write(handle, samples.reshape(4, -1).tolist())
+    expected = np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    np.testing.assert_array_equal(read_image(tmp_path / "x.png", "RGB"), expected)
