@@ -39,3 +39,19 @@ def test_no_model_anywhere_is_a_one_line_hint(cli, tmp_path):
 def test_a_folder_that_is_not_a_model_is_refused(cli, tmp_path):
     result = cli("evaluate", tmp_path)
     assert result.exit_code == 2 and "neither a model folder" in result.stderr
+
+
+def test_a_model_folder_copied_elsewhere_scores_exactly_as_in_place(cli, toy_root, pretrained_runs, tmp_path):
+    import shutil
+
+    from test_predict import _run_trained_at
+
+    run = _run_trained_at(pretrained_runs, tmp_path / "runs" / "pretrain-ldm" / "toy-1", (64, 32))
+    copied = shutil.copytree(run / "final", tmp_path / "elsewhere" / "my-model")
+    scores = []
+    for model in (run / "final", copied):
+        json_file = tmp_path / "scores.json"
+        result = cli("evaluate", model, "--data", toy_root / "cityscapes", "--limit", "2", "--json", json_file, "--out", tmp_path)
+        assert result.exit_code == 0, result.stderr
+        scores.append({k: v for k, v in json.loads(json_file.read_text()).items() if k != "model"})
+    assert scores[0] == scores[1]

@@ -56,6 +56,39 @@ def test_config_round_trips_through_json():
     assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_config_round_trips_its_inference_settings_through_json():
+    config = CICLDConfig.preset("tiny", input_size=None, sliding_window=(64, 32), sliding_overlap=(16, 8))
+    assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config = CICLDConfig.preset("tiny", input_size=(256, 128))
+    assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))).input_size == (256, 128)
+
+
+def test_a_model_folder_without_inference_settings_loads_with_the_documented_defaults(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    inference = ("input_size", "image_mean", "image_std", "sliding_window", "sliding_overlap")
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({k: v for k, v in config.items() if k not in inference}))
+    loaded = CICLD.from_pretrained(tmp_path).config
+    assert loaded.input_size == (1024, 512) and loaded.inference_steps == 1
+    assert (loaded.image_mean, loaded.image_std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (loaded.sliding_window, loaded.sliding_overlap) == ((512, 512), (128, 128))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"input_size": (0, 32)}, "input_size must be"),
+        ({"image_std": (0.2, 0.0, 0.2)}, "image_std must be positive"),
+        ({"image_mean": (0.5, 0.5)}, "image_mean needs 3 finite numbers"),
+        ({"sliding_window": (40, 32)}, "sliding_window must be"),
+        ({"sliding_overlap": (4, 8)}, "sliding_overlap must be"),
+    ],
+)
+def test_impossible_inference_settings_are_refused(setting, message):
+    with pytest.raises(CicldError, match=message):
+        CICLDConfig.preset("tiny", **setting)
+
+
 def test_config_with_unknown_keys_is_rejected():
     with pytest.raises(CicldError, match="unknown model config keys: not_a_field"):
         CICLDConfig.from_dict({**CICLDConfig().to_dict(), "not_a_field": 1})

@@ -46,6 +46,16 @@ def test_pretrain_ldm_starts_from_the_autoencoder_and_becomes_runs_latest(pretra
     assert not all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("unet."))
 
 
+def test_the_exported_model_folder_holds_the_settings_to_run_it(pretrained_runs):
+    (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    exported = json.loads((run / "final" / "config.json").read_text())
+    trained = json.loads((run / "config.json").read_text())
+    assert trained["target_resize"] is None and exported["input_size"] is None  # the toy target: as it is
+    assert exported["image_mean"] == [0.485, 0.456, 0.406] and exported["image_std"] == [0.229, 0.224, 0.225]
+    assert exported["sliding_window"] == [512, 512] and exported["sliding_overlap"] == [128, 128]
+    assert exported["inference_steps"] == 1
+
+
 @pytest.mark.parametrize("method", ["cicld", "self-training", "source-only", "oracle"])
 def test_adapt_runs_each_method_and_reports_a_target_miou(cli, toy_root, pretrained_runs, tmp_path, method):
     runs = tmp_path / "runs"

@@ -263,8 +263,13 @@ class Session:
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
         """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it.
-        A model with NaN or inf weights is refused (the last line of defence: see check_weights)."""
+        A model with NaN or inf weights is refused (the last line of defence: see check_weights).
+
+        The model's inference settings are written into its own config first (``input_size``: the
+        target size it was trained at), so that ``final/`` alone says how to run it, wherever it
+        is copied to."""
         self.check_weights([model], "in the model to export: final/ was not written, runs/latest not moved")
+        model.config = model.config.replace(input_size=self.config.resolved_target_resize)
         self.accelerator.wait_for_everyone()
         final = self.run_dir / FINAL
         if self.accelerator.is_main_process:
