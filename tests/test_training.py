@@ -427,3 +427,52 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     (run,) = stage_runs(runs, "adapt")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- one sync per optimizer step
+def _micro_batch_session(tmp_path, grad_accum_steps):
+    config = make_config("pretrain-ldm", source="toy", runs_root=str(tmp_path), grad_accum_steps=grad_accum_steps)
+    session = Session(config)
+    torch.manual_seed(0)
+    objective = torch.nn.Linear(2, 1)
+    objective, optimizer = session.accelerator.prepare(objective, torch.optim.SGD(objective.parameters(), lr=0.1))
+    return session, objective, optimizer
+
+
+def test_losses_are_read_from_the_device_once_per_optimizer_step_not_per_micro_batch(tmp_path, monkeypatch):
+    session, objective, optimizer = _micro_batch_session(tmp_path, grad_accum_steps=4)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__"):  # every way a tensor's value reaches Python
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+
+    def losses(micro):
+        out = objective(torch.full((1, 2), float(micro))).sum()
+        return {"a": out, "b": 2 * out}
+
+    try:
+        averages = session.optimizer_step(objective, optimizer, 0, losses)
+    finally:
+        monkeypatch.undo()
+        session.close()
+    assert len(reads) == 1, reads
+    assert set(averages) == {"a", "b"} and all(isinstance(v, float) for v in averages.values())
+    assert averages["b"] == pytest.approx(2 * averages["a"])
+
+
+def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(tmp_path):
+    from cicld.training.session import TrainingDiverged
+
+    session, objective, optimizer = _micro_batch_session(tmp_path, grad_accum_steps=3)
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+
+    def losses(micro):
+        out = objective(torch.ones(1, 2)).sum()
+        return {"ce": out * float("nan") if micro == 7 * 3 + 1 else out}  # the second micro-batch of step 7
+
+    try:
+        with pytest.raises(TrainingDiverged, match=r"diverged at step 7 \(ce=nan\)"):
+            session.optimizer_step(objective, optimizer, 7, losses)
+    finally:
+        session.close()
+    assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())
