@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.training import pretrain_ldm as ldm_stage
@@ -406,6 +407,54 @@ def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):
     result = cli("pretrain-ae", "--source", "toy", "--init-from", tmp_path, "--runs-root", tmp_path / "runs")
     assert result.exit_code == 2 and "--init-from is for pretrain-ldm and adapt" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
+def test_the_later_stages_refuse_a_preset_they_would_ignore(cli, tmp_path, stage):
+    # They load the previous stage's model, architecture included: --preset is pretrain-ae's only.
+    result = cli(stage, "--source", "toy", "--preset", "tiny", "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--preset" in lines[0]
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(CicldError, match=f"{stage} has no option --preset"):
+        make_config(stage, source="toy", preset="tiny")
+
+
+def test_runs_saved_with_the_retired_preset_key_still_load(toy_root, pretrained_runs):
+    from cicld.training.config import STAGE_CONFIGS
+
+    (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    saved = {**json.loads((run / "config.json").read_text()), "preset": "small"}  # as earlier versions wrote it
+    loaded = STAGE_CONFIGS["pretrain-ldm"].from_dict(saved).to_dict()
+    assert json.loads(json.dumps(loaded)) == json.loads((run / "config.json").read_text())
+
+
+def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(toy_root, tmp_path, monkeypatch):
+    import typer
+
+    from cicld.cli import app
+    from cicld.training import pretrain_ae as ae_stage
+
+    command = typer.main.get_command(app).commands["pretrain-ae"]
+    (help_text,) = [p.help for p in command.params if p.name == "batch_size"]
+    assert "half source and half target" in help_text and "per domain" not in help_text
+    per_domain = []
+
+    class Stop(Exception):
+        pass
+
+    def record(dataset, batch_size, **kwargs):
+        per_domain.append(batch_size)
+        raise Stop
+
+    monkeypatch.setattr(ae_stage, "step_batches", record)
+    with pytest.raises(Stop):
+        ae_stage.pretrain_ae(make_config(
+            "pretrain-ae", source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
+            runs_root=str(tmp_path / "runs"), steps=1, crop=(32, 32), batch_size=6, preset="tiny",
+        ))  # fmt: skip
+    assert per_domain == [3]  # 6 images a step: 3 source + 3 target
 
 
 def test_oracle_is_refused_on_real_data(cli):
