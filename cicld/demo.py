@@ -28,7 +28,7 @@ from cicld.data.toy import generate_toy_pair
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.training.adapt import adapt
-from cicld.training.config import CommonConfig, make_config
+from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
 from cicld.training.pretrain_ae import pretrain_ae
 from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import FINAL, is_finished, read_run_config, stage_runs
@@ -177,8 +177,10 @@ def _run_with_config(runs_root: Path, stage: str, wanted: dict, finished: bool) 
 
 
 def _comparable(config: dict) -> dict:
-    # init_from names a folder that is resolved at run time; JSON turns tuples into lists.
-    return json.loads(json.dumps({k: v for k, v in config.items() if k != "init_from"}))
+    # init_from names a folder that is resolved at run time; JSON turns tuples into lists; keys
+    # that earlier versions saved and the stage no longer has are left out.
+    retired = getattr(STAGE_CONFIGS.get(config.get("stage")), "retired", ())
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "init_from" and k not in retired}))
 
 
 def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, progress: DemoProgress) -> tuple[str, dict[str, SegmentationScores]]:

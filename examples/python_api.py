@@ -29,12 +29,16 @@ from cicld.training.runs import resolve_model_dir
 def segment(model: CICLD, image: np.ndarray, height: int | None = None) -> np.ndarray:
     """(H, W) uint8 Cityscapes trainIds for an (H, W, 3) uint8 RGB image.
 
-    The model runs at ``height`` (aspect ratio kept; default: the image's own height): a model
-    trained on 1024x512 Cityscapes frames segments a 2048x1024 photo best at height 512. The
-    logits are then upsampled to the image, so the label map always has the image's size.
+    The model runs at ``height`` (aspect ratio kept; default: the height of the model's own
+    ``config.input_size``, the size it was trained at, or the image's height where that is None):
+    a model trained on 1024x512 Cityscapes frames segments a 2048x1024 photo best at height 512.
+    The logits are then upsampled to the image, so the label map always has the image's size.
     """
-    size = inference_size(image.shape[1], image.shape[0], height, model.config.size_divisor)
-    batch = normalize(resize_image(image, size))[None].to(model.device)  # (1, 3, h, w), ImageNet-normalised
+    config = model.config  # the model folder's config.json says how to run it
+    if height is None and config.input_size is not None:
+        height = config.input_size[1]
+    size = inference_size(image.shape[1], image.shape[0], height, config.size_divisor)
+    batch = normalize(resize_image(image, size), config.image_mean, config.image_std)[None].to(model.device)  # (1, 3, h, w)
     logits = model.predict(batch)  # (1, 19, h, w): S = config.inference_steps DDIM steps, seeded noise
     logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -45,7 +49,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="model folder or finished run (e.g. runs/latest)")
     parser.add_argument("image", type=Path, help="an RGB image (PNG, JPEG, ...)")
     parser.add_argument("out", type=Path, nargs="?", help="colour PNG to write [default: IMAGE_color.png]")
-    parser.add_argument("--height", type=int, help="run the model at this image height [default: the image's]")
+    parser.add_argument("--height", type=int, help="run the model at this image height [default: the model's]")
     args = parser.parse_args()
 
     try:

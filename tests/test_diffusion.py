@@ -85,9 +85,23 @@ def test_inference_timesteps_start_just_below_t_star_and_step_evenly_to_zero(dif
 
 def test_inference_timesteps_stay_on_the_ddim_stride_for_uneven_step_counts(diffusion):
     timesteps = diffusion.inference_timesteps(3)
-    stride = 1000 // diffusion.inference_scheduler.num_inference_steps
-    assert timesteps.tolist() == [3 * stride - 1, 2 * stride - 1, stride - 1]
+    z0, seen = torch.zeros(1, 4, 2, 2), []
+    diffusion.denoise(z0, lambda z, t: (seen.append(int(t[0])), torch.zeros_like(z))[1], 3, torch.zeros_like(z0))
+    stride = 1000 // diffusion.inference_scheduler.num_inference_steps  # the grid DDIM stepped on
+    assert seen == timesteps.tolist() == [3 * stride - 1, 2 * stride - 1, stride - 1]
     assert timesteps[0] < diffusion.t_star_step
+
+
+def test_asking_for_the_inference_timesteps_changes_no_scheduler_state(diffusion):
+    scheduler = diffusion.inference_scheduler
+    assert diffusion.inference_timesteps(4).tolist() == diffusion.inference_timesteps(4).tolist()
+    assert scheduler.num_inference_steps is None  # a getter: never set the grid
+    z0 = torch.zeros(1, 4, 2, 2)
+    diffusion.denoise(z0, lambda z, t: torch.zeros_like(z), 2, torch.zeros_like(z0))
+    grid, timesteps = scheduler.num_inference_steps, scheduler.timesteps.clone()
+    diffusion.inference_timesteps(3)
+    diffusion.inference_timesteps(0)
+    assert scheduler.num_inference_steps == grid and torch.equal(scheduler.timesteps, timesteps)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 10])

@@ -199,7 +199,7 @@ def test_python_api_example_segments_an_image_with_a_saved_model(tmp_path, singl
     from cicld.models import CICLD, CICLDConfig
 
     torch.manual_seed(0)
-    model = CICLD(CICLDConfig.preset("tiny")).eval()
+    model = CICLD(CICLDConfig.preset("tiny", input_size=None)).eval()  # run at the image's own size, as a toy model
     model.save_pretrained(tmp_path / "model")
     image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
     write_image(tmp_path / "street.png", image)

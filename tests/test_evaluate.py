@@ -93,3 +93,19 @@ def test_a_write_that_fails_after_the_evaluation_is_one_line_naming_the_file(cli
     result = cli("evaluate", "--runs-root", pretrained_runs, "--out", tmp_path / "pictures", "--json", tmp_path / "scores.json")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'scores.json'}: Permission denied"]
+
+
+def test_a_model_folder_copied_elsewhere_scores_exactly_as_in_place(cli, toy_root, pretrained_runs, tmp_path):
+    import shutil
+
+    from test_predict import _run_trained_at
+
+    run = _run_trained_at(pretrained_runs, tmp_path / "runs" / "pretrain-ldm" / "toy-1", (64, 32))
+    copied = shutil.copytree(run / "final", tmp_path / "elsewhere" / "my-model")
+    scores = []
+    for model in (run / "final", copied):
+        json_file = tmp_path / "scores.json"
+        result = cli("evaluate", model, "--data", toy_root / "cityscapes", "--limit", "2", "--json", json_file, "--out", tmp_path)
+        assert result.exit_code == 0, result.stderr
+        scores.append({k: v for k, v in json.loads(json_file.read_text()).items() if k != "model"})
+    assert scores[0] == scores[1]

@@ -57,6 +57,39 @@ def test_config_round_trips_through_json():
     assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_config_round_trips_its_inference_settings_through_json():
+    config = CICLDConfig.preset("tiny", input_size=None, sliding_window=(64, 32), sliding_overlap=(16, 8))
+    assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config = CICLDConfig.preset("tiny", input_size=(256, 128))
+    assert CICLDConfig.from_dict(json.loads(json.dumps(config.to_dict()))).input_size == (256, 128)
+
+
+def test_a_model_folder_without_inference_settings_loads_with_the_documented_defaults(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    inference = ("input_size", "image_mean", "image_std", "sliding_window", "sliding_overlap")
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({k: v for k, v in config.items() if k not in inference}))
+    loaded = CICLD.from_pretrained(tmp_path).config
+    assert loaded.input_size == (1024, 512) and loaded.inference_steps == 1
+    assert (loaded.image_mean, loaded.image_std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (loaded.sliding_window, loaded.sliding_overlap) == ((512, 512), (128, 128))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"input_size": (0, 32)}, "input_size must be"),
+        ({"image_std": (0.2, 0.0, 0.2)}, "image_std must be positive"),
+        ({"image_mean": (0.5, 0.5)}, "image_mean needs 3 finite numbers"),
+        ({"sliding_window": (40, 32)}, "sliding_window must be"),
+        ({"sliding_overlap": (4, 8)}, "sliding_overlap must be"),
+    ],
+)
+def test_impossible_inference_settings_are_refused(setting, message):
+    with pytest.raises(CicldError, match=message):
+        CICLDConfig.preset("tiny", **setting)
+
+
 def test_config_with_unknown_keys_is_rejected():
     with pytest.raises(CicldError, match="unknown model config keys: not_a_field"):
         CICLDConfig.from_dict({**CICLDConfig().to_dict(), "not_a_field": 1})
@@ -597,3 +630,46 @@ def test_an_autoencoder_kl_with_other_widths_is_rejected_with_the_differences(tm
 def test_a_missing_autoencoder_directory_is_a_clear_error(tmp_path):
     with pytest.raises(CicldError, match="autoencoder directory not found"):
         tiny().load_autoencoder_kl(tmp_path / "nope")
+
+
+def test_an_autoencoder_kl_config_lacking_a_setting_is_a_one_line_error_not_a_guess(tmp_path, monkeypatch):
+    from diffusers.configuration_utils import FrozenDict
+
+    model = tiny(ae_mid_block_attention=True)
+    tiny_autoencoder_kl(model.config).save_pretrained(tmp_path / "vae")
+    load = AutoencoderKL.from_pretrained
+
+    def without_attention_setting(*args, **kwargs):  # as a config written without the key reads
+        autoencoder = load(*args, **kwargs)
+        autoencoder._internal_dict = FrozenDict({k: v for k, v in autoencoder.config.items() if k != "mid_block_add_attention"})
+        return autoencoder
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", without_attention_setting)
+    with pytest.raises(CicldError, match="lacks mid_block_add_attention; cannot check that it matches this model") as error:
+        model.load_autoencoder_kl(tmp_path / "vae")
+    assert "\n" not in str(error.value)
+
+
+def test_an_autoencoder_kl_whose_decoder_does_not_fit_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    model = tiny()
+    tiny_autoencoder_kl(model.config).save_pretrained(tmp_path / "vae")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state_dict = AutoencoderKL.state_dict
+
+    def with_a_stray_decoder_key(self, *args, **kwargs):
+        return {**state_dict(self, *args, **kwargs), "decoder.stray.weight": torch.zeros(1)}
+
+    monkeypatch.setattr(AutoencoderKL, "state_dict", with_a_stray_decoder_key)
+    with pytest.raises(CicldError, match=r"decoder weights of .* do not fit the model: .*stray\.weight"):
+        model.load_autoencoder_kl(tmp_path / "vae")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_asking_for_the_inference_timesteps_leaves_predictions_unchanged():
+    model = tiny(inference_steps=2)
+    x = images()
+    expected = model.predict(x)
+    for steps in (1, 2, 2, 4):  # twice, and other step counts, before predicting again
+        model.diffusion.inference_timesteps(steps)
+    assert torch.equal(model.predict(x), expected)
+    assert torch.equal(model.predict(x, steps=1), tiny(inference_steps=2).predict(x, steps=1))

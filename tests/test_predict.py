@@ -138,3 +138,50 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_file(cli, image
     result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--outputs", "color")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: cannot write {out / 'a_color.png'}: Permission denied"]
+
+
+def _run_trained_at(pretrained_runs, where, size):
+    """A copy of the fixture's pretrain-ldm run as if trained with ``--target-resize size``: its
+    training config says so, and so does its exported model (as export writes it)."""
+    import json
+    import shutil
+
+    from cicld.training.runs import stage_runs
+
+    (ldm_run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    run = shutil.copytree(ldm_run, where)
+    run_config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**run_config, "target_resize": list(size)}))
+    model_config = json.loads((run / "final" / "config.json").read_text())
+    if "input_size" in model_config:  # model folders exported before input_size existed lack it
+        (run / "final" / "config.json").write_text(json.dumps({**model_config, "input_size": list(size)}))
+    return run
+
+
+def test_a_model_folder_copied_elsewhere_predicts_exactly_as_in_place(cli, images, pretrained_runs, tmp_path):
+    import shutil
+
+    run = _run_trained_at(pretrained_runs, tmp_path / "runs" / "pretrain-ldm" / "toy-1", (64, 32))
+    copied = shutil.copytree(run / "final", tmp_path / "elsewhere" / "my-model")
+    outputs = {}
+    for name, model in (("in-place", run / "final"), ("copied", copied)):
+        out = tmp_path / name
+        result = cli("predict", images, out, "--checkpoint", model, "--outputs", "trainids")
+        assert result.exit_code == 0, result.stderr
+        outputs[name] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    assert len(outputs["copied"]) == 2 and outputs["copied"] == outputs["in-place"]
+
+
+def test_the_model_folder_says_how_the_model_runs_and_flags_override_it(cli, images, pretrained_runs, tmp_path):
+    import json
+
+    run = _run_trained_at(pretrained_runs, tmp_path / "run", (64, 32))
+    image = images / "nested" / "b.png"  # 50x40: at height 32 it runs at 48x32 (multiples of 16)
+    default, flagged, other = tmp_path / "default", tmp_path / "flagged", tmp_path / "other"
+    assert cli("predict", image, default, "--checkpoint", run / "final", "--outputs", "trainids").exit_code == 0
+    assert cli("predict", image, flagged, "--checkpoint", run / "final", "--outputs", "trainids", "--height", "32").exit_code == 0
+    assert (default / "b_trainIds.png").read_bytes() == (flagged / "b_trainIds.png").read_bytes()
+    model_config = json.loads((run / "final" / "config.json").read_text())
+    (run / "final" / "config.json").write_text(json.dumps({**model_config, "input_size": None}))
+    assert cli("predict", image, other, "--checkpoint", run / "final", "--outputs", "trainids").exit_code == 0
+    assert (other / "b_trainIds.png").read_bytes() != (default / "b_trainIds.png").read_bytes()

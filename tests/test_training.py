@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.training import pretrain_ldm as ldm_stage
@@ -44,6 +45,16 @@ def test_pretrain_ldm_starts_from_the_autoencoder_and_becomes_runs_latest(pretra
     ldm = load_file(ldm_run / "final" / "model.safetensors")
     assert all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("encoder."))
     assert not all(torch.equal(ae[k], ldm[k]) for k in ae if k.startswith("unet."))
+
+
+def test_the_exported_model_folder_holds_the_settings_to_run_it(pretrained_runs):
+    (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    exported = json.loads((run / "final" / "config.json").read_text())
+    trained = json.loads((run / "config.json").read_text())
+    assert trained["target_resize"] is None and exported["input_size"] is None  # the toy target: as it is
+    assert exported["image_mean"] == [0.485, 0.456, 0.406] and exported["image_std"] == [0.229, 0.224, 0.225]
+    assert exported["sliding_window"] == [512, 512] and exported["sliding_overlap"] == [128, 128]
+    assert exported["inference_steps"] == 1
 
 
 @pytest.mark.parametrize("method", ["cicld", "self-training", "source-only", "oracle"])
@@ -398,6 +409,54 @@ def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
+def test_the_later_stages_refuse_a_preset_they_would_ignore(cli, tmp_path, stage):
+    # They load the previous stage's model, architecture included: --preset is pretrain-ae's only.
+    result = cli(stage, "--source", "toy", "--preset", "tiny", "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--preset" in lines[0]
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(CicldError, match=f"{stage} has no option --preset"):
+        make_config(stage, source="toy", preset="tiny")
+
+
+def test_runs_saved_with_the_retired_preset_key_still_load(toy_root, pretrained_runs):
+    from cicld.training.config import STAGE_CONFIGS
+
+    (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    saved = {**json.loads((run / "config.json").read_text()), "preset": "small"}  # as earlier versions wrote it
+    loaded = STAGE_CONFIGS["pretrain-ldm"].from_dict(saved).to_dict()
+    assert json.loads(json.dumps(loaded)) == json.loads((run / "config.json").read_text())
+
+
+def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(toy_root, tmp_path, monkeypatch):
+    import typer
+
+    from cicld.cli import app
+    from cicld.training import pretrain_ae as ae_stage
+
+    command = typer.main.get_command(app).commands["pretrain-ae"]
+    (help_text,) = [p.help for p in command.params if p.name == "batch_size"]
+    assert "half source and half target" in help_text and "per domain" not in help_text
+    per_domain = []
+
+    class Stop(Exception):
+        pass
+
+    def record(dataset, batch_size, **kwargs):
+        per_domain.append(batch_size)
+        raise Stop
+
+    monkeypatch.setattr(ae_stage, "step_batches", record)
+    with pytest.raises(Stop):
+        ae_stage.pretrain_ae(make_config(
+            "pretrain-ae", source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
+            runs_root=str(tmp_path / "runs"), steps=1, crop=(32, 32), batch_size=6, preset="tiny",
+        ))  # fmt: skip
+    assert per_domain == [3]  # 6 images a step: 3 source + 3 target
+
+
 def test_oracle_is_refused_on_real_data(cli):
     result = cli("adapt", "--source", "gta5", "--method", "oracle")
     assert result.exit_code == 2 and "only the toy pair" in result.stderr
@@ -471,3 +530,52 @@ def test_a_data_error_with_loader_workers_is_the_same_one_short_line_as_without(
         (lines[workers],) = result.stderr.strip().splitlines()
     assert lines["1"] == lines["0"]
     assert lines["0"].startswith("error: ") and lines["0"].endswith("is corrupt or truncated (image file is truncated)")
+
+
+# ---------------------------------------------------------------- one sync per optimizer step
+def _micro_batch_session(tmp_path, grad_accum_steps):
+    config = make_config("pretrain-ldm", source="toy", runs_root=str(tmp_path), grad_accum_steps=grad_accum_steps)
+    session = Session(config)
+    torch.manual_seed(0)
+    objective = torch.nn.Linear(2, 1)
+    objective, optimizer = session.accelerator.prepare(objective, torch.optim.SGD(objective.parameters(), lr=0.1))
+    return session, objective, optimizer
+
+
+def test_losses_are_read_from_the_device_once_per_optimizer_step_not_per_micro_batch(tmp_path, monkeypatch):
+    session, objective, optimizer = _micro_batch_session(tmp_path, grad_accum_steps=4)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__"):  # every way a tensor's value reaches Python
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+
+    def losses(micro):
+        out = objective(torch.full((1, 2), float(micro))).sum()
+        return {"a": out, "b": 2 * out}
+
+    try:
+        averages = session.optimizer_step(objective, optimizer, 0, losses)
+    finally:
+        monkeypatch.undo()
+        session.close()
+    assert len(reads) == 1, reads
+    assert set(averages) == {"a", "b"} and all(isinstance(v, float) for v in averages.values())
+    assert averages["b"] == pytest.approx(2 * averages["a"])
+
+
+def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(tmp_path):
+    from cicld.training.session import TrainingDiverged
+
+    session, objective, optimizer = _micro_batch_session(tmp_path, grad_accum_steps=3)
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+
+    def losses(micro):
+        out = objective(torch.ones(1, 2)).sum()
+        return {"ce": out * float("nan") if micro == 7 * 3 + 1 else out}  # the second micro-batch of step 7
+
+    try:
+        with pytest.raises(TrainingDiverged, match=r"diverged at step 7 \(ce=nan\)"):
+            session.optimizer_step(objective, optimizer, 7, losses)
+    finally:
+        session.close()
+    assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())

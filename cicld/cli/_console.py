@@ -82,3 +82,9 @@ def parse_size(text: str, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple
     if width < minimum[0] or height < minimum[1]:
         raise CicldError(f"{flag} {text} is too small; use at least {minimum[0]}x{minimum[1]}")
     return width, height
+
+
+def parse_window(text: str | None, flag: str) -> tuple[int, int] | None:
+    """A ``WIDTHxHEIGHT`` window flag as (height, width); None (not given, or ``none``): the model's."""
+    size = parse_size(text, flag) if text is not None else None
+    return None if size is None else (size[1], size[0])

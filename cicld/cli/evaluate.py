@@ -12,14 +12,17 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, progress_bar, require_writable_file, require_writable_folder
+from cicld.cli._console import console, parse_size, parse_window, progress_bar, require_writable_file, require_writable_folder
 from cicld.data.labels import CLASSES
 from cicld.data.pngio import atomic_write
 from cicld.errors import CicldError
 
 
 def _run_config(model_dir: Path) -> dict | None:
-    """The training config of the run that exported ``model_dir`` (``<run>/final``), if any."""
+    """The training config of the run that exported ``model_dir`` (``<run>/final``), if any.
+
+    Used only for where the run's target data lies (the ``--data`` default), never for how the
+    model runs: that is the model folder's own ``config.json``."""
     model_dir = model_dir.resolve()  # runs/latest is a link to <run>/final
     path = model_dir.parent / "config.json"
     if model_dir.name != "final" or not path.is_file():
@@ -57,12 +60,12 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, help="Prepared dataset folder. [default: the run's target, else data/cityscapes]"),
     dataset: str = typer.Option("cityscapes", help="Format of --data: cityscapes, gta5 or synthia."),
     split: str = typer.Option("val", help="Cityscapes split."),
-    resize: Optional[str] = typer.Option(None, help="Resize images to WIDTHxHEIGHT for inference, or none. [default: the run's, else 1024x512]"),
+    resize: Optional[str] = typer.Option(None, help="Resize images to WIDTHxHEIGHT for inference, or none. [default: the model's input size (cityscapes), else the dataset's]"),
     steps: Optional[int] = typer.Option(None, min=0, help="DDIM steps S. [default: the model's]"),
     refine: int = typer.Option(0, min=0, help="Extra passes conditioned on the previous prediction."),
     sliding: bool = typer.Option(False, help="Sliding-window inference (for images larger than the training crop)."),
-    window: str = typer.Option("512x512", help="Sliding window WIDTHxHEIGHT."),
-    overlap: str = typer.Option("128x128", help="Sliding-window overlap WIDTHxHEIGHT."),
+    window: Optional[str] = typer.Option(None, help="Sliding window WIDTHxHEIGHT. [default: the model's]"),
+    overlap: Optional[str] = typer.Option(None, help="Sliding-window overlap WIDTHxHEIGHT. [default: the model's]"),
     window_batch: int = typer.Option(4, min=1, help="Windows run at once (bounds memory)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N images."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
@@ -87,24 +90,26 @@ def evaluate(
     if json_file is not None:
         require_writable_file(json_file, "--json")
     model_dir = resolve_model_dir(checkpoint, runs_root)
-    run = _run_config(model_dir)
-    run_config = STAGE_CONFIGS[run["stage"]].from_dict(run) if run and run.get("stage") in STAGE_CONFIGS else None
     if data is None:
+        run = _run_config(model_dir)
+        run_config = STAGE_CONFIGS[run["stage"]].from_dict(run) if run and run.get("stage") in STAGE_CONFIGS else None
         data = run_config.resolved_target_root if run_config else Path("data/cityscapes")
-    if resize is not None:
-        size = parse_size(resize, "--resize")
-    elif run_config is not None and dataset == "cityscapes":
-        size = run_config.resolved_target_resize
-    else:
-        size = DEFAULT_RESIZE.get(dataset)
     if dataset not in DEFAULT_RESIZE:
         raise CicldError(f"--dataset must be cityscapes, gta5 or synthia, got {dataset!r}")
-    val = evaluation_split(data, dataset, split, size, limit)
-    win, over = parse_size(window, "--window"), parse_size(overlap, "--overlap")
-    options = InferenceOptions(steps, refine, sliding, (win[1], win[0]), (over[1], over[0]), window_batch)
-
     accelerator = Accelerator()
     model = CICLD.from_pretrained(model_dir).to(accelerator.device)
+    # How the model runs comes from its own folder (config.json), never from where it lies.
+    if resize is not None:
+        size = parse_size(resize, "--resize")
+    elif dataset == "cityscapes":
+        size = model.config.input_size
+    else:
+        size = DEFAULT_RESIZE[dataset]
+    val = evaluation_split(data, dataset, split, size, limit)
+    win = parse_window(window, "--window")
+    over = parse_window(overlap, "--overlap")
+    options = InferenceOptions(steps, refine, sliding, win, over, window_batch)
+
     share = len(range(accelerator.process_index, len(val), accelerator.num_processes))
     started = time.perf_counter()
     with progress_bar(TextColumn("{task.fields[rate]}")) as progress:

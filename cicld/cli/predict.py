@@ -10,8 +10,7 @@ import typer
 from rich.progress import TextColumn
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, progress_bar, require_writable_folder
-from cicld.cli.evaluate import _run_config
+from cicld.cli._console import console, parse_window, progress_bar, require_writable_folder
 from cicld.errors import CicldError, PartialFailure
 
 
@@ -20,9 +19,9 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Input files, folders (recursive) or globs, then the output folder OUT."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model folder or finished run. [default: runs/latest]"),
     outputs: str = typer.Option("trainids,labelids,color,overlay", help="Which files to write per image (comma-separated)."),
-    height: Optional[int] = typer.Option(None, min=16, help="Run the model at this image height, keeping the aspect ratio. [default: the run's target height, else the image's]"),
-    window: str = typer.Option("512x512", help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window."),
-    overlap: str = typer.Option("128x128", help="Sliding-window overlap WIDTHxHEIGHT."),
+    height: Optional[int] = typer.Option(None, min=16, help="Run the model at this image height, keeping the aspect ratio. [default: the model's input height, else the image's]"),
+    window: Optional[str] = typer.Option(None, help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window. [default: the model's]"),
+    overlap: Optional[str] = typer.Option(None, help="Sliding-window overlap WIDTHxHEIGHT. [default: the model's]"),
     window_batch: int = typer.Option(4, min=1, help="Windows run at once (bounds memory)."),
     batch_size: int = typer.Option(4, min=1, help="Images per batch."),
     steps: Optional[int] = typer.Option(None, min=0, help="DDIM steps S. [default: the model's]"),
@@ -52,12 +51,11 @@ def predict(
     if not entries:
         raise CicldError(f"no images among {', '.join(map(str, inputs))}")
     model_dir = resolve_model_dir(checkpoint, runs_root)
-    if height is None:
-        run = _run_config(model_dir)
-        resize = run.get("target_resize") if run else None
-        height = resize[1] if resize else (512 if run and run.get("source") != "toy" else None)
-    win, over = parse_size(window, "--window"), parse_size(overlap, "--overlap")
-    options = InferenceOptions(steps=steps, sliding=True, window=(win[1], win[0]), overlap=(over[1], over[0]), window_batch=window_batch)
+    # Everything about how the model runs comes from the model folder itself (config.json), never
+    # from where it lies: the flags override it.
+    win = parse_window(window, "--window")
+    over = parse_window(overlap, "--overlap")
+    options = InferenceOptions(steps=steps, sliding=True, window=win, overlap=over, window_batch=window_batch)
     kinds = tuple(k.strip() for k in outputs.split(",") if k.strip())
     check_output_kinds(kinds)
     if not overwrite:
@@ -73,7 +71,7 @@ def predict(
             progress.update(task, completed=done, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} images/s")
 
         report = predict_files(
-            model, entries, out, kinds=kinds, options=options, target_height=height,
+            model, entries, out, kinds=kinds, options=options, target_height="model" if height is None else height,
             batch_size=batch_size, overwrite=overwrite, on_image=on_image,
         )  # fmt: skip
     console.print(f"{report.images} images segmented into {out} ({len(report.written)} files, {time.perf_counter() - started:.1f} s)")

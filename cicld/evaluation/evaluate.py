@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cicld.data.datasets import ValDataset
+from cicld.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, renormalize
 from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from cicld.models import CICLD
 
@@ -28,21 +29,33 @@ def evaluation_split(root, dataset: str, split: str, resize, limit: int | None =
 
 @dataclass
 class InferenceOptions:
-    """How to run the model on one image: whole image, or sliding windows (for large inputs)."""
+    """How to run the model on one image: whole image, or sliding windows (for large inputs).
+
+    Every setting left None is the model's own (``model.config``: ``inference_steps``,
+    ``sliding_window``, ``sliding_overlap``), so that only the model folder decides how it runs.
+    """
 
     steps: int | None = None  # DDIM steps S (None: the model's config)
     refine: int = 0
     sliding: bool = False
-    window: tuple[int, int] = (512, 512)  # (height, width) of a window
-    overlap: tuple[int, int] = (128, 128)
+    window: tuple[int, int] | None = None  # (height, width) of a window (None: the model's)
+    overlap: tuple[int, int] | None = None  # (height, width) (None: the model's)
     window_batch: int = 4
 
     def logits(self, model: CICLD, images: torch.Tensor) -> torch.Tensor:
         if self.sliding:
-            return model.predict_sliding(
-                images, self.window, self.overlap, self.window_batch, steps=self.steps, refine=self.refine
-            )
+            window = self.window or tuple(reversed(model.config.sliding_window))
+            overlap = self.overlap or tuple(reversed(model.config.sliding_overlap))
+            return model.predict_sliding(images, window, overlap, self.window_batch, steps=self.steps, refine=self.refine)
         return model.predict(images, steps=self.steps, refine=self.refine)
+
+
+def model_normalisation(model: CICLD, images: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised ``images`` (as the datasets give them) normalised as ``model`` expects."""
+    mean, std = tuple(model.config.image_mean), tuple(model.config.image_std)
+    if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return images
+    return renormalize(denormalize(images), mean, std)
 
 
 @torch.no_grad()
@@ -66,7 +79,7 @@ def evaluate_model(
     for index in range(accelerator.process_index, len(dataset), accelerator.num_processes):
         item = dataset[index]
         image, label = item["image"][None].to(device), item["label"][None].to(device)
-        logits = options.logits(model, image)
+        logits = options.logits(model, model_normalisation(model, image))
         # Logits are upsampled to the label (not labels downsampled): scores are at label resolution.
         logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         confusion.update(logits.argmax(1), label)

@@ -105,14 +105,21 @@ def predict_files(
     *,
     kinds: tuple[str, ...] = tuple(OUTPUTS),
     options: InferenceOptions | None = None,
-    target_height: int | None = None,
+    target_height: int | None | str = "model",
     batch_size: int = 4,
     overwrite: bool = False,
     on_image: Callable[[int], None] | None = None,
 ) -> PredictReport:
     """Predict ``inputs`` into ``out``; ``on_image(n)`` after each image. Sliding windows are used
-    for an image larger than the window when ``options.sliding`` is set."""
+    for an image larger than the window when ``options.sliding`` is set.
+
+    Images are run at ``target_height`` (aspect ratio kept; None: their own size); by default at
+    the height of the model's ``config.input_size``, and always normalised with the model's
+    ``image_mean``/``image_std``: the model folder alone decides how the model runs."""
     options = options or InferenceOptions()
+    if target_height == "model":
+        target_height = model.config.input_size[1] if model.config.input_size is not None else None
+    mean, std = model.config.image_mean, model.config.image_std
     check_output_kinds(kinds)
     if not overwrite:
         refuse_existing_outputs(out, inputs, kinds)
@@ -125,7 +132,7 @@ def predict_files(
         for size, group in _by_size(pending, target_height, model.config.size_divisor).items():
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
-                batch = torch.stack([normalize(resize_image(image, size)) for _, image in chunk]).to(device)
+                batch = torch.stack([normalize(resize_image(image, size), mean, std) for _, image in chunk]).to(device)
                 logits = options.logits(model, batch)
                 for (entry, image), logit in zip(chunk, logits):
                     full = F.interpolate(logit[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)

@@ -41,7 +41,7 @@ from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_con
 from cicld.models.config import CICLDConfig
 from cicld.models.diffusion import LatentDiffusion
 from cicld.models.discriminator import DomainDiscriminator
-from cicld.models.state import check_state_dict, load_state_dict_strict, state_dict_problems
+from cicld.models.state import check_state_dict, load_state_dict_strict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -494,7 +494,10 @@ class CICLD(nn.Module):
             "in_channels": self.config.in_channels,
             "mid_block_add_attention": self.config.ae_mid_block_attention,
         }
-        found = {key: tuple(v) if isinstance(v := ae_config.get(key, True), list) else v for key in expected}
+        lacking = [key for key in expected if key not in ae_config]
+        if lacking:  # never guess a value: a guess could pass the check below for the wrong network
+            raise CicldError(f"the AutoencoderKL config in {path} lacks {', '.join(lacking)}; cannot check that it matches this model")
+        found = {key: tuple(v) if isinstance(v := ae_config[key], list) else v for key in expected}
         differing = [f"{key} {found[key]} (model has {value})" for key, value in expected.items() if found[key] != value]
         if differing:
             raise CicldError(f"the AutoencoderKL in {path} does not match this model: {'; '.join(differing)}")
@@ -512,14 +515,13 @@ class CICLD(nn.Module):
                 unmapped.append(key)
         if unmapped:
             raise CicldError(f"the AutoencoderKL in {path} has keys cicld cannot place: {', '.join(unmapped[:3])}")
-        check_state_dict(self.encoder.state_dict(), encoder_state, what=f"encoder weights of {path}")
         # The decoder's own additions (f_cls, fusions) keep their initialisation.
-        own = ("f_cls.", "fusions.")
-        expected_decoder = {k: v for k, v in self.decoder.state_dict().items() if not k.startswith(own)}
-        check_state_dict(expected_decoder, decoder_state, what=f"decoder weights of {path}")
-        self.encoder.load_state_dict(encoder_state, strict=True)
-        missing, unexpected = self.decoder.load_state_dict(decoder_state, strict=False)
-        assert not unexpected and all(k.startswith(own) for k in missing), state_dict_problems(expected_decoder, decoder_state)
+        own = {k: v for k, v in self.decoder.state_dict().items() if k.startswith(("f_cls.", "fusions."))}
+        encoder_what, decoder_what = f"encoder weights of {path}", f"decoder weights of {path}"
+        check_state_dict(self.encoder.state_dict(), encoder_state, what=encoder_what)
+        check_state_dict({k: v for k, v in self.decoder.state_dict().items() if k not in own}, decoder_state, what=decoder_what)
+        load_state_dict_strict(self.encoder, encoder_state, what=encoder_what)
+        load_state_dict_strict(self.decoder, {**decoder_state, **own}, what=decoder_what)
         self.config.scaling_factor = float(ae_config.get("scaling_factor", 1.0) or 1.0)
 
     def load_mask_encoder(self, path: str | os.PathLike) -> None:

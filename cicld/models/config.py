@@ -86,6 +86,19 @@ class CICLDConfig:
     discriminator_channels: tuple[int, ...] = (64, 128, 256, 512)
     discriminator_hidden: int = 1024
 
+    # Inference settings: how `cicld predict`/`evaluate` run this model (flags override them).
+    # Training writes them at export, so a model folder alone says how to run it wherever it lies.
+    # (width, height) the images are resized to (predict keeps the aspect ratio at this height);
+    # None: images as they are. The default is the real-data recipe's target size, which is also
+    # what a model folder exported before these settings existed gets.
+    input_size: tuple[int, int] | None = (1024, 512)
+    # Per-channel mean and std of the ImageNet normalisation the model was trained with.
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # Sliding-window inference: window and overlap as (width, height).
+    sliding_window: tuple[int, int] = (512, 512)
+    sliding_overlap: tuple[int, int] = (128, 128)
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -145,6 +158,19 @@ class CICLDConfig:
             fail("mask_encoder_pool must be >= 1 and mask_encoder_channels non-empty")
         if self.scaling_factor <= 0 or not math.isfinite(self.scaling_factor):
             fail(f"scaling_factor must be a positive number, got {self.scaling_factor}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            fail(f"input_size must be (width, height) of positive numbers or None, got {self.input_size}")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) != self.in_channels or not all(math.isfinite(v) for v in values):
+                fail(f"{name} needs {self.in_channels} finite numbers, got {values}")
+        if min(self.image_std) <= 0:
+            fail(f"image_std must be positive, got {self.image_std}")
+        window, overlap = self.sliding_window, self.sliding_overlap
+        if len(window) != 2 or min(window) < 1 or any(w % self.size_divisor for w in window):
+            fail(f"sliding_window must be (width, height), positive multiples of {self.size_divisor}, got {window}")
+        if len(overlap) != 2 or any(o % self.vae_scale_factor or not 0 <= o < w for o, w in zip(overlap, window)):
+            fail(f"sliding_overlap must be multiples of {self.vae_scale_factor} smaller than the window, got {overlap}")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

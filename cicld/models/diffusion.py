@@ -88,15 +88,20 @@ class LatentDiffusion:
         span [0, t*): N = round(S·T/t*) grid steps of stride ⌊T/N⌋, which is exactly the stride
         ``DDIMScheduler.step`` uses to find the previous timestep. The first timestep is
         S·⌊T/N⌋ − 1, i.e. t* − 1 whenever t* divides evenly (200, 199..99 for S = 2, t* = 200).
+
+        Pure: it changes no scheduler state (:meth:`denoise` sets the scheduler's grid itself).
         """
+        if steps == 0:
+            self._inference_grid(steps)  # the range check
+            return torch.zeros(0, dtype=torch.long, device="cpu")
+        stride = self.num_train_timesteps // self._inference_grid(steps)
+        return torch.arange(steps, 0, -1, dtype=torch.long, device="cpu") * stride - 1
+
+    def _inference_grid(self, steps: int) -> int:
+        """N, the number of DDIM grid steps over [0, T) whose last ``steps`` span [0, t*)."""
         if steps < 0 or steps > self.t_star_step:
             raise CicldError(f"inference steps must be between 0 and t* = {self.t_star_step}, got {steps}")
-        if steps == 0:
-            return torch.zeros(0, dtype=torch.long, device="cpu")
-        grid = min(self.num_train_timesteps, max(steps, round(steps * self.num_train_timesteps / self.t_star_step)))
-        self.inference_scheduler.set_timesteps(grid)
-        stride = self.num_train_timesteps // grid
-        return torch.arange(steps, 0, -1, dtype=torch.long, device="cpu") * stride - 1
+        return min(self.num_train_timesteps, max(steps, round(steps * self.num_train_timesteps / self.t_star_step)))
 
     def draw_noise(
         self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
@@ -110,6 +115,8 @@ class LatentDiffusion:
         timesteps = self.inference_timesteps(steps)
         if steps == 0:
             return z0
+        # DDIMScheduler.step finds the previous timestep from the grid size set here.
+        self.inference_scheduler.set_timesteps(self._inference_grid(steps))
         if noise is None or noise.shape != z0.shape:
             raise CicldError(f"denoising needs noise shaped like the latent {tuple(z0.shape)}")
         batch = z0.shape[0]

@@ -63,7 +63,6 @@ class CommonConfig:
     source: str = _help("labelled source domain: gta5, synthia or toy (the built-in toy pair)", "gta5")
     source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
     target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
-    preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) for a model built from scratch", "base")
     steps: int = _help("optimizer steps", 40000, low=1)
     batch_size: int = _help("images per domain per process and step", 2, low=1)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
@@ -129,12 +128,16 @@ class CommonConfig:
             return self.target_resize
         return DEFAULT_RESIZE["cityscapes"]
 
+    #: Keys that runs saved by earlier versions may hold although this stage no longer has them
+    #: (dropped on loading, so that those runs still resume and evaluate).
+    retired = ()
+
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        data = {k: v for k, v in data.items() if k != "stage"}
+        data = {k: v for k, v in data.items() if k != "stage" and k not in cls.retired}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -148,6 +151,9 @@ class AutoencoderConfig(CommonConfig):
     """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
 
     stage = "pretrain-ae"
+    preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
+    # Half of each batch comes from the source, half from the target (at least one image of each).
+    batch_size: int = _help("images per process and step, half source and half target (at least one of each)", 2, low=1)
     l1_weight: float = _help("weight of the L1 reconstruction loss", 1.0, low=0)
     kl_weight: float = _help("weight of the KL term of the latent posterior", 1e-6, low=0)
     gan_weight: float = _help("weight of the patch-GAN loss once it starts", 0.5, low=0)
@@ -164,7 +170,12 @@ class AutoencoderConfig(CommonConfig):
 
 @dataclass
 class SegmentationStageConfig(CommonConfig):
-    """What the two segmentation stages share: the paper's Table 1 switches."""
+    """What the two segmentation stages share: the paper's Table 1 switches.
+
+    They have no ``--preset``: they load the previous stage's model, whose architecture it is.
+    """
+
+    retired = ("preset",)  # saved (and ignored) by runs before the flag was removed here
 
     inter_coder: bool | None = _help(
         "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
@@ -268,8 +279,11 @@ def make_config(stage: str, **overrides: Any) -> CommonConfig:
     """
     cls = STAGE_CONFIGS[stage]
     values = dict(overrides)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CicldError(f"{stage} has no option {', '.join('--' + k.replace('_', '-') for k in unknown)}")
     if values.get("source") == "toy":
-        names = {f.name for f in dataclasses.fields(cls)}
         values = {**{k: v for k, v in toy_recipe(stage).items() if k in names}, **values}
     config = cls(**values)
     config.validate()

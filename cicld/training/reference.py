@@ -24,8 +24,7 @@ _SIZES = ("crop", "source_resize", "target_resize")  # WIDTHxHEIGHT options, whe
 
 #: Where a field behaves per stage in a way its one-line help cannot say (shown after the help).
 STAGE_NOTES: dict[str, str] = {
-    "preset": "Used by `pretrain-ae` only: later stages load the previous stage's model, preset included.",
-    "batch_size": "`pretrain-ae` splits it: half source, half target images.",
+    "batch_size": "`pretrain-ae` splits it: half source, half target images (at least one of each).",
     "init_from": "An error for `pretrain-ae`, which builds a new model from `--preset`.",
     "val_every": "`pretrain-ae` does not validate.",
     "val_limit": "`pretrain-ae` does not validate.",
@@ -81,7 +80,10 @@ def _command_options(stage: str) -> dict[str, tuple[str, str]]:
 
 
 def _row(name: str, options: dict, stages: list[str]) -> list[str]:
-    help_text = _field(stages[0], name).metadata.get("help", "")
+    # A field every stage shares is described by its common help (a stage may word its own flag's
+    # help for itself, as pretrain-ae does for --batch-size; STAGE_NOTES says how it differs).
+    common = {f.name: f for f in dataclasses.fields(CommonConfig)}
+    help_text = (common[name] if len(stages) > 1 and name in common else _field(stages[0], name)).metadata.get("help", "")
     meaning = _DEFAULT_IN_HELP.sub("", help_text) + "."
     if name in STAGE_NOTES and len(stages) > 1:
         meaning += " " + STAGE_NOTES[name]

@@ -155,12 +155,18 @@ class Session:
         is always a good one to resume from."""
         self._guarded = modules
 
-    def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> None:
-        """Stop with a clear message (keeping the last good checkpoint) if any loss is NaN or inf."""
-        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
-        if not self._everywhere(torch.isfinite(values).all()):
-            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+    def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The ``losses`` as numbers; stops with a clear message (keeping the last good checkpoint)
+        if any is NaN or inf in any process. One device sync and, with several processes, one
+        all-reduce: call it once per optimizer step, not per micro-batch."""
+        numbers = dict(zip(losses, torch.stack([v.detach().float().reshape(()) for v in losses.values()]).tolist()))
+        finite = all(math.isfinite(v) for v in numbers.values())
+        if self.accelerator.num_processes > 1:
+            finite = self._everywhere(torch.tensor(finite, device=self.accelerator.device))
+        if not finite:
+            bad = ", ".join(f"{k}={v:.4g}" for k, v in numbers.items())
             raise TrainingDiverged(f"training diverged at step {step} ({bad}); {self._last_good()}; {_HINT}")
+        return numbers
 
     def check_weights(self, modules, consequence: str) -> None:
         """Stop with a clear message if any weight (parameter or buffer) of ``modules`` is NaN or inf.
@@ -189,20 +195,25 @@ class Session:
 
         ``compute_losses(micro_index)`` returns a dict of loss tensors for one micro-batch (inside
         autocast); their sum is minimised. Returns the losses averaged over micro-batches.
+
+        The losses stay on the device until the last micro-batch: they are read (one sync) and
+        checked for NaN/inf (one all-reduce with several processes) once per optimizer step,
+        before its backward pass and update, so a non-finite loss never reaches the weights.
         """
-        accelerator, totals = self.accelerator, {}
-        for micro in range(self.config.grad_accum_steps):
+        accelerator, accum, totals, averages = self.accelerator, self.config.grad_accum_steps, {}, {}
+        for micro in range(accum):
             with accelerator.accumulate(objective), accelerator.autocast():
-                losses = compute_losses(step * self.config.grad_accum_steps + micro)
-                self.check_finite(step, losses)
+                losses = compute_losses(step * accum + micro)
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach().float() / accum
+                if micro == accum - 1:  # NaN and inf survive the sum: checking the average checks them all
+                    averages = self.check_finite(step, totals)
                 accelerator.backward(sum(losses.values()))
                 if accelerator.sync_gradients and self.config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(objective.parameters(), self.config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.config.grad_accum_steps
-        return totals
+        return averages
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Append a CSV row (main process) and TensorBoard scalars when TensorBoard is installed.
@@ -263,8 +274,13 @@ class Session:
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
         """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it.
-        A model with NaN or inf weights is refused (the last line of defence: see check_weights)."""
+        A model with NaN or inf weights is refused (the last line of defence: see check_weights).
+
+        The model's inference settings are written into its own config first (``input_size``: the
+        target size it was trained at), so that ``final/`` alone says how to run it, wherever it
+        is copied to."""
         self.check_weights([model], "in the model to export: final/ was not written, runs/latest not moved")
+        model.config = model.config.replace(input_size=self.config.resolved_target_resize)
         self.accelerator.wait_for_everyone()
         final = self.run_dir / FINAL
         if self.accelerator.is_main_process:
