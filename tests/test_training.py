@@ -225,6 +225,32 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
+def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(toy_root, pretrained_runs, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, log_every=1))
+    with pytest.raises(KeyboardInterrupt):  # step 3 is logged, then lost: the checkpoint is step 2's
+        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, log_every=1), on_step=_crash_after(3))
+    run = max(stage_runs(interrupted, "pretrain-ldm"))
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
+
+    log = (resumed.run_dir / "log.csv").read_text()
+    assert [line.split(",")[0] for line in log.splitlines()] == ["step", "1", "2", "3", "4", "4"]
+    assert log == (expected.run_dir / "log.csv").read_text()
+
+
+def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
+    from cicld.training.session import truncate_log
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr\n1,0.5,0.1\n2,0.4,0.1\n3,0.3,0.1\n4,0.")
+    truncate_log(log, 2)
+    assert log.read_text().splitlines() == ["step,loss,lr", "1,0.5,0.1", "2,0.4,0.1"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_resuming_a_named_checkpoint_continues_from_exactly_that_step(toy_root, pretrained_runs, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)

@@ -56,6 +56,7 @@ class TrainingDiverged(CicldError):
 
 
 _HINT = "try a lower --lr or --mixed-precision no"
+LOG_FILE = "log.csv"
 
 
 def make_accelerator(config: CommonConfig) -> Accelerator:
@@ -137,6 +138,8 @@ class Session:
         if self.resume_from is not None:
             state = load_checkpoint(self.accelerator, self.resume_from)
             self.start_step = int(state["step"])
+            if self.accelerator.is_main_process:
+                truncate_log(self.run_dir / LOG_FILE, self.start_step)
         return self.start_step
 
     # ---------------------------------------------------------------- per step
@@ -224,7 +227,7 @@ class Session:
         if not self.accelerator.is_main_process:
             return
         row = {"step": step, **{k: float(v) for k, v in values.items()}}
-        path = self.run_dir / "log.csv"
+        path = self.run_dir / LOG_FILE
         if self._log_fields is None and path.is_file() and path.stat().st_size:  # a resumed run's log
             with path.open(newline="") as handle:
                 self._log_fields = next(csv.reader(handle))
@@ -326,6 +329,38 @@ def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, Comm
     elif checkpoint not in list_checkpoints(run_dir):
         raise CicldError(f"{checkpoint} is not a complete checkpoint of {run_dir}")
     return run_dir, checkpoint, type(config).from_dict(saved)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the rows of the CSV log ``path`` logged after ``step`` (the checkpoint a run resumes
+    from): the resumed run logs those steps again, so that its log equals an uninterrupted run's.
+    A row cut short by a kill mid-write goes too. The file is replaced atomically, and left alone
+    when there is nothing to drop."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if len(row) == len(header) and _row_step(row) is not None and _row_step(row) <= step]
+    if len(kept) == len(body):
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _row_step(row: list[str]) -> int | None:
+    try:
+        return int(row[0])
+    except ValueError:
+        return None
 
 
 def loss_summary(row: dict[str, float]) -> str:
