@@ -320,6 +320,45 @@ def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(cli, to
     assert Session(make_config("pretrain-ldm", source="toy", runs_root=str(runs)), resume="latest").run_dir == unfinished
 
 
+def _interrupt_at(monkeypatch, interrupted_step):
+    """Ctrl-C inside the training loop, in optimizer step ``interrupted_step`` (0-based)."""
+    original = Session.optimizer_step
+
+    def optimizer_step(self, objective, optimizer, step, compute_losses):
+        if step == interrupted_step:
+            raise KeyboardInterrupt
+        return original(self, objective, optimizer, step, compute_losses)
+
+    monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
+
+
+def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    _interrupt_at(monkeypatch, 2)  # after the checkpoint of step 2
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 130
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    assert result.stderr.strip().splitlines() == [
+        f"error: pretrain-ldm interrupted in step 3; the last checkpoint is {run / 'checkpoints' / 'step-00000002'}: "
+        f"continue with `cicld pretrain-ldm --resume {run}` (or --resume latest)"
+    ]
+    monkeypatch.undo()
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    _interrupt_at(monkeypatch, 0)
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [
+        "error: pretrain-ldm interrupted in step 1, before its first checkpoint: nothing to resume; start it again"
+    ]
+
+
 def test_missing_data_is_a_one_line_hint(cli, tmp_path):
     result = cli("adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere")
     assert result.exit_code == 2

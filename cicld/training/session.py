@@ -55,6 +55,14 @@ class TrainingDiverged(CicldError):
     """A loss or a weight became NaN or infinite."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside a stage's loop; ``message`` says where the run stopped and how to resume it."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 _HINT = "try a lower --lr or --mixed-precision no"
 LOG_FILE = "log.csv"
 
@@ -106,6 +114,7 @@ class Session:
         self.config = config
         self.accelerator = make_accelerator(config)
         self.start_step = 0
+        self.steps_done = 0
         self._log_fields: list[str] | None = None
         self._tensorboard = None
         self._guarded: tuple[torch.nn.Module, ...] = ()
@@ -137,7 +146,7 @@ class Session:
         """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
         if self.resume_from is not None:
             state = load_checkpoint(self.accelerator, self.resume_from)
-            self.start_step = int(state["step"])
+            self.start_step = self.steps_done = int(state["step"])
             if self.accelerator.is_main_process:
                 truncate_log(self.run_dir / LOG_FILE, self.start_step)
         return self.start_step
@@ -257,6 +266,7 @@ class Session:
         """After ``done`` steps: open the run folder (first step), validate when due (``evaluate()``
         returns the val mIoU), log when due, report to ``on_step(done, row)``, checkpoint when due."""
         self.open_run()
+        self.steps_done = done
         config, row = self.config, {**losses, "lr": lr}
         if evaluate is not None:
             due = config.val_every and done % config.val_every == 0 and done < config.steps
@@ -296,6 +306,18 @@ class Session:
                 mark_latest(Path(self.config.runs_root), final)
         self.accelerator.wait_for_everyone()
         return final
+
+    def interrupted(self) -> TrainingInterrupted:
+        """What to raise on Ctrl-C in the stage loop: where the run stopped and how to resume it."""
+        stage, done = self.config.stage, self.steps_done
+        where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        if last is None:
+            return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
+        return TrainingInterrupted(
+            f"{stage} interrupted {where}; the last checkpoint is {last}: "
+            f"continue with `cicld {stage} --resume {self.run_dir}` (or --resume latest)"
+        )
 
     def close(self) -> None:
         if self._tensorboard is not None:
