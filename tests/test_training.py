@@ -359,6 +359,49 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli,
     ]
 
 
+def _unfinished_run(toy_root, pretrained_runs, runs) -> Path:
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=4), on_step=_crash_after(3))
+    return max(stage_runs(runs, "pretrain-ldm"))
+
+
+def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
+    holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
+        [sys.executable, "-c", f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in (str(run), "latest"):
+            result = cli("pretrain-ldm", "--resume", resume, "--source", "toy", "--runs-root", run.parent.parent)
+            assert result.exit_code == 2
+            assert result.stderr.strip().splitlines() == [
+                f"error: {run} is being trained by another process (pid {holder.pid}); wait for it to end or stop it, then resume"
+            ]
+    finally:
+        holder.kill()  # kill -9: its lock file stays behind, stale
+        holder.wait()
+    assert (run / ".lock").read_text().strip() == str(holder.pid)
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 0, result.stderr
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_race(tmp_path, monkeypatch):
+    from cicld.training import runs as runs_module
+
+    monkeypatch.setattr(runs_module.time, "strftime", lambda pattern: "20261125-120000")
+    first = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    # Another process creates the next name between a look and a mkdir: nothing may look first.
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    second = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    third = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    monkeypatch.undo()
+    assert [first.name, second.name, third.name] == ["toy-20261125-120000", "toy-20261125-120000-2", "toy-20261125-120000-3"]
+
+
 def test_missing_data_is_a_one_line_hint(cli, tmp_path):
     result = cli("adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere")
     assert result.exit_code == 2

@@ -33,6 +33,7 @@ from cicld.training.config import CommonConfig
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
+    RunLock,
     mark_latest,
     new_run_dir,
     newest_unfinished_run,
@@ -118,6 +119,7 @@ class Session:
         self._log_fields: list[str] | None = None
         self._tensorboard = None
         self._guarded: tuple[torch.nn.Module, ...] = ()
+        self._lock: RunLock | None = None
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done.
@@ -130,8 +132,13 @@ class Session:
             runs_root, config = Path(self.config.runs_root), self.config
             self.run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
             if self.accelerator.is_main_process:
+                self._take_lock()
                 (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
         return self.run_dir
+
+    def _take_lock(self) -> None:
+        if self._lock is None:
+            self._lock = RunLock(self.run_dir).acquire()
 
     def _broadcast_path(self, make: Callable[[], Path]) -> Path:
         # Only the main process creates the folder; the others learn its name.
@@ -145,10 +152,16 @@ class Session:
     def restore(self) -> int:
         """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
         if self.resume_from is not None:
-            state = load_checkpoint(self.accelerator, self.resume_from)
-            self.start_step = self.steps_done = int(state["step"])
             if self.accelerator.is_main_process:
-                truncate_log(self.run_dir / LOG_FILE, self.start_step)
+                self._take_lock()  # a second process resuming the same run is refused here
+            try:
+                state = load_checkpoint(self.accelerator, self.resume_from)
+                self.start_step = self.steps_done = int(state["step"])
+                if self.accelerator.is_main_process:
+                    truncate_log(self.run_dir / LOG_FILE, self.start_step)
+            except BaseException:
+                self.close()
+                raise
         return self.start_step
 
     # ---------------------------------------------------------------- per step
@@ -322,6 +335,9 @@ class Session:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.accelerator.end_training()
 
 
