@@ -462,6 +462,12 @@ def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):
+    lines = " ".join(cli("adapt", "--help").stdout.split())
+    assert "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)" in lines
+    assert "--val-limit <int> validate on at most this many val images, at least 1 (None: all)" in lines
+
+
 def _poison_the_weights_after(monkeypatch, poisoned_step):
     """Make one parameter NaN right after optimizer step ``poisoned_step`` (0-based) (the losses
     stay finite up to there: only the weights show it)."""
