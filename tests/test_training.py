@@ -386,7 +386,7 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
     assert (run / ".lock").read_text().strip() == str(holder.pid)
     result = cli("pretrain-ldm", "--resume", run)
     assert result.exit_code == 0, result.stderr
-    assert (run / "final" / "model.safetensors").is_file()
+    assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock").exists()  # released
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_race(tmp_path, monkeypatch):

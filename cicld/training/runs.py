@@ -56,7 +56,7 @@ class RunLock:
 
     An advisory ``fcntl.flock`` lock, which the system releases when the process ends however it
     ends (kill -9 included): a lock file left behind by a dead process is stale and simply taken
-    over. Where ``fcntl`` is missing (Windows) runs are not locked.
+    over. The file is deleted on release. Where ``fcntl`` is missing (Windows) runs are not locked.
     """
 
     def __init__(self, run_dir: Path):
@@ -68,26 +68,39 @@ class RunLock:
             import fcntl
         except ImportError:
             return self
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(descriptor, 64).decode(errors="replace").strip() or "unknown"
-            os.close(descriptor)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise CicldError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-            raise CicldError(
-                f"{self.path.parent} is being trained by another process (pid {holder}); "
-                "wait for it to end or stop it, then resume"
-            ) from None
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(descriptor, 64).decode(errors="replace").strip() or "unknown"
+                os.close(descriptor)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise CicldError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+                raise CicldError(
+                    f"{self.path.parent} is being trained by another process (pid {holder}); "
+                    "wait for it to end or stop it, then resume"
+                ) from None
+            if self._is_current(descriptor):
+                break
+            os.close(descriptor)  # locked a file its holder deleted on release: try the new one
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()}\n".encode())
         self._descriptor = descriptor
         return self
 
+    def _is_current(self, descriptor: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(descriptor), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
+        """Delete the lock file, then unlock (by closing it): a process that opened the file just
+        before sees, once it has the lock, that the file is gone, and starts again."""
         if self._descriptor is not None:
-            os.close(self._descriptor)  # closing the file releases the lock
+            self.path.unlink(missing_ok=True)
+            os.close(self._descriptor)
             self._descriptor = None
 
 
