@@ -592,6 +592,27 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     assert (run / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path):
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "cicld", "pretrain-ae", *map(str, stage_flags(toy_root, runs, steps=100_000)), "--num-workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("pretrain-ae/*/checkpoints/step-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends (to the data-loading worker too, in a terminal)
+    _, stderr = process.communicate(timeout=120)
+    (run,) = stage_runs(runs, "pretrain-ae")
+    assert process.returncode == 130
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
+    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or --resume latest)")
+
+
 def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
