@@ -251,6 +251,23 @@ def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=2, log_every=1))
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # after the last checkpoint and the final validation row
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Session, "export", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=2, log_every=1))
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=2), resume="latest")
+    assert (resumed.run_dir / "log.csv").read_text() == (expected.run_dir / "log.csv").read_text()
+
+
 def test_resuming_a_named_checkpoint_continues_from_exactly_that_step(toy_root, pretrained_runs, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)

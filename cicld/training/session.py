@@ -372,7 +372,7 @@ def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, Comm
 def truncate_log(path: Path, step: int) -> None:
     """Drop the rows of the CSV log ``path`` logged after ``step`` (the checkpoint a run resumes
     from): the resumed run logs those steps again, so that its log equals an uninterrupted run's.
-    A row cut short by a kill mid-write goes too. The file is replaced atomically, and left alone
+    A row cut short by a kill mid-write goes too, and so does a second row of ``step`` itself. The file is replaced atomically, and left alone
     when there is nothing to drop."""
     if not path.is_file():
         return
@@ -382,6 +382,10 @@ def truncate_log(path: Path, step: int) -> None:
         return
     header, body = rows[0], rows[1:]
     kept = [row for row in body if len(row) == len(header) and _row_step(row) is not None and _row_step(row) <= step]
+    # The checkpoint's own step logs one row; a second one is the final validation of a run that
+    # was stopped while exporting (its checkpoint is the last step), which the resumed run logs again.
+    at_step = [i for i, row in enumerate(kept) if _row_step(row) == step]
+    kept = [row for i, row in enumerate(kept) if i not in at_step[1:]]
     if len(kept) == len(body):
         return
     temporary = path.with_name(f".{path.name}.tmp")
