@@ -406,6 +406,29 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock").exists()  # released
 
 
+def test_a_resumed_run_tells_tensorboard_to_drop_the_events_after_its_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    import types
+
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")  # checkpoint at step 2
+    writers = []
+
+    class SummaryWriter:  # stands in for TensorBoard's (an optional dependency)
+        def __init__(self, log_dir, purge_step=None):
+            self.purge_step, self.steps = purge_step, set()
+            writers.append(self)
+
+        def add_scalar(self, key, value, step):
+            self.steps.add(step)
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    pretrain_ldm(_config("pretrain-ldm", toy_root, tmp_path / "runs", steps=4), resume=str(run))
+    (writer,) = writers
+    assert writer.purge_step == 3 and min(writer.steps) >= 3
+
+
 def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_race(tmp_path, monkeypatch):
     from cicld.training import runs as runs_module
 

@@ -269,7 +269,8 @@ class Session:
                 writer.writerows(rows)
             writer.writerow(row)
         if self._tensorboard is None:
-            self._tensorboard = _tensorboard_writer(self.run_dir)
+            # On resume, TensorBoard drops the events after the checkpoint, as log.csv does.
+            self._tensorboard = _tensorboard_writer(self.run_dir, self.start_step + 1 if self.resume_from else None)
         if self._tensorboard:
             for key, value in row.items():
                 if key != "step" and math.isfinite(value):
@@ -410,9 +411,9 @@ def loss_summary(row: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
 
 
-def _tensorboard_writer(run_dir: Path):
+def _tensorboard_writer(run_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # TensorBoard is optional: the CSV log is always written
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
