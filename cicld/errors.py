@@ -40,3 +40,9 @@ class PartialFailure(CicldError):
     """Some items of a batch job failed (and were listed) while the rest were done."""
 
     exit_code = 1
+
+
+class Interrupted(CicldError):
+    """Ctrl-C: what was finished is kept; the message says how to go on."""
+
+    exit_code = 130

@@ -178,6 +178,7 @@ def test_a_crash_at_any_point_of_an_export_leaves_a_loadable_final(tmp_path, mon
         assert _same_state(loaded, old.state_dict()) or _same_state(loaded, new.state_dict())
 
     _every_crash(monkeypatch, lambda: session.export(new, update_latest=True), final_loads)
+    session.close()  # releases the run's lock (and deletes its lock file)
     assert _same_state(CICLD.from_pretrained(final).state_dict(), new.state_dict())
     assert sorted(p.name for p in session.run_dir.iterdir()) == ["config.json", "final"]  # no leftovers
     assert (tmp_path / "runs" / "latest").resolve() == final.resolve()

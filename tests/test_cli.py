@@ -136,3 +136,17 @@ def test_a_negative_seed_is_a_one_line_error_before_anything_is_created(cli, tmp
     result = cli(*[part.format(tmp=tmp_path) for part in command], "--seed", "-1")
     assert_one_line_error(result, "--seed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_any_command_prints_one_line_and_exits_130(cli, tmp_path, monkeypatch):
+    from cicld.data import toy
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "generate_toy_pair", interrupted)
+    result = cli("prepare-data", "toy", tmp_path / "toy")
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [
+        "error: interrupted; finished files are kept and a re-run resumes where this one stopped"
+    ]

@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+
+import numpy as np
 
 import pytest
 from PIL import Image
@@ -27,6 +30,22 @@ def test_sliding_window_evaluation_gives_scores_too(cli, toy_root, pretrained_ru
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert json.loads(json_file.read_text())["images"] == 4
+
+
+def test_scores_that_are_undefined_are_null_in_the_json_never_nan(cli, toy_root, pretrained_runs, tmp_path):
+    from cicld.data.pngio import read_image, write_image
+
+    data = tmp_path / "cityscapes"
+    shutil.copytree(toy_root / "cityscapes", data)
+    for label in (data / "gtFine" / "val").rglob("*_labelTrainIds.png"):  # nothing but ignore pixels
+        write_image(label, np.full_like(read_image(label), 255))
+    json_file = tmp_path / "scores.json"
+    result = cli("evaluate", pretrained_runs / "latest", "--data", data, "--json", json_file, "--out", tmp_path / "pictures")
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads(json_file.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert [scores[k] for k in ("mIoU19", "mIoU16", "mIoU13", "pixel_accuracy")] == [None] * 4
+    assert list(scores["per_class_iou"].values()) == [None] * 19
+    assert "nan" not in result.stdout.lower()
 
 
 def test_no_model_anywhere_is_a_one_line_hint(cli, tmp_path):

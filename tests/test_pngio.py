@@ -110,6 +110,21 @@ def test_flipped_byte_in_16bit_png_fails_its_checksum(tmp_path):
         read_png(tmp_path / "bad.png")
 
 
+def test_any_flipped_byte_in_the_image_data_of_an_8bit_label_is_reported_never_read_as_other_ids(tmp_path):
+    # Pillow skips the IDAT checksums: some flips there decode to other ids without a word.
+    label = (np.arange(32 * 64).reshape(32, 64) % 34).astype(np.uint8)
+    write_image(tmp_path / "label.png", label)
+    blob = (tmp_path / "label.png").read_bytes()
+    start = blob.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", blob[start - 8 : start - 4])
+    for offset in range(length):
+        flipped = bytearray(blob)
+        flipped[start + offset] ^= 0x01
+        (tmp_path / "bad.png").write_bytes(bytes(flipped))
+        with pytest.raises(DataError, match=r"bad.png is corrupt \(checksum error in the IDAT chunk\)"):
+            read_png(tmp_path / "bad.png")
+
+
 def test_a_file_that_is_not_a_png_is_a_data_error(tmp_path):
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(DataError, match="not a PNG"):

@@ -53,6 +53,23 @@ def test_non_images_are_skipped_with_a_warning(cli, images, pretrained_runs, tmp
     assert result.exit_code == 0 and "skipping" in result.stdout and "notes.txt" in result.stdout
 
 
+def test_predicting_a_folder_into_a_folder_inside_it_never_segments_its_own_outputs(cli, images, pretrained_runs, tmp_path):
+    out = images / "predictions"
+    for run in range(2):  # the second run finds the first one's outputs inside the input folder
+        result = cli("predict", images, out, "--runs-root", pretrained_runs, "--overwrite")
+        assert result.exit_code == 0, result.stderr
+        assert "\n2 images segmented" in result.stdout, result.stdout
+    assert not list(out.glob("predictions/**/*")) and not list(out.glob("**/*_color_color.png"))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_trainIds.png")) == ["a_trainIds.png", "nested/b_trainIds.png"]
+
+
+def test_a_broken_symbolic_link_among_the_inputs_is_skipped_with_a_warning(cli, images, pretrained_runs, tmp_path):
+    (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs)
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: skipping {images / 'gone.png'}: a broken symbolic link (to {tmp_path / 'nowhere.png'})" in " ".join(result.stdout.split())
+
+
 def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_so(cli, images, pretrained_runs, tmp_path):
     (images / "broken.png").write_bytes((images / "a.png").read_bytes()[:100])
     out = tmp_path / "out"

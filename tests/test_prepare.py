@@ -123,6 +123,28 @@ def test_an_8bit_synthia_label_is_refused_as_the_wrong_kind_of_file(synthia_root
     assert not (synthia_root / "sample_class_stats.json").exists()
 
 
+@pytest.mark.parametrize("dataset", ["gta5", "cityscapes"])
+def test_a_lossy_jpeg_label_is_refused_in_one_line_naming_the_file(gta5_root, cityscapes_root, dataset):
+    root = gta5_root if dataset == "gta5" else cityscapes_root
+    label = find_frames(root, dataset).samples[0].label
+    ids = read_image(label)
+    Image.fromarray(ids).save(label, format="JPEG", quality=95)  # greyscale JPEG, still named .png
+    report = _prepare(root, dataset)
+    (failure,) = report.failures
+    assert failure[1].startswith(f"{label} is a JPEG file, not a PNG; {dataset} labels are ")
+    assert "\n" not in failure[1]
+    assert not (root / "sample_class_stats.json").exists()
+
+
+def test_a_label_with_a_flipped_bit_is_reported_not_converted(gta5_root):
+    label = gta5_root / "labels" / "00001.png"
+    blob = bytearray(label.read_bytes())
+    blob[blob.index(b"IDAT") + 4 + 3] ^= 0x01
+    label.write_bytes(bytes(blob))
+    report = _prepare(gta5_root, "gta5")
+    assert report.failures == [("00001", f"{label} is corrupt (checksum error in the IDAT chunk)")]
+
+
 def test_cityscapes_train_and_val_are_converted_with_stats_for_train_only(cityscapes_root):
     report = _prepare(cityscapes_root, "cityscapes")
     assert report.converted == 4

@@ -225,6 +225,49 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
+def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(toy_root, pretrained_runs, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, log_every=1))
+    with pytest.raises(KeyboardInterrupt):  # step 3 is logged, then lost: the checkpoint is step 2's
+        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, log_every=1), on_step=_crash_after(3))
+    run = max(stage_runs(interrupted, "pretrain-ldm"))
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
+
+    log = (resumed.run_dir / "log.csv").read_text()
+    assert [line.split(",")[0] for line in log.splitlines()] == ["step", "1", "2", "3", "4", "4"]
+    assert log == (expected.run_dir / "log.csv").read_text()
+
+
+def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
+    from cicld.training.session import truncate_log
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr\n1,0.5,0.1\n2,0.4,0.1\n3,0.3,0.1\n4,0.")
+    truncate_log(log, 2)
+    assert log.read_text().splitlines() == ["step,loss,lr", "1,0.5,0.1", "2,0.4,0.1"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=2, log_every=1))
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # after the last checkpoint and the final validation row
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Session, "export", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=2, log_every=1))
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=2), resume="latest")
+    assert (resumed.run_dir / "log.csv").read_text() == (expected.run_dir / "log.csv").read_text()
+
+
 def test_resuming_a_named_checkpoint_continues_from_exactly_that_step(toy_root, pretrained_runs, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -294,6 +337,111 @@ def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(cli, to
     assert Session(make_config("pretrain-ldm", source="toy", runs_root=str(runs)), resume="latest").run_dir == unfinished
 
 
+def _interrupt_at(monkeypatch, interrupted_step):
+    """Ctrl-C inside the training loop, in optimizer step ``interrupted_step`` (0-based)."""
+    original = Session.optimizer_step
+
+    def optimizer_step(self, objective, optimizer, step, compute_losses):
+        if step == interrupted_step:
+            raise KeyboardInterrupt
+        return original(self, objective, optimizer, step, compute_losses)
+
+    monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
+
+
+def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    _interrupt_at(monkeypatch, 2)  # after the checkpoint of step 2
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 130
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    assert result.stderr.strip().splitlines() == [
+        f"error: pretrain-ldm interrupted in step 3; the last checkpoint is {run / 'checkpoints' / 'step-00000002'}: "
+        f"continue with `cicld pretrain-ldm --resume {run}` (or --resume latest)"
+    ]
+    monkeypatch.undo()
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    _interrupt_at(monkeypatch, 0)
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [
+        "error: pretrain-ldm interrupted in step 1, before its first checkpoint: nothing to resume; start it again"
+    ]
+
+
+def _unfinished_run(toy_root, pretrained_runs, runs) -> Path:
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=4), on_step=_crash_after(3))
+    return max(stage_runs(runs, "pretrain-ldm"))
+
+
+def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
+    holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
+        [sys.executable, "-c", f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in (str(run), "latest"):
+            result = cli("pretrain-ldm", "--resume", resume, "--source", "toy", "--runs-root", run.parent.parent)
+            assert result.exit_code == 2
+            assert result.stderr.strip().splitlines() == [
+                f"error: {run} is being trained by another process (pid {holder.pid}); wait for it to end or stop it, then resume"
+            ]
+    finally:
+        holder.kill()  # kill -9: its lock file stays behind, stale
+        holder.wait()
+    assert (run / ".lock").read_text().strip() == str(holder.pid)
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 0, result.stderr
+    assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock").exists()  # released
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_the_events_after_its_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    import types
+
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")  # checkpoint at step 2
+    writers = []
+
+    class SummaryWriter:  # stands in for TensorBoard's (an optional dependency)
+        def __init__(self, log_dir, purge_step=None):
+            self.purge_step, self.steps = purge_step, set()
+            writers.append(self)
+
+        def add_scalar(self, key, value, step):
+            self.steps.add(step)
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    pretrain_ldm(_config("pretrain-ldm", toy_root, tmp_path / "runs", steps=4), resume=str(run))
+    (writer,) = writers
+    assert writer.purge_step == 3 and min(writer.steps) >= 3
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_race(tmp_path, monkeypatch):
+    from cicld.training import runs as runs_module
+
+    monkeypatch.setattr(runs_module.time, "strftime", lambda pattern: "20261125-120000")
+    first = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    # Another process creates the next name between a look and a mkdir: nothing may look first.
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    second = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    third = runs_module.new_run_dir(tmp_path, "adapt", "toy")
+    monkeypatch.undo()
+    assert [first.name, second.name, third.name] == ["toy-20261125-120000", "toy-20261125-120000-2", "toy-20261125-120000-3"]
+
+
 def test_missing_data_is_a_one_line_hint(cli, tmp_path):
     result = cli("adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere")
     assert result.exit_code == 2
@@ -352,6 +500,12 @@ def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):
+    lines = " ".join(cli("adapt", "--help").stdout.split())
+    assert "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)" in lines
+    assert "--val-limit <int> validate on at most this many val images, at least 1 (None: all)" in lines
 
 
 def _poison_the_weights_after(monkeypatch, poisoned_step):
@@ -476,6 +630,27 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     (run,) = stage_runs(runs, "adapt")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path):
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "cicld", "pretrain-ae", *map(str, stage_flags(toy_root, runs, steps=100_000)), "--num-workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("pretrain-ae/*/checkpoints/step-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends (to the data-loading worker too, in a terminal)
+    _, stderr = process.communicate(timeout=120)
+    (run,) = stage_runs(runs, "pretrain-ae")
+    assert process.returncode == 130
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
+    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or --resume latest)")
 
 
 def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:

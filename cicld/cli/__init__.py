@@ -7,13 +7,15 @@ line on stderr and a non-zero exit code; anything else is a bug and keeps its tr
 
 from __future__ import annotations
 
+import functools
 import sys
 
+import click
 import typer
 
 from cicld import __version__
 from cicld.cli._console import print_error
-from cicld.errors import CicldError
+from cicld.errors import CicldError, Interrupted
 
 app = typer.Typer(
     name="cicld",
@@ -43,9 +45,35 @@ def _root(
 from cicld.cli import demo, evaluate, predict, prepare, train  # noqa: E402,F401
 
 
+_INTERRUPTED = "interrupted; finished files are kept and a re-run resumes where this one stopped"
+
+
+def _reporting_interrupts(command: click.Command) -> click.Command:
+    """``command`` (and its subcommands) with Ctrl-C turned into :class:`Interrupted`.
+
+    Typer turns a KeyboardInterrupt inside a command into a silent exit code 130; an Interrupted
+    (a CicldError) passes through it, so that :func:`main` prints its line. A command may raise
+    its own Interrupted with a more useful message (the training stages: how to resume)."""
+    for sub in getattr(command, "commands", {}).values():
+        _reporting_interrupts(sub)
+    callback = command.callback
+    if callback is not None and not getattr(callback, "_reports_interrupts", False):
+
+        @functools.wraps(callback)
+        def wrapped(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted(_INTERRUPTED) from None
+
+        wrapped._reports_interrupts = True
+        command.callback = wrapped
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the process exit code."""
-    command = typer.main.get_command(app)
+    command = _reporting_interrupts(typer.main.get_command(app))
     try:
         result = command.main(args=argv, prog_name="cicld", standalone_mode=False)
     except typer.TyperException as exc:  # bad flags or values: Typer's usage errors
@@ -56,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print_error("aborted")
         sys.exit(130)
-    except KeyboardInterrupt:
-        print_error("interrupted; finished files are kept and a re-run resumes where this one stopped")
+    except KeyboardInterrupt:  # outside any command (while parsing flags)
+        print_error(_INTERRUPTED)
         sys.exit(130)
     except CicldError as exc:
         print_error(str(exc))

@@ -50,7 +50,7 @@ def _scores_table(scores, title: str) -> Table:
         table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.2f}")
     table.add_section()
     for label, value in (("mIoU19", scores.miou19), ("mIoU16", scores.miou16), ("mIoU13", scores.miou13), ("pixel accuracy", scores.pixel_accuracy)):
-        table.add_row(f"[bold]{label}", f"[bold]{100 * value:.2f}")
+        table.add_row(f"[bold]{label}", "n/a" if value != value else f"[bold]{100 * value:.2f}")
     return table
 
 
@@ -131,7 +131,7 @@ def evaluate(
     _write(pictures[0], lambda path: confusion_matrix_png(scores, path))
     _write(pictures[1], lambda path: iou_bar_chart_png(scores, path))
     if json_file is not None:
-        text = json.dumps(result, indent=2).encode()
+        text = json.dumps(result, indent=2, allow_nan=False).encode()  # strict JSON: undefined scores are null
         _write(json_file, lambda path: atomic_write(path, lambda handle: handle.write(text)))
         console.print(f"scores: {json_file}")
     console.print(f"pictures: {', '.join(map(str, pictures))}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -45,9 +46,11 @@ def predict(
     if out.exists() and not out.is_dir():
         raise CicldError(f"{out} is a file; the last argument must be the output folder")
     require_writable_folder(out, "output folder")
-    entries, not_images = collect_inputs(inputs)
+    entries, not_images, broken = collect_inputs(inputs, out)
     for path in not_images:
         console.print(f"[yellow]warning:[/] skipping {path}: not an image")
+    for path in broken:
+        console.print(f"[yellow]warning:[/] skipping {path}: a broken symbolic link (to {os.readlink(path)})")
     if not entries:
         raise CicldError(f"no images among {', '.join(map(str, inputs))}")
     model_dir = resolve_model_dir(checkpoint, runs_root)

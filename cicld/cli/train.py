@@ -18,7 +18,7 @@ from rich.progress import TextColumn
 
 from cicld.cli import app
 from cicld.cli._console import console, parse_size, progress_bar
-from cicld.errors import CicldError
+from cicld.errors import CicldError, Interrupted
 from cicld.training.config import AdaptConfig, AutoencoderConfig, CommonConfig, LatentDiffusionConfig, make_config
 
 
@@ -96,10 +96,12 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
         rate = (step - first_step) / max(time.perf_counter() - first_time, 1e-9)
         progress.update(task, completed=step, status=f"{loss_summary(row)} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
 
-    from cicld.training.session import loss_summary
+    from cicld.training.session import TrainingInterrupted, loss_summary
 
     try:
         result = train(config, resume=resume, on_step=on_step)
+    except TrainingInterrupted as exc:
+        raise Interrupted(exc.message) from None
     finally:
         if first:
             progress.stop()

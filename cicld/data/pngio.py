@@ -30,7 +30,8 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG with every bit kept: (H, W) or (H, W, C), uint8 or uint16.
 
     Palette images return their indices (GTA5 stores Cityscapes label ids there), not colours.
-    Raises :class:`DataError` naming the file if it is missing, truncated or corrupt.
+    Raises :class:`DataError` naming the file if it is missing, not a PNG (a JPEG renamed to
+    ``.png``), truncated or corrupt (every chunk's CRC is checked, the image data's included).
     """
     path = Path(path)
     try:
@@ -38,11 +39,24 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not blob.startswith(PNG_SIGNATURE):
-        raise DataError(f"{path} is not a PNG file")
+        raise DataError(f"{path} is not a PNG file{_actual_format(path)}")
     header = _read_header(blob, path)
     if header["bit_depth"] != 16:
+        # Pillow skips the checksums of the image data (IDAT): a flipped bit there can decode
+        # to wrong pixels without a word, so every chunk's CRC is checked first.
+        for _ in _chunks(blob, path):
+            pass
         return read_image(path)
     return _decode_16bit(blob, header, path)
+
+
+def _actual_format(path: Path) -> str:
+    """`` (it is a JPEG file)`` where Pillow recognises the file's real format, else nothing."""
+    try:
+        with Image.open(path) as image:
+            return f" (it is a {image.format} file)" if image.format else ""
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return ""
 
 
 def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
@@ -97,6 +111,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 def image_mode(path: str | os.PathLike) -> str:
     """Pillow's mode ("P", "L", "RGB", "I;16"...) from the header alone."""
     return _header(path).mode
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """Pillow's name of the file's format ("PNG", "JPEG"...), from the header alone."""
+    return _header(path).format
 
 
 def _header(path: str | os.PathLike) -> Image.Image:

@@ -28,7 +28,7 @@ import numpy as np
 from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
 from cicld.data.layouts import CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
 from cicld.data.transforms import resize_label
-from cicld.data.pngio import atomic_write, image_mode, image_size, read_image, read_png, write_image
+from cicld.data.pngio import PNG_SIGNATURE, atomic_write, image_format, image_mode, image_size, read_image, read_png, write_image
 from cicld.errors import DataError
 
 
@@ -77,10 +77,19 @@ def read_raw_label(dataset: str, path: Path) -> np.ndarray:
         return label[..., 0]
     mode = image_mode(path)
     expected = ("P", "L") if dataset == "gta5" else ("L",)
+    what = "palette PNGs whose indices are label ids" if dataset == "gta5" else "8-bit greyscale labelId PNGs"
+    if _format(path) != "PNG":  # a lossy JPEG (even named .png) would give wrong ids without a word
+        raise DataError(f"{path} is a {_format(path)} file, not a PNG; {dataset} labels are {what} (lossless)")
     if mode not in expected:
-        what = "palette PNGs whose indices are label ids" if dataset == "gta5" else "8-bit greyscale labelId PNGs"
         raise DataError(f"{path} has image mode {mode}; {dataset} labels are {what}")
-    return read_image(path)
+    return read_png(path)  # checks every chunk's CRC: a flipped bit is reported, not read as other ids
+
+
+def _format(path: Path) -> str:
+    with open(path, "rb") as handle:
+        if handle.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
+            return "PNG"
+    return image_format(path) or "non-image"
 
 
 def to_train_ids(dataset: str, raw: np.ndarray) -> np.ndarray:

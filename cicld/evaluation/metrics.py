@@ -73,10 +73,16 @@ class SegmentationScores:
         return self.miou(MIOU13_CLASSES)
 
     def as_dict(self) -> dict:
+        """The scores as strict JSON values: an undefined score (NaN: a class absent from both
+        ground truth and predictions, a mean over no class, an accuracy over no pixel) is None."""
         return {
-            "mIoU19": self.miou19,
-            "mIoU16": self.miou16,
-            "mIoU13": self.miou13,
-            "pixel_accuracy": self.pixel_accuracy,
-            "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASSES, self.per_class_iou)},
+            "mIoU19": _defined(self.miou19),
+            "mIoU16": _defined(self.miou16),
+            "mIoU13": _defined(self.miou13),
+            "pixel_accuracy": _defined(self.pixel_accuracy),
+            "per_class_iou": {name: _defined(v) for name, v in zip(CLASSES, self.per_class_iou)},
         }
+
+
+def _defined(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

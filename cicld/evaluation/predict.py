@@ -43,20 +43,32 @@ class PredictReport:
     images: int = 0
 
 
-def collect_inputs(inputs: list[str | Path]) -> tuple[list[PredictionInput], list[Path]]:
-    """Expand files, folders and globs into images (with output-relative paths) and non-images."""
+def collect_inputs(
+    inputs: list[str | Path], out: Path | None = None
+) -> tuple[list[PredictionInput], list[Path], list[Path]]:
+    """Expand files, folders and globs into images (with output-relative paths), non-images and
+    broken symbolic links (both to be reported as skipped).
+
+    Files inside the output folder ``out`` are never inputs, so that predicting a folder into a
+    folder inside it does not segment its own outputs the second time."""
     found: list[PredictionInput] = []
     not_images: list[Path] = []
+    broken: list[Path] = []
+    inside_out = _inside(Path(out).resolve()) if out is not None else (lambda path: False)
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            pairs = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if p.is_file()]
+            listed = sorted(path.rglob("*"))
+            pairs = [(p, p.relative_to(path)) for p in listed if p.is_file() and not inside_out(p)]
+            broken += [p for p in listed if p.is_symlink() and not p.exists() and not inside_out(p)]
         elif path.is_file():
             pairs = [(path, Path(path.name))]
         elif any(ch in item for ch in "*?["):
-            pairs = [(Path(p), Path(Path(p).name)) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
-            if not pairs:
+            listed = [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+            if not listed:
                 raise CicldError(f"no file matches {item}")
+            pairs = [(p, Path(p.name)) for p in listed if p.is_file() and not inside_out(p)]
+            broken += [p for p in listed if p.is_symlink() and not p.exists() and not inside_out(p)]
         else:
             raise CicldError(f"{item} does not exist")
         for file, relative in pairs:
@@ -69,7 +81,14 @@ def collect_inputs(inputs: list[str | Path]) -> tuple[list[PredictionInput], lis
         if entry.relative in seen:
             raise CicldError(f"{seen[entry.relative]} and {entry.path} would write the same outputs; predict them separately")
         seen[entry.relative] = entry.path
-    return found, not_images
+    return found, not_images, broken
+
+
+def _inside(folder: Path) -> Callable[[Path], bool]:
+    def inside(path: Path) -> bool:
+        return Path(path).resolve().is_relative_to(folder)
+
+    return inside
 
 
 def output_paths(out: Path, entry: PredictionInput, kinds: tuple[str, ...]) -> dict[str, Path]:

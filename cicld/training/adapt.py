@@ -110,6 +110,8 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
         scores = validate(ema_model, val, accelerator)
         session.log(config.steps, {"val_miou": scores.miou19})
         final = session.export(ema_model, update_latest=True)
+    except KeyboardInterrupt:
+        raise session.interrupted() from None
     finally:
         session.close()
     return TrainResult(session.run_dir, final, scores)

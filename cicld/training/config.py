@@ -81,10 +81,10 @@ class CommonConfig:
     mixed_precision: str = _help("no, fp16 (GPU) or bf16", "no")
     seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0, low=0)
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
-    keep_checkpoints: int = _help("how many newest checkpoints to keep", 2, low=1)
+    keep_checkpoints: int = _help("how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1)
     log_every: int = _help("write a log row (CSV, TensorBoard) every N steps", 50, low=1)
     val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000, low=0)
-    val_limit: int | None = _help("validate on at most this many val images (None: all)", None, low=1)
+    val_limit: int | None = _help("validate on at most this many val images, at least 1 (None: all)", None, low=1)
     runs_root: str = _help("folder of all runs", "runs")
     init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
 

@@ -68,6 +68,8 @@ def pretrain_ae(
             session.end_step(step + 1, losses, lr, on_step=on_step)
         # A segmentation model cannot come out of this stage: runs/latest is left alone.
         final = session.export(accelerator.unwrap_model(objective).model, update_latest=False)
+    except KeyboardInterrupt:
+        raise session.interrupted() from None
     finally:
         session.close()
     return TrainResult(session.run_dir, final, None)

@@ -65,6 +65,8 @@ def pretrain_ldm(
         scores = validate(trained, val, accelerator)
         session.log(config.steps, {"val_miou": scores.miou19})
         final = session.export(trained, update_latest=True)
+    except KeyboardInterrupt:
+        raise session.interrupted() from None
     finally:
         session.close()
     return TrainResult(session.run_dir, final, scores)

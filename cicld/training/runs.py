@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -29,18 +30,78 @@ RUNS_ROOT = Path("runs")
 STAGES = ("pretrain-ae", "pretrain-ldm", "adapt")
 RUN_CONFIG = "config.json"
 FINAL = "final"
+LOCK_FILE = ".lock"
 
 
 def new_run_dir(runs_root: Path, stage: str, tag: str) -> Path:
-    """A fresh, unique run folder ``runs/<stage>/<tag>-<time>``."""
+    """A fresh run folder ``runs/<stage>/<tag>-<time>``, ``-2``, ``-3``... appended when taken.
+
+    Created exclusively (``mkdir`` fails if the folder exists), so that two runs started in the
+    same second, even in two processes at once, never share a folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(runs_root) / stage / f"{tag}-{stamp}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
+    parent = Path(runs_root) / stage
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        candidate = parent / (f"{tag}-{stamp}" if n == 1 else f"{tag}-{stamp}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+class RunLock:
+    """An exclusive lock on a run while one process trains it: ``<run>/.lock``, holding its pid.
+
+    An advisory ``fcntl.flock`` lock, which the system releases when the process ends however it
+    ends (kill -9 included): a lock file left behind by a dead process is stale and simply taken
+    over. The file is deleted on release. Where ``fcntl`` is missing (Windows) runs are not locked.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._descriptor: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(descriptor, 64).decode(errors="replace").strip() or "unknown"
+                os.close(descriptor)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise CicldError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+                raise CicldError(
+                    f"{self.path.parent} is being trained by another process (pid {holder}); "
+                    "wait for it to end or stop it, then resume"
+                ) from None
+            if self._is_current(descriptor):
+                break
+            os.close(descriptor)  # locked a file its holder deleted on release: try the new one
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        self._descriptor = descriptor
+        return self
+
+    def _is_current(self, descriptor: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(descriptor), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Delete the lock file, then unlock (by closing it): a process that opened the file just
+        before sees, once it has the lock, that the file is gone, and starts again."""
+        if self._descriptor is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 def read_run_config(run_dir: Path) -> dict:

@@ -33,6 +33,7 @@ from cicld.training.config import CommonConfig
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
+    RunLock,
     mark_latest,
     new_run_dir,
     newest_unfinished_run,
@@ -55,7 +56,16 @@ class TrainingDiverged(CicldError):
     """A loss or a weight became NaN or infinite."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside a stage's loop; ``message`` says where the run stopped and how to resume it."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 _HINT = "try a lower --lr or --mixed-precision no"
+LOG_FILE = "log.csv"
 
 
 def make_accelerator(config: CommonConfig) -> Accelerator:
@@ -105,9 +115,11 @@ class Session:
         self.config = config
         self.accelerator = make_accelerator(config)
         self.start_step = 0
+        self.steps_done = 0
         self._log_fields: list[str] | None = None
         self._tensorboard = None
         self._guarded: tuple[torch.nn.Module, ...] = ()
+        self._lock: RunLock | None = None
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done.
@@ -120,8 +132,13 @@ class Session:
             runs_root, config = Path(self.config.runs_root), self.config
             self.run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
             if self.accelerator.is_main_process:
+                self._take_lock()
                 (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
         return self.run_dir
+
+    def _take_lock(self) -> None:
+        if self._lock is None:
+            self._lock = RunLock(self.run_dir).acquire()
 
     def _broadcast_path(self, make: Callable[[], Path]) -> Path:
         # Only the main process creates the folder; the others learn its name.
@@ -135,8 +152,16 @@ class Session:
     def restore(self) -> int:
         """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
         if self.resume_from is not None:
-            state = load_checkpoint(self.accelerator, self.resume_from)
-            self.start_step = int(state["step"])
+            if self.accelerator.is_main_process:
+                self._take_lock()  # a second process resuming the same run is refused here
+            try:
+                state = load_checkpoint(self.accelerator, self.resume_from)
+                self.start_step = self.steps_done = int(state["step"])
+                if self.accelerator.is_main_process:
+                    truncate_log(self.run_dir / LOG_FILE, self.start_step)
+            except BaseException:
+                self.close()
+                raise
         return self.start_step
 
     # ---------------------------------------------------------------- per step
@@ -224,7 +249,7 @@ class Session:
         if not self.accelerator.is_main_process:
             return
         row = {"step": step, **{k: float(v) for k, v in values.items()}}
-        path = self.run_dir / "log.csv"
+        path = self.run_dir / LOG_FILE
         if self._log_fields is None and path.is_file() and path.stat().st_size:  # a resumed run's log
             with path.open(newline="") as handle:
                 self._log_fields = next(csv.reader(handle))
@@ -244,7 +269,8 @@ class Session:
                 writer.writerows(rows)
             writer.writerow(row)
         if self._tensorboard is None:
-            self._tensorboard = _tensorboard_writer(self.run_dir)
+            # On resume, TensorBoard drops the events after the checkpoint, as log.csv does.
+            self._tensorboard = _tensorboard_writer(self.run_dir, self.start_step + 1 if self.resume_from else None)
         if self._tensorboard:
             for key, value in row.items():
                 if key != "step" and math.isfinite(value):
@@ -254,6 +280,7 @@ class Session:
         """After ``done`` steps: open the run folder (first step), validate when due (``evaluate()``
         returns the val mIoU), log when due, report to ``on_step(done, row)``, checkpoint when due."""
         self.open_run()
+        self.steps_done = done
         config, row = self.config, {**losses, "lr": lr}
         if evaluate is not None:
             due = config.val_every and done % config.val_every == 0 and done < config.steps
@@ -294,9 +321,24 @@ class Session:
         self.accelerator.wait_for_everyone()
         return final
 
+    def interrupted(self) -> TrainingInterrupted:
+        """What to raise on Ctrl-C in the stage loop: where the run stopped and how to resume it."""
+        stage, done = self.config.stage, self.steps_done
+        where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        if last is None:
+            return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
+        return TrainingInterrupted(
+            f"{stage} interrupted {where}; the last checkpoint is {last}: "
+            f"continue with `cicld {stage} --resume {self.run_dir}` (or --resume latest)"
+        )
+
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.accelerator.end_training()
 
 
@@ -328,14 +370,50 @@ def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, Comm
     return run_dir, checkpoint, type(config).from_dict(saved)
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the rows of the CSV log ``path`` logged after ``step`` (the checkpoint a run resumes
+    from): the resumed run logs those steps again, so that its log equals an uninterrupted run's.
+    A row cut short by a kill mid-write goes too, and so does a second row of ``step`` itself. The file is replaced atomically, and left alone
+    when there is nothing to drop."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if len(row) == len(header) and _row_step(row) is not None and _row_step(row) <= step]
+    # The checkpoint's own step logs one row; a second one is the final validation of a run that
+    # was stopped while exporting (its checkpoint is the last step), which the resumed run logs again.
+    at_step = [i for i, row in enumerate(kept) if _row_step(row) == step]
+    kept = [row for i, row in enumerate(kept) if i not in at_step[1:]]
+    if len(kept) == len(body):
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _row_step(row: list[str]) -> int | None:
+    try:
+        return int(row[0])
+    except ValueError:
+        return None
+
+
 def loss_summary(row: dict[str, float]) -> str:
     """A step row's losses as ``name=value`` pairs, for progress displays (lr and val left out)."""
     return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
 
 
-def _tensorboard_writer(run_dir: Path):
+def _tensorboard_writer(run_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # TensorBoard is optional: the CSV log is always written
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
