@@ -51,7 +51,7 @@ def test_the_exported_model_folder_holds_the_settings_to_run_it(pretrained_runs)
     (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
     exported = json.loads((run / "final" / "config.json").read_text())
     trained = json.loads((run / "config.json").read_text())
-    assert trained["target_resize"] is None and exported["input_size"] is None  # the toy target: as it is
+    assert trained["target_resize"] == "dataset" and exported["input_size"] is None  # the toy target: as it is
     assert exported["image_mean"] == [0.485, 0.456, 0.406] and exported["image_std"] == [0.229, 0.224, 0.225]
     assert exported["sliding_window"] == [512, 512] and exported["sliding_overlap"] == [128, 128]
     assert exported["inference_steps"] == 1
@@ -125,6 +125,21 @@ def test_crop_none_trains_on_whole_images_even_where_the_recipe_crops(cli, toy_r
     assert result.exit_code == 0, result.stderr
     (run,) = stage_runs(runs, "adapt")
     assert json.loads((run / "config.json").read_text())["crop"] is None
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ae", "pretrain-ldm", "adapt"])
+def test_resize_none_keeps_real_images_as_they_are_and_no_flag_means_the_datasets_size(cli, monkeypatch, stage):
+    import cicld.cli.train
+
+    seen = []
+    monkeypatch.setattr(cicld.cli.train, "_run_stage", lambda train, config, resume: seen.append(config))
+    assert cli(stage, "--source", "gta5", "--source-resize", "none", "--target-resize", "none").exit_code == 0
+    assert cli(stage, "--source", "synthia").exit_code == 0
+    assert cli(stage, "--source", "gta5", "--target-resize", "800x400").exit_code == 0
+    none, default, given = seen
+    assert (none.resolved_source_resize, none.resolved_target_resize) == (None, None)
+    assert (default.resolved_source_resize, default.resolved_target_resize) == ((1280, 760), (1024, 512))
+    assert given.resolved_target_resize == (800, 400) and given.resolved_source_resize == (1280, 720)
 
 
 def _numel(parameters) -> int:

@@ -20,6 +20,8 @@ from cicld.errors import CicldError
 from cicld.models.config import CICLDConfig, typed_config_value
 
 SOURCES = ("gta5", "synthia", "toy")
+#: The default of --source-resize/--target-resize: the dataset's usual size (DEFAULT_RESIZE).
+PER_DATASET = "dataset"
 METHODS = ("cicld", "self-training", "source-only", "oracle")
 ADVERSARIAL = ("3class", "2class", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -66,8 +68,9 @@ class CommonConfig:
     steps: int = _help("optimizer steps", 40000, low=1)
     batch_size: int = _help("images per domain per process and step", 2, low=1)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
-    source_resize: tuple[int, int] | None = _help("resize source images to (width, height) before cropping [default: per dataset]", None)
-    target_resize: tuple[int, int] | None = _help("resize target images to (width, height) [default: 1024x512]", None)
+    # "dataset": the dataset's usual size (DEFAULT_RESIZE; the toy pair as it is); None: no resizing.
+    source_resize: tuple[int, int] | str | None = _help("resize source images to (width, height) before cropping; none keeps them as they are [default: per dataset]", PER_DATASET)
+    target_resize: tuple[int, int] | str | None = _help("resize target images to (width, height); none keeps them as they are [default: 1024x512]", PER_DATASET)
     num_workers: int = _help("data-loading worker processes per training process", 4, low=0)
     rare_class_sampling: bool = _help("draw source frames by rare-class sampling (DAFormer RCS, T=0.01)", False)
     rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000, low=0)
@@ -96,6 +99,9 @@ class CommonConfig:
             fail(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        for name in ("source_resize", "target_resize"):
+            if isinstance(getattr(self, name), str) and getattr(self, name) != PER_DATASET:
+                fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {getattr(self, name)!r}")
         check_ranges(self)
 
     # ---------------------------------------------------------------- derived
@@ -118,15 +124,15 @@ class CommonConfig:
 
     @property
     def resolved_source_resize(self) -> tuple[int, int] | None:
-        if self.source_resize is not None or self.source == "toy":
-            return self.source_resize
-        return DEFAULT_RESIZE[self.source_format]
+        if self.source_resize != PER_DATASET:
+            return self.source_resize  # a size, or None: `--source-resize none`
+        return None if self.source == "toy" else DEFAULT_RESIZE[self.source_format]
 
     @property
     def resolved_target_resize(self) -> tuple[int, int] | None:
-        if self.target_resize is not None or self.source == "toy":
-            return self.target_resize
-        return DEFAULT_RESIZE["cityscapes"]
+        if self.target_resize != PER_DATASET:
+            return self.target_resize  # a size, or None: `--target-resize none`
+        return None if self.source == "toy" else DEFAULT_RESIZE["cityscapes"]
 
     #: Keys that runs saved by earlier versions may hold although this stage no longer has them
     #: (dropped on loading, so that those runs still resume and evaluate).
