@@ -22,11 +22,12 @@ from typing import TypeVar
 import torch
 
 from cicld.data.labels import colorize
-from cicld.data.pngio import atomic_write, read_image
+from cicld.data.pngio import read_image
 from cicld.data.prepare import find_frames, prepare_dataset
 from cicld.data.toy import generate_toy_pair
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
+from cicld.files import atomic_write, writing
 from cicld.training.adapt import adapt
 from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
 from cicld.training.pretrain_ae import pretrain_ae
@@ -145,10 +146,8 @@ def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> tuple[str, N
         done[0] += 1
         progress.advanced(done[0], "frames", total=total)
 
-    try:
+    with writing(f"the toy pair to {options.data_root}"):
         summary = generate_toy_pair(options.data_root, seed=options.seed, workers=options.workers, progress=advance, **sizes)
-    except OSError as exc:
-        raise CicldError(f"cannot write the toy pair to {options.data_root}: {exc.strerror or exc}") from None
     for dataset in ("gta5", "cityscapes"):
         report = prepare_dataset(find_frames(options.data_root / dataset, dataset), workers=options.workers)
         if report.failures:
@@ -239,5 +238,4 @@ def _slug(name: str) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
+    atomic_write(path, json.dumps(data, indent=2))

@@ -8,7 +8,7 @@ import png
 import pytest
 from PIL import Image
 
-from cicld.data.pngio import atomic_write, read_image, read_png, write_image, write_png16
+from cicld.data.pngio import read_image, read_png, write_image, write_png16
 from cicld.errors import DataError
 
 
@@ -139,16 +139,6 @@ def test_truncated_8bit_image_is_caught_when_decoded(tmp_path):
     (tmp_path / "cut.png").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match="cut.png"):
         read_image(tmp_path / "cut.png")
-
-
-def test_an_interrupted_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
-    def fail_half_way(handle):
-        handle.write(b"partial")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(tmp_path / "out.png", fail_half_way)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):

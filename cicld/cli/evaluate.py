@@ -14,8 +14,8 @@ from rich.table import Table
 from cicld.cli import app
 from cicld.cli._console import console, parse_size, parse_window, progress_bar, require_writable_file, require_writable_folder
 from cicld.data.labels import CLASSES
-from cicld.data.pngio import atomic_write
 from cicld.errors import CicldError
+from cicld.files import atomic_write, writing
 
 
 def _run_config(model_dir: Path) -> dict | None:
@@ -31,15 +31,6 @@ def _run_config(model_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-
-
-def _write(path: Path, save) -> None:
-    """``save(path)`` (atomic), a one-line error if it fails: the outputs were checked before the
-    evaluation, but a disk can fill up or a folder change in the meantime."""
-    try:
-        save(path)
-    except OSError as exc:
-        raise CicldError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _scores_table(scores, title: str) -> Table:
@@ -128,10 +119,13 @@ def evaluate(
     console.print(_scores_table(scores, f"{model_dir} on {data} ({dataset} {split}, {len(val)} images)"))
     result = {"model": str(model_dir), "data": str(data), "dataset": dataset, "split": split, "images": len(val), **scores.as_dict()}
     pictures = [out / "confusion.png", out / "iou.png"]
-    _write(pictures[0], lambda path: confusion_matrix_png(scores, path))
-    _write(pictures[1], lambda path: iou_bar_chart_png(scores, path))
+    # The outputs were checked before the evaluation, but a disk can fill up or a folder change
+    # in the meantime: a failed write is a one-line error naming the file.
+    for path, draw in zip(pictures, (confusion_matrix_png, iou_bar_chart_png)):
+        with writing(path):
+            draw(scores, path)
     if json_file is not None:
-        text = json.dumps(result, indent=2, allow_nan=False).encode()  # strict JSON: undefined scores are null
-        _write(json_file, lambda path: atomic_write(path, lambda handle: handle.write(text)))
+        with writing(json_file):
+            atomic_write(json_file, json.dumps(result, indent=2, allow_nan=False))  # strict JSON: undefined scores are null
         console.print(f"scores: {json_file}")
     console.print(f"pictures: {', '.join(map(str, pictures))}")

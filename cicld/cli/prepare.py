@@ -15,6 +15,7 @@ from cicld.data.labels import CLASSES
 from cicld.data.layouts import default_root
 from cicld.data.prepare import PrepareReport, SizeMismatchPolicy, find_frames, prepare_dataset
 from cicld.errors import CicldError, DataError
+from cicld.files import writing
 
 
 class DatasetChoice(str, Enum):
@@ -78,12 +79,10 @@ def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], so
         def advance(total: int) -> None:
             progress.update(task, total=total, advance=1)
 
-        try:
+        with writing(f"the toy pair to {root}", DataError):
             summary = generate_toy_pair(
                 root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance, overwrite=overwrite
             )
-        except OSError as exc:
-            raise DataError(f"cannot write the toy pair to {root}: {exc.strerror or exc}") from None
     console.print(f"Toy pair: {summary}")
 
 

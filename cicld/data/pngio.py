@@ -5,15 +5,14 @@ SYNTHIA label (class id in the 16-bit red channel, e.g. 0x0003) comes back as al
 than pull in OpenCV for one function, :func:`read_png` decodes 16-bit PNGs itself with ``zlib``
 and numpy. 8-bit files and palette images go through Pillow, which reads them exactly.
 
-Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
-run never leaves a half-written image that a later run would take for a finished one.
+Writes are atomic (:func:`cicld.files.atomic_write`), so an interrupted run never leaves a
+half-written image that a later run would take for a finished one.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cicld.errors import DataError
+from cicld.files import atomic_write
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel (3, palette, excluded)
@@ -225,7 +225,7 @@ def write_png16(path: str | os.PathLike, array: np.ndarray) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     blob = PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    atomic_write(Path(path), lambda handle: handle.write(blob))
+    atomic_write(path, blob)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, palette: list[int] | None = None) -> None:
@@ -240,22 +240,3 @@ def write_image(path: str | os.PathLike, array: np.ndarray, palette: list[int] |
         image.putpalette(palette)
     path = Path(path)
     atomic_write(path, lambda handle: image.save(handle, format=Image.registered_extensions()[path.suffix.lower()]))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

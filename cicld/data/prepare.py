@@ -28,8 +28,9 @@ import numpy as np
 from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
 from cicld.data.layouts import CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
 from cicld.data.transforms import resize_label
-from cicld.data.pngio import PNG_SIGNATURE, atomic_write, image_format, image_mode, image_size, read_image, read_png, write_image
+from cicld.data.pngio import PNG_SIGNATURE, image_format, image_mode, image_size, read_image, read_png, write_image
 from cicld.errors import DataError
+from cicld.files import atomic_write, writing
 
 
 class SizeMismatchPolicy(str, Enum):
@@ -117,10 +118,8 @@ def convert_frame(
             return FrameResult(sample.name, "mismatch-skipped", size_mismatch=True)
         if mismatch:
             train_ids = resize_label(train_ids, (width, height))  # nearest: no new ids
-        try:
+        with writing(target, DataError):
             write_image(target, train_ids)
-        except OSError as exc:
-            raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
         return FrameResult(sample.name, "converted", class_counts(train_ids), size_mismatch=mismatch)
     except DataError as exc:
         return FrameResult(sample.name, "failed", error=str(exc))
@@ -204,14 +203,11 @@ def _stats_entry(root: Path, sample: Sample, counts: list[int]) -> dict:
 def write_skipped_frames(root: Path, names: list[str]) -> None:
     """Record the frames left out on purpose, so the datasets leave them out too (none: no file)."""
     path = root / SKIPPED_FRAMES_FILE
-    try:
+    with writing(path, DataError):
         if names:
-            text = json.dumps(names, indent=2).encode()
-            atomic_write(path, lambda handle: handle.write(text))
+            atomic_write(path, json.dumps(names, indent=2))
         else:
             path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_class_stats(root: Path, stats: list[dict]) -> None:
@@ -226,8 +222,5 @@ def write_class_stats(root: Path, stats: list[dict]) -> None:
         ("sample_class_stats_dict.json", by_file),
         ("samples_with_class.json", with_class),
     ):
-        text = json.dumps(content, indent=2).encode()
-        try:
-            atomic_write(root / name, lambda handle, text=text: handle.write(text))
-        except OSError as exc:
-            raise DataError(f"cannot write {root / name}: {exc.strerror or exc}") from None
+        with writing(root / name, DataError):
+            atomic_write(root / name, json.dumps(content, indent=2))

@@ -59,7 +59,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -82,6 +81,7 @@ from cicld.data.labels import (
 )
 from cicld.data.pngio import read_image, read_png, write_image, write_png16
 from cicld.errors import DataError
+from cicld.files import atomic_write
 
 #: Bumped whenever the rendering changes, so a root made by an older generator is recognised.
 TOY_VERSION = 1
@@ -1179,17 +1179,8 @@ def _parameters(seed, size, num_source, num_train, num_val, formats) -> dict:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the manifest is as readable as the images
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _write_manifest(path: Path, data: dict) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def _toy_folders(root: Path) -> list[Path]:
@@ -1267,7 +1258,7 @@ def generate_toy_pair(
                 f"{root} already holds {', '.join(occupied)} but no {MANIFEST}: not a toy pair; choose another ROOT"
             )
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(manifest, {**params, "complete": False})
+    _write_manifest(manifest, {**params, "complete": False})
 
     totals = {"source": np.zeros(NUM_CLASSES + 1, np.int64), "target_train": np.zeros(NUM_CLASSES + 1, np.int64), "target_val": np.zeros(NUM_CLASSES + 1, np.int64)}
     written = skipped = 0
@@ -1291,7 +1282,7 @@ def generate_toy_pair(
             for future in as_completed(futures):
                 record(future.result())
     class_pixels = {k: tuple(int(c) for c in v) for k, v in totals.items()}
-    _write_json(manifest, {**params, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
+    _write_manifest(manifest, {**params, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
     return ToyPairSummary(
         root, seed, (width, height), num_source, num_target_train, num_target_val, formats,
         written=written, skipped=skipped, seconds=time.perf_counter() - started, class_pixels=class_pixels,

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cicld.data.labels import CLASSES, PALETTE
-from cicld.data.pngio import atomic_write
 from cicld.evaluation.metrics import SegmentationScores
+from cicld.files import atomic_write
 
 _FONT = ImageFont.load_default()
 _CELL = 22
@@ -20,7 +20,7 @@ _LABEL_WIDTH = 100
 
 
 def _save(image: Image.Image, path: Path) -> Path:
-    atomic_write(Path(path), lambda handle: image.save(handle, format="PNG"))
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
     return Path(path)
 
 

@@ -22,6 +22,7 @@ from cicld.data.pngio import read_image, write_image
 from cicld.data.transforms import normalize, resize_image
 from cicld.errors import CicldError, DataError
 from cicld.evaluation.evaluate import InferenceOptions
+from cicld.files import writing
 from cicld.models import CICLD
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -186,10 +187,8 @@ def _by_size(pending, target_height, divisor) -> dict[tuple[int, int], list]:
 def _write_outputs(out: Path, entry: PredictionInput, kinds, image: np.ndarray, train_ids: np.ndarray) -> list[Path]:
     paths = output_paths(out, entry, kinds)
     for kind, path in paths.items():
-        try:
+        with writing(path):  # every file is written atomically: those already written are complete
             write_image(path, _output_array(kind, image, train_ids))
-        except OSError as exc:  # every file is written atomically: those already written are complete
-            raise CicldError(f"cannot write {path}: {exc.strerror or exc}") from None
     return list(paths.values())
 
 

@@ -36,6 +36,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file, save_file
 
 from cicld.errors import CicldError
+from cicld.files import atomic_write, replacing
 from cicld.models.autoencoder import LatentDecoder, LatentEncoder, use_batch_norm
 from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
 from cicld.models.config import CICLDConfig
@@ -412,12 +413,9 @@ class CICLD(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         # Write-then-rename: a crash never leaves a half-written file under the final name.
-        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        tmp_config = directory / f".{CONFIG_NAME}.tmp"
-        tmp_config.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        os.replace(tmp_config, directory / CONFIG_NAME)
+        with replacing(directory / WEIGHTS_NAME) as temporary:
+            save_file(state, str(temporary), metadata={"format": "pt"})
+        atomic_write(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
         return directory
 
     @classmethod

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from cicld.errors import CicldError
+from cicld.files import atomic_write
 from cicld.training.runs import recover_replaced, replace_directory
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
@@ -60,7 +61,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (temporary / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        atomic_write(temporary / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
         _fsync_dir(temporary)
         replace_directory(temporary, final)  # written again after resuming an earlier checkpoint
         _fsync_dir(root)

@@ -84,6 +84,8 @@ class RunLock:
             if self._is_current(descriptor):
                 break
             os.close(descriptor)  # locked a file its holder deleted on release: try the new one
+        # Written in place, not with cicld.files.atomic_write: the lock is this very file, which
+        # a rename would replace by another.
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()}\n".encode())
         self._descriptor = descriptor
@@ -149,6 +151,7 @@ def mark_latest(runs_root: Path, final_dir: Path) -> Path:
     """Point ``runs/latest`` at ``final_dir`` (atomically: a relative symlink renamed into place)."""
     runs_root = Path(runs_root)
     link = runs_root / "latest"
+    # A link, not a file, so not cicld.files.atomic_write; renamed into place all the same.
     temporary = runs_root / f".latest-{os.getpid()}.tmp"
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(os.path.relpath(Path(final_dir).resolve(), runs_root.resolve()))
@@ -163,6 +166,9 @@ def replace_directory(new: Path, target: Path) -> None:
     Where the system swaps two folders in one step (Linux), that is all there is. Elsewhere the old
     folder is renamed aside to ``.<name>.old`` first; should a crash come between the two renames,
     :func:`recover_replaced` (run before the next write) puts it back.
+
+    The files inside are written with :func:`cicld.files.atomic_write`; this is its counterpart
+    for folders, which ``os.replace`` cannot rename over a folder that is not empty.
     """
     new, target = Path(new), Path(target)
     if target.exists() and _exchange(new, target):

@@ -11,6 +11,7 @@ therefore replays exactly the steps an uninterrupted run would have taken, bit f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
+from cicld.files import atomic_write
 from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from cicld.training.config import CommonConfig
 from cicld.training.runs import (
@@ -133,7 +135,7 @@ class Session:
             self.run_dir = self._broadcast_path(lambda: new_run_dir(runs_root, config.stage, config.source))
             if self.accelerator.is_main_process:
                 self._take_lock()
-                (self.run_dir / RUN_CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
+                atomic_write(self.run_dir / RUN_CONFIG, json.dumps(self.config.to_dict(), indent=2))
         return self.run_dir
 
     def _take_lock(self) -> None:
@@ -253,21 +255,16 @@ class Session:
         if self._log_fields is None and path.is_file() and path.stat().st_size:  # a resumed run's log
             with path.open(newline="") as handle:
                 self._log_fields = next(csv.reader(handle))
-        if self._log_fields is None:
-            self._log_fields, rows, mode = list(row), [], "w"
-        elif set(row) <= set(self._log_fields):
-            rows, mode = [], "a"
-        else:
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            self._log_fields += [k for k in row if k not in self._log_fields]
-            mode = "w"
-        with path.open(mode, newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self._log_fields)
-            if mode == "w":
-                writer.writeheader()
-                writer.writerows(rows)
-            writer.writerow(row)
+        if self._log_fields is not None and set(row) <= set(self._log_fields):
+            with path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self._log_fields).writerow(row)
+        else:  # a new file, or the whole file again with the wider header
+            fields, rows = self._log_fields or [], []
+            if self._log_fields is not None:
+                with path.open(newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+            self._log_fields = fields + [k for k in row if k not in fields]
+            _write_csv(path, self._log_fields, [[r.get(k, "") for k in self._log_fields] for r in [*rows, row]])
         if self._tensorboard is None:
             # On resume, TensorBoard drops the events after the checkpoint, as log.csv does.
             self._tensorboard = _tensorboard_writer(self.run_dir, self.start_step + 1 if self.resume_from else None)
@@ -389,14 +386,14 @@ def truncate_log(path: Path, step: int) -> None:
     kept = [row for i, row in enumerate(kept) if i not in at_step[1:]]
     if len(kept) == len(body):
         return
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    _write_csv(path, header, kept)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """Write the whole CSV file ``path`` (atomically: a crash leaves the old file or the new one)."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *rows])
+    atomic_write(path, text.getvalue(), durable=True)
 
 
 def _row_step(row: list[str]) -> int | None:
