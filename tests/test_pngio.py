@@ -125,6 +125,22 @@ def test_any_flipped_byte_in_the_image_data_of_an_8bit_label_is_reported_never_r
             read_png(tmp_path / "bad.png")
 
 
+def test_an_8bit_png_is_read_once_so_its_pixels_are_the_bytes_whose_checksums_were_checked(tmp_path, monkeypatch):
+    import cicld.data.pngio
+
+    first, second = np.zeros((4, 6), np.uint8), np.full((4, 6), 7, np.uint8)
+    write_image(tmp_path / "label.png", first)
+    write_image(tmp_path / "other.png", second)
+    checked = cicld.data.pngio._chunks
+
+    def replaced_once_checked(blob, path):
+        yield from checked(blob, path)
+        path.write_bytes((tmp_path / "other.png").read_bytes())  # another process rewrites the file
+
+    monkeypatch.setattr(cicld.data.pngio, "_chunks", replaced_once_checked)
+    np.testing.assert_array_equal(read_png(tmp_path / "label.png"), first)
+
+
 def test_a_file_that_is_not_a_png_is_a_data_error(tmp_path):
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(DataError, match="not a PNG"):

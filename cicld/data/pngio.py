@@ -11,6 +11,7 @@ half-written image that a later run would take for a finished one.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -46,7 +47,7 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
         # to wrong pixels without a word, so every chunk's CRC is checked first.
         for _ in _chunks(blob, path):
             pass
-        return read_image(path)
+        return _decode(io.BytesIO(blob), path)  # the bytes already read, not the file again
     return _decode_16bit(blob, header, path)
 
 
@@ -67,8 +68,13 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
     (:func:`_wide_to_8bit`), not clipped as Pillow's ``convert`` would.
     """
     path = Path(path)
+    return _decode(path, path, mode)
+
+
+def _decode(source: Path | io.BytesIO, path: Path, mode: str | None = None) -> np.ndarray:
+    """:func:`read_image` of ``source``, the file ``path`` or its bytes; errors name ``path``."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             if mode is not None and image.mode != mode:
                 image = image.convert(mode) if image.mode not in _WIDE_MODES else _wide_to_8bit(image, path).convert(mode)
