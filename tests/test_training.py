@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -19,7 +22,7 @@ from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.training import pretrain_ldm as ldm_stage
 from cicld.training.adapt import adapt
 from cicld.training.common import build_optimizer
-from cicld.training.config import make_config
+from cicld.training.config import TRACKERS, make_config
 from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
 from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import stage_runs
@@ -421,27 +424,122 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
     assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock").exists()  # released
 
 
-def test_a_resumed_run_tells_tensorboard_to_drop_the_events_after_its_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
-    import types
+# ---------------------------------------------------------------- --report-to: Accelerate's trackers
+def _csv_scalars(log: Path) -> dict[str, list[tuple[int, float]]]:
+    """The finite values of each column of a ``log.csv``, as (step, value) pairs."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for row in csv.DictReader(log.open(newline="")):
+        for key, value in row.items():
+            if key != "step" and value and math.isfinite(float(value)):
+                scalars.setdefault(key, []).append((int(row["step"]), float(value)))
+    return scalars
 
-    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")  # checkpoint at step 2
-    writers = []
 
-    class SummaryWriter:  # stands in for TensorBoard's (an optional dependency)
-        def __init__(self, log_dir, purge_step=None):
-            self.purge_step, self.steps = purge_step, set()
-            writers.append(self)
+def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows of a run's scalars, as (step, value) pairs per tag."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(run / "trackers" / "cicld"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
-        def add_scalar(self, key, value, step):
-            self.steps.add(step)
 
-        def close(self):
-            pass
+def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_run_folder(cli, toy_root, pretrained_runs, tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    import yaml  # an Accelerate dependency: its TensorBoard tracker writes the hyperparameters with it
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
-    pretrain_ldm(_config("pretrain-ldm", toy_root, tmp_path / "runs", steps=4), resume=str(run))
-    (writer,) = writers
-    assert writer.purge_step == 3 and min(writer.steps) >= 3
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs), "--log-every", "1", "--report-to", "tensorboard")
+    assert result.exit_code == 0, result.stderr
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    assert list((run / "trackers" / "cicld").glob("events.out.tfevents.*"))
+    expected = _csv_scalars(run / "log.csv")
+    assert set(expected) >= {"diffusion", "lr", "val_miou"}
+    shown = _tensorboard_scalars(run)
+    assert {tag: [step for step, _ in values] for tag, values in shown.items()} == {tag: [step for step, _ in values] for tag, values in expected.items()}
+    for tag, values in expected.items():
+        assert [value for _, value in shown[tag]] == pytest.approx([value for _, value in values], rel=1e-6)
+    (hparams,) = (run / "trackers" / "cicld").glob("*/hparams.yml")
+    saved = json.loads((run / "config.json").read_text())
+    assert yaml.safe_load(hparams.read_text()) == {
+        **{k: "x".join(map(str, v)) if isinstance(v, list) else "none" if v is None else v for k, v in saved.items()},
+        "run_dir": str(run),
+    }
+
+
+def test_a_resumed_run_drops_the_tensorboard_events_logged_after_its_checkpoint(toy_root, pretrained_runs, tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, log_every=1, report_to="tensorboard"))
+    with pytest.raises(KeyboardInterrupt):  # step 3 is logged, then lost: the checkpoint is step 2's
+        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, log_every=1, report_to="tensorboard"), on_step=_crash_after(3))
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
+
+    shown, straight_shown = _tensorboard_scalars(resumed.run_dir), _tensorboard_scalars(expected.run_dir)
+    assert [step for step, _ in shown["lr"]] == [1, 2, 3, 4]
+    assert shown == straight_shown
+
+
+def _not_installed_tracker() -> str | None:
+    """A tracker none of whose packages is installed here (Accelerate's TensorBoard tracker also takes tensorboardX)."""
+    modules = {"tensorboard": ("tensorboard", "tensorboardX")}
+    return next((t for t in TRACKERS if all(importlib.util.find_spec(m) is None for m in modules.get(t, (t,)))), None)
+
+
+def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_anything_is_created(cli, toy_root, tmp_path):
+    tracker = _not_installed_tracker()
+    if tracker is None:
+        pytest.skip("every tracker is installed here")
+    result = cli("adapt", *stage_flags(toy_root, tmp_path / "runs"), "--report-to", tracker)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --report-to {tracker}: {tracker} is not installed; `pip install ")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "report_to, message",
+    [
+        ("tensorbord", "--report-to must be one of none, all, tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, got 'tensorbord'"),
+        ("all", "--report-to all: none of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive is installed"),
+    ],
+)
+def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_before_anything_is_created(cli, toy_root, tmp_path, monkeypatch, report_to, message):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # a machine without any tracker
+    result = cli("pretrain-ae", *stage_flags(toy_root, tmp_path / "runs"), "--report-to", report_to)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_flat_hyperparameters(toy_root, pretrained_runs, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    started, logged = [], []
+    monkeypatch.setattr(Accelerator, "init_trackers", lambda self, project, config=None, init_kwargs=None: started.append((project, config)))
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, log_kwargs=None: logged.append((step, values)))
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=2, log_every=1))
+
+    ((project, hyperparameters),) = started
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert project == "cicld" and hyperparameters["run_dir"] == str(result.run_dir)
+    assert hyperparameters["crop"] == "32x32" and hyperparameters["max_grad_norm"] == "none"  # a size, an unset value
+    assert hyperparameters["recipe"] == saved["recipe"] == "toy" and hyperparameters["init_from"] == saved["init_from"]
+    assert all(isinstance(value, (bool, int, float, str)) for value in hyperparameters.values())
+    assert set(hyperparameters) == {*saved, "run_dir"}
+    # Every finite value of log.csv, at its step; the NaN val_miou of steps without validation is left out.
+    from_trackers: dict[str, list[tuple[int, float]]] = {}
+    for step, values in logged:
+        for key, value in values.items():
+            from_trackers.setdefault(key, []).append((step, value))
+    assert from_trackers == _csv_scalars(result.run_dir / "log.csv")
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_race(tmp_path, monkeypatch):
@@ -597,6 +695,134 @@ def test_runs_saved_with_the_retired_preset_key_still_load(toy_root, pretrained_
     saved = {**json.loads((run / "config.json").read_text()), "preset": "small"}  # as earlier versions wrote it
     loaded = STAGE_CONFIGS["pretrain-ldm"].from_dict(saved).to_dict()
     assert json.loads(json.dumps(loaded)) == json.loads((run / "config.json").read_text())
+
+
+# ---------------------------------------------------------------- --config: a saved run's settings again; the recipe
+_STAGE_FUNCTIONS = {"pretrain-ae": "pretrain_ae", "pretrain-ldm": "pretrain_ldm", "adapt": "adapt"}
+
+
+@pytest.fixture
+def resolved(monkeypatch, tmp_path):
+    """``resolved(stage, *flags)``: the config that ``cicld STAGE FLAGS...`` would train with (the
+    stage itself is not run)."""
+    import importlib
+
+    from cicld.cli import main
+    from cicld.training.session import TrainResult
+
+    def run(stage: str, *flags) -> dict:
+        configs = []
+
+        def train(config, resume=None, on_step=None):
+            configs.append(config)
+            return TrainResult(tmp_path, tmp_path, None)
+
+        module = importlib.import_module(f"cicld.training.{_STAGE_FUNCTIONS[stage]}")
+        monkeypatch.setattr(module, _STAGE_FUNCTIONS[stage], train)
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, *map(str, flags)])
+        assert exit_info.value.code == 0
+        (config,) = configs
+        return json.loads(json.dumps(config.to_dict()))  # as saved: sizes as lists
+
+    return run
+
+
+def _adapt_config_file(toy_root, pretrained_runs, tmp_path) -> Path:
+    """The config an adapt run of the toy flags saves (as ``config.json`` in its run folder)."""
+    init = max(stage_runs(pretrained_runs, "pretrain-ldm")) / "final"
+    config = _config("adapt", toy_root, pretrained_runs, steps=2, init_from=str(init), seed=3, lambda_adv=0.05)
+    path = tmp_path / "adapt-config.json"
+    path.write_text(json.dumps(config.to_dict(), indent=2))
+    return path
+
+
+def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings(cli, toy_root, pretrained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    first = cli("adapt", *stage_flags(toy_root, runs), "--seed", "3", "--lambda-adv", "0.05", "--no-class-weights")
+    assert first.exit_code == 0, first.stderr
+    (run,) = stage_runs(runs, "adapt")
+
+    again = cli("adapt", "--config", run / "config.json")
+    assert again.exit_code == 0, again.stderr
+    rerun = next(r for r in stage_runs(runs, "adapt") if r != run)
+    assert (rerun / "final" / "model.safetensors").is_file()
+    assert json.loads((rerun / "config.json").read_text()) == json.loads((run / "config.json").read_text())
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ae", "pretrain-ldm", "adapt"])
+def test_a_saved_config_gives_its_settings_and_only_the_flags_given_override_them(resolved, toy_root, pretrained_runs, tmp_path, stage):
+    if stage == "adapt":
+        path = _adapt_config_file(toy_root, pretrained_runs, tmp_path)
+    else:
+        path = max(stage_runs(pretrained_runs, stage)) / "config.json"
+    saved = json.loads(path.read_text())
+    assert resolved(stage, "--config", path) == saved
+    # The flags given win, `none` included; every other setting stays the file's (not a default's).
+    overridden = resolved(stage, "--config", path, "--seed", "7", "--crop", "none", "--rare-class-sampling")
+    assert overridden == {**saved, "seed": 7, "crop": None, "rare_class_sampling": True}
+    assert overridden["steps"] == 2 and overridden["recipe"] == "toy"
+
+
+def test_a_run_config_records_the_recipe_its_settings_came_from(resolved, pretrained_runs):
+    from cicld.training.config import STAGE_CONFIGS
+
+    for stage in ("pretrain-ae", "pretrain-ldm"):
+        (run,) = stage_runs(pretrained_runs, stage)
+        assert json.loads((run / "config.json").read_text())["recipe"] == "toy"
+    assert resolved("adapt", "--source", "toy")["recipe"] == "toy"
+    real = resolved("adapt", "--source", "synthia")
+    assert real["recipe"] == "default" and real["lr"] == 6e-5 and real["steps"] == 40000
+    # A recipe can be named: the toy pair with the real-data recipe, or the toy recipe on real data.
+    assert resolved("adapt", "--source", "toy", "--recipe", "default")["lr"] == 6e-5
+    assert resolved("adapt", "--source", "gta5", "--recipe", "toy") | {"source": "toy"} == resolved("adapt", "--source", "toy")
+    # Runs saved before runs recorded their recipe load with the one they were made with.
+    (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
+    older = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "recipe"}
+    assert STAGE_CONFIGS["pretrain-ldm"].from_dict(older).recipe == "toy"
+    assert STAGE_CONFIGS["pretrain-ldm"].from_dict({**older, "source": "gta5"}).recipe == "default"
+
+
+def test_a_resolved_config_is_read_only():
+    import dataclasses
+
+    config = make_config("adapt", source="toy")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.init_from = "elsewhere"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_file, extra, message",
+    [
+        (lambda d, runs: d / "missing.json", [], "--config: {file} does not exist"),
+        (lambda d, runs: _write(d / "broken.json", '{"stage": "adapt",'), [], "--config: {file} is not valid JSON ("),
+        (lambda d, runs: _write(d / "list.json", "[1, 2]"), [], "--config: {file} is not a training run's config"),
+        (lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "final" / "config.json", [], "--config: {file} is not a training run's config"),
+        (
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "config.json", [],
+            "--config: {file} is a pretrain-ldm config, not adapt's; use `cicld pretrain-ldm --config {file}`",
+        ),
+        (lambda d, runs: _write(d / "extra.json", '{"stage": "adapt", "colour": "red"}'), [], "--config: unknown adapt config keys: colour"),
+        (lambda d, runs: _write(d / "typed.json", '{"stage": "adapt", "steps": "many"}'), [], "--config: invalid adapt config: steps must be"),
+        (lambda d, runs: _write(d / "range.json", '{"stage": "adapt", "source": "toy", "steps": 0}'), [], "--steps must be at least 1, got 0"),
+        (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--recipe", "toy"], "--config gives every setting, so no recipe fills any: drop --recipe"),
+        (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--resume", "latest"], "--resume continues a run with its saved settings; drop --config"),
+    ],
+    ids=["missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type", "out-of-range", "with-recipe", "with-resume"],
+)
+def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(cli, pretrained_runs, tmp_path, make_file, extra, message):
+    path = make_file(tmp_path, pretrained_runs)
+    result = cli("adapt", "--config", path, "--runs-root", tmp_path / "runs", *extra)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: " + message.format(file=path)), line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(toy_root, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import inspect
 import time
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -19,7 +20,15 @@ from rich.progress import TextColumn
 from cicld.cli import app
 from cicld.cli._console import console, parse_size, progress_bar
 from cicld.errors import CicldError, Interrupted
-from cicld.training.config import AdaptConfig, AutoencoderConfig, CommonConfig, LatentDiffusionConfig, make_config
+from cicld.training.config import (
+    AdaptConfig,
+    AutoencoderConfig,
+    CommonConfig,
+    LatentDiffusionConfig,
+    make_config,
+    read_config_file,
+)
+from cicld.training.runs import RUN_CONFIG
 
 
 def _flag(name: str) -> str:
@@ -51,21 +60,37 @@ def _config_parameters(config_class: type[CommonConfig]) -> list[inspect.Paramet
 
 
 def _register(name: str, config_class: type[CommonConfig], train: Callable, summary: str) -> None:
-    """Add a command whose flags are the fields of ``config_class``, plus ``--resume``."""
+    """Add a command whose flags are the fields of ``config_class``, plus ``--config`` and ``--resume``."""
 
-    def command(**values) -> None:
-        resume = values.pop("resume")
-        values = {k: v for k, v in values.items() if v is not None}  # the flags given; `--crop none` is given
-        ignored = [_flag(k) for k in values if k not in ("source", "runs_root")]
-        if resume is not None and ignored:
-            # The saved config wins on resume; a flag that would be dropped silently is an error.
-            raise CicldError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} (or start a new run)")
+    def command(context: typer.Context, **values) -> None:
+        resume, config_file = values.pop("resume"), values.pop("config")
+        # Only the flags given on the command line count: they override --config and the recipe.
+        values = {k: v for k, v in values.items() if context.get_parameter_source(k).name == "COMMANDLINE"}
+        if resume is not None:
+            ignored = [_flag(k) for k in values if k not in ("source", "runs_root")] + (["--config"] if config_file else [])
+            if ignored:
+                # The saved config wins on resume; a flag that would be dropped silently is an error.
+                raise CicldError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} (or start a new run)")
         for key in ("crop", "source_resize", "target_resize"):
             if key in values:
                 values[key] = parse_size(values[key], _flag(key))
+        if config_file is not None:
+            if "recipe" in values:
+                raise CicldError("--config gives every setting, so no recipe fills any: drop --recipe (or --config)")
+            values = {**read_config_file(config_file, config_class.stage), **values}
         config = make_config(config_class.stage, **values)
         _run_stage(train, config, resume)
 
+    config_file = inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None,
+            help=f"start a new run with the settings of a saved run config (a run's {RUN_CONFIG}); the flags you give override it",
+            show_default=False,
+        ),
+        annotation=Optional[Path],
+    )
     resume = inspect.Parameter(
         "resume",
         inspect.Parameter.KEYWORD_ONLY,
@@ -76,7 +101,8 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         ),
         annotation=Optional[str],
     )
-    command.__signature__ = inspect.Signature([*_config_parameters(config_class), resume])
+    context = inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *_config_parameters(config_class), config_file, resume])
     command.__doc__ = summary
     app.command(name)(command)
 

@@ -28,7 +28,6 @@ from cicld.training.common import (
     load_model,
     loss_class_weights,
     oracle_dataset,
-    resolve_init,
     source_dataset,
     target_dataset,
     val_dataset,
@@ -62,8 +61,7 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
     labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
     target = target_dataset(config) if config.method in ("cicld", "self-training") else None
     val = val_dataset(config)
-    if resume is None:  # a resumed run keeps the starting point it recorded
-        config.init_from = str(resolve_init(config, "pretrain-ldm"))
+    config = session.resolve_start("pretrain-ldm")  # a resumed run keeps the starting point it recorded
     switches = dict(config.architecture_switches)
     if config.method == "cicld" and config.adversarial != "none":  # f_dis with one output per domain
         switches["discriminator"] = config.adversarial

@@ -1,9 +1,14 @@
 """Training configurations: one dataclass per stage, saved as ``config.json`` in every run.
 
-Defaults are the DAFormer/HRDA/MIC recipe for real data (DESIGN §2). :func:`toy_recipe` gives
-the CPU-sized settings for the built-in toy pair; ``--source toy`` applies them. Every field can be
-overridden from the command line; ``docs/configuration.md`` lists them all (a test keeps it in
+Defaults are the DAFormer/HRDA/MIC recipe for real data (DESIGN §2), the ``default`` recipe.
+:func:`toy_recipe` gives the CPU-sized settings for the built-in toy pair, the ``toy`` recipe
+(``--source toy`` picks it); the run's config records which recipe it came from. Every field can
+be overridden from the command line; ``docs/configuration.md`` lists them all (a test keeps it in
 sync with these classes).
+
+A config is resolved once, by :func:`make_config` (dataclass defaults, then the recipe, then a
+saved config given with ``--config``, then the flags given), before anything is built from it, and
+is read-only from then on (frozen dataclasses; a later value is a new config).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
 from cicld.errors import CicldError
 from cicld.models.config import CICLDConfig, typed_config_value
+from cicld.training.runs import RUN_CONFIG, read_json
 
 SOURCES = ("gta5", "synthia", "toy")
 #: The default of --source-resize/--target-resize: the dataset's usual size (DEFAULT_RESIZE).
@@ -25,6 +31,11 @@ PER_DATASET = "dataset"
 METHODS = ("cicld", "self-training", "source-only", "oracle")
 ADVERSARIAL = ("3class", "2class", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: Where the unset options of a new config come from: the real-data recipe or the toy pair's.
+RECIPES = ("default", "toy")
+#: Accelerate's experiment trackers (``Accelerator(log_with=...)``), as diffusers' ``--report_to``.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+REPORT_TO = ("none", "all", *TRACKERS)
 
 
 def _help(
@@ -58,10 +69,15 @@ def check_ranges(config: Any) -> None:
             raise CicldError(f"{flag} must be at least {low}, got {value}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommonConfig:
     """Settings every training stage shares."""
 
+    recipe: str | None = _help(
+        "the settings every option you leave unset starts from: default (the real-data recipe) or toy (CPU-sized, "
+        "for the toy pair) [default: toy for --source toy, else default]",
+        None,
+    )
     source: str = _help("labelled source domain: gta5, synthia or toy (the built-in toy pair)", "gta5")
     source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
     target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
@@ -85,9 +101,14 @@ class CommonConfig:
     seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0, low=0)
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
     keep_checkpoints: int = _help("how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1)
-    log_every: int = _help("write a log row (CSV, TensorBoard) every N steps", 50, low=1)
+    log_every: int = _help("write a log row (log.csv and the --report-to trackers) every N steps", 50, low=1)
     val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000, low=0)
     val_limit: int | None = _help("validate on at most this many val images, at least 1 (None: all)", None, low=1)
+    report_to: str = _help(
+        f"also log to an Accelerate tracker: {', '.join(TRACKERS[:-1])} or {TRACKERS[-1]} (each installed separately), "
+        "all (every one installed) or none; log.csv is always written",
+        "none",
+    )
     runs_root: str = _help("folder of all runs", "runs")
     init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
 
@@ -95,8 +116,12 @@ class CommonConfig:
         def fail(message: str) -> None:
             raise CicldError(message)
 
+        if self.recipe not in RECIPES:
+            fail(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.source not in SOURCES:
             fail(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.report_to not in REPORT_TO:
+            fail(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         for name in ("source_resize", "target_resize"):
@@ -143,16 +168,25 @@ class CommonConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        """A saved config (a run's ``config.json``) as it was saved; one saved before runs recorded
+        their recipe gets the one it was made with (``toy`` for the toy pair)."""
+        values = cls.typed_values(data)
+        return cls(**{"recipe": default_recipe(values.get("source", cls.source)), **values})
+
+    @classmethod
+    def typed_values(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The settings a saved config holds, typed as the fields (lists become tuples); a
+        one-line error for a key this stage does not have or a value of the wrong type."""
         data = {k: v for k, v in data.items() if k != "stage" and k not in cls.retired}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise CicldError(f"unknown {cls.stage} config keys: {', '.join(unknown)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{key: typed_config_value(key, value, hints[key], f"{cls.stage} config") for key, value in data.items()})
+        return {key: typed_config_value(key, value, hints[key], f"{cls.stage} config") for key, value in data.items()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoencoderConfig(CommonConfig):
     """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
 
@@ -174,7 +208,7 @@ class AutoencoderConfig(CommonConfig):
             raise CicldError("pretrain-ae builds a new model from --preset (E/D from --init-autoencoder); --init-from is for pretrain-ldm and adapt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentationStageConfig(CommonConfig):
     """What the two segmentation stages share: the paper's Table 1 switches.
 
@@ -200,7 +234,7 @@ class SegmentationStageConfig(CommonConfig):
         return {k: v for k in ("inter_coder", "conditioning") if (v := getattr(self, k)) is not None}
 
 
-@dataclass
+@dataclass(frozen=True)
 class LatentDiffusionConfig(SegmentationStageConfig):
     """``pretrain-ldm``: ε_θ, D, f_cls and f_mask on the source, from the autoencoder (stage 2)."""
 
@@ -209,7 +243,7 @@ class LatentDiffusionConfig(SegmentationStageConfig):
     train_encoder: bool = _help("also train E with the segmentation loss (the paper keeps it fixed here)", False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptConfig(SegmentationStageConfig):
     """``adapt``: the UDA loop (EMA pseudo-labels, ClassMix, 3-class adversarial alignment)."""
 
@@ -277,20 +311,46 @@ def toy_recipe(stage: str) -> dict[str, Any]:
     return {**common, **per_stage[stage]}
 
 
-def make_config(stage: str, **overrides: Any) -> CommonConfig:
-    """The stage's config: dataclass defaults, then the toy recipe if ``source == "toy"``, then ``overrides``.
+def default_recipe(source: str) -> str:
+    """The recipe a new config of ``source`` starts from unless one is named."""
+    return "toy" if source == "toy" else "default"
 
-    Every override given wins, None included: ``crop=None`` means whole images even where the
-    recipe crops. Leave a field out to keep its default.
+
+def recipe_settings(recipe: str, stage: str) -> dict[str, Any]:
+    """What ``recipe`` sets for ``stage`` over the dataclass defaults (the default recipe: nothing;
+    a name that is no recipe is refused by ``validate``)."""
+    return toy_recipe(stage) if recipe == "toy" else {}
+
+
+def make_config(stage: str, **values: Any) -> CommonConfig:
+    """The stage's config: dataclass defaults, then its recipe, then ``values``; validated.
+
+    The recipe is ``values["recipe"]``, or ``toy`` for ``source == "toy"`` and ``default`` otherwise,
+    and is recorded in the config. Every value given wins, None included: ``crop=None`` means whole
+    images even where the recipe crops. Leave a field out to keep its recipe's value.
     """
     cls = STAGE_CONFIGS[stage]
-    values = dict(overrides)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise CicldError(f"{stage} has no option {', '.join('--' + k.replace('_', '-') for k in unknown)}")
-    if values.get("source") == "toy":
-        values = {**{k: v for k, v in toy_recipe(stage).items() if k in names}, **values}
-    config = cls(**values)
+    recipe = values.get("recipe") or default_recipe(values.get("source", cls.source))
+    settings = {k: v for k, v in recipe_settings(recipe, stage).items() if k in names}
+    config = cls(**{**settings, **values, "recipe": recipe})
     config.validate()
     return config
+
+
+def read_config_file(path: Path, stage: str) -> dict[str, Any]:
+    """The settings of a saved run config (``--config``: a run's ``config.json``) for ``stage``,
+    typed; a one-line error for a file that is unreadable, not JSON, not a config of ``stage``, or
+    holds a key or value that ``stage`` does not take."""
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict) or "stage" not in data:
+            raise CicldError(f"{path} is not a training run's config (it has no \"stage\"; a run's is <run>/{RUN_CONFIG})")
+        if data["stage"] != stage:
+            raise CicldError(f"{path} is a {data['stage']} config, not {stage}'s; use `cicld {data['stage']} --config {path}`")
+        return STAGE_CONFIGS[stage].typed_values(data)
+    except CicldError as exc:
+        raise CicldError(f"--config: {exc}") from None

@@ -17,7 +17,6 @@ from cicld.training.common import (
     build_optimizer,
     load_model,
     loss_class_weights,
-    resolve_init,
     source_dataset,
     val_dataset,
     validate,
@@ -33,8 +32,7 @@ def pretrain_ldm(
     session = Session(config, resume)
     config, accelerator = session.config, session.accelerator
     source, val = source_dataset(config), val_dataset(config)
-    if resume is None:  # a resumed run keeps the starting point it recorded
-        config.init_from = str(resolve_init(config, "pretrain-ae"))
+    config = session.resolve_start("pretrain-ae")  # a resumed run keeps the starting point it recorded
     model = load_model(Path(config.init_from), config.architecture_switches)
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`

@@ -46,12 +46,14 @@ def configuration_reference() -> str:
         "(`tests/test_docs.py` fails until you do).",
         "",
         "- **default**: the real-data recipe (DAFormer/HRDA/MIC, see [training.md](training.md)).",
-        "- **toy default**: what `--source toy` uses instead (the CPU-sized recipe), shown only where it",
-        "  differs. A flag you give always wins over both.",
+        "- **toy default**: what the toy recipe sets instead (`--recipe toy`, the CPU-sized recipe that",
+        "  `--source toy` starts from), shown only where it differs. A flag you give always wins over both.",
         "- Sizes are `WIDTHxHEIGHT` or `none`; switches are `--name` / `--no-name`; "
         f"{_UNSET} means unset (the meaning column says what that does).",
         "- Each run saves the resolved values in `runs/<stage>/<run>/config.json`, keyed by the field",
-        "  name (`--batch-size` is `batch_size`); `--resume` continues with those saved values.",
+        "  name (`--batch-size` is `batch_size`), with the recipe they came from (`\"recipe\": \"toy\"`);",
+        "  `--resume` continues with those saved values, and `--config FILE` starts a new run with them",
+        "  (the flags you give override the file's values).",
         "",
         "## Options of every stage",
         "",
@@ -131,6 +133,7 @@ def _derived_defaults() -> dict[str, tuple[str, str]]:
     source_roots = ", ".join(f"{s}: `{CommonConfig(source=s).resolved_source_root}`" for s in real)
     source_sizes = ", ".join(f"{s}: {_format(DEFAULT_RESIZE[s], size=True)}" for s in real)
     return {
+        "recipe": ("`default`", "`toy`"),
         "source_root": (source_roots, f"`{toy.resolved_source_root}`"),
         "target_root": (f"`{CommonConfig().resolved_target_root}`", f"`{toy.resolved_target_root}`"),
         "source_resize": (source_sizes, _format(toy.resolved_source_resize, size=True)),

@@ -108,10 +108,17 @@ class RunLock:
 
 def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise CicldError(f"{run_dir} is not a cicld run (no {RUN_CONFIG})")
+    return read_json(path)
+
+
+def read_json(path: Path):
+    """The content of the JSON file ``path``; a one-line error if it is missing, unreadable or not JSON."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise CicldError(f"{run_dir} is not a cicld run (no {RUN_CONFIG})") from None
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        raise CicldError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CicldError(f"{path} is not valid JSON ({exc})") from None
     except OSError as exc:

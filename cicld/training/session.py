@@ -11,13 +11,13 @@ therefore replays exactly the steps an uninterrupted run would have taken, bit f
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write
 from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from cicld.training.config import CommonConfig
+from cicld.training.common import resolve_init
+from cicld.training.config import TRACKERS, CommonConfig
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
@@ -68,11 +69,54 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 _HINT = "try a lower --lr or --mixed-precision no"
 LOG_FILE = "log.csv"
+#: The run's subfolder for what the --report-to trackers write locally (TensorBoard's events, Aim's repo).
+TRACKER_DIR = "trackers"
+#: The project name the trackers are given (TensorBoard's folder in TRACKER_DIR, W&B's project...).
+TRACKER_PROJECT = "cicld"
+#: The package to install for each tracker.
+_TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
 
 
-def make_accelerator(config: CommonConfig) -> Accelerator:
+def trackers_to_use(report_to: str) -> list[str] | None:
+    """Accelerate's ``log_with`` for ``--report-to``; a one-line error for a tracker that is not
+    installed (Accelerate itself would drop it silently)."""
+    if report_to == "none":
+        return None
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    if report_to == "all":
+        if not available & set(TRACKERS):
+            raise CicldError(f"--report-to all: none of {', '.join(TRACKERS)} is installed; install one, or use --report-to none")
+        return ["all"]
+    if report_to not in available:
+        raise CicldError(
+            f"--report-to {report_to}: {report_to} is not installed; `pip install {_TRACKER_PACKAGES.get(report_to, report_to)}`, "
+            "or use --report-to none (log.csv is always written)"
+        )
+    return [report_to]
+
+
+def tracker_hyperparameters(config: CommonConfig, run_dir: Path) -> dict[str, bool | int | float | str]:
+    """The run's config as the flat scalar values every tracker takes: a size as ``WIDTHxHEIGHT``
+    and an unset value as ``none`` (as on the command line); plus ``run_dir``."""
+
+    def scalar(value):
+        if value is None:
+            return "none"
+        if isinstance(value, tuple):
+            return "x".join(map(str, value))
+        return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    return {**{key: scalar(value) for key, value in config.to_dict().items()}, "run_dir": str(run_dir)}
+
+
+def make_accelerator(config: CommonConfig, project_dir: Path) -> Accelerator:
+    """The run's Accelerator: its mixed precision, gradient accumulation and trackers. Nothing is
+    written to ``project_dir`` until the trackers are started (:meth:`Session.open_run`)."""
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise CicldError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
+    log_with = trackers_to_use(config.report_to)
     # Parts of the model sit out some stages (f_cls in pretrain-ae, f_dis without adversarial loss).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # Several processes and no GPU (torchrun / accelerate launch on CPUs): Accelerate only picks
@@ -83,6 +127,8 @@ def make_accelerator(config: CommonConfig) -> Accelerator:
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum_steps,
         kwargs_handlers=[ddp],
+        log_with=log_with,
+        project_dir=str(project_dir),
     )
 
 
@@ -115,16 +161,27 @@ class Session:
         if resume is not None:
             self.run_dir, self.resume_from, config = _find_resumable(config, resume)
         self.config = config
-        self.accelerator = make_accelerator(config)
+        # A new run's folder is made after its first step: until then the trackers' folder is
+        # only named (they start in open_run, in the run folder).
+        self.accelerator = make_accelerator(config, self.run_dir or Path(config.runs_root) / config.stage)
         self.start_step = 0
         self.steps_done = 0
         self._log_fields: list[str] | None = None
-        self._tensorboard = None
+        self._trackers_started = False
         self._guarded: tuple[torch.nn.Module, ...] = ()
         self._lock: RunLock | None = None
 
+    def resolve_start(self, previous_stage: str) -> CommonConfig:
+        """The run's config with ``init_from`` resolved (``--init-from`` or the newest finished
+        ``previous_stage`` run), before the model is built from it; a resumed run keeps the one it
+        recorded. The config is not changed: ``self.config`` becomes the resolved copy."""
+        if self.resume_from is None:
+            self.config = dataclasses.replace(self.config, init_from=str(resolve_init(self.config, previous_stage)))
+        return self.config
+
     def open_run(self) -> Path:
-        """Create the run folder and write ``config.json`` (new runs), when the first step is done.
+        """Create the run folder and write ``config.json`` (new runs), when the first step is done,
+        and start the ``--report-to`` trackers (new and resumed runs).
 
         By then everything that can fail at start-up has succeeded (data sets, model, the first
         batches, the first forward and backward pass), so a failed start leaves no empty run behind
@@ -136,7 +193,19 @@ class Session:
             if self.accelerator.is_main_process:
                 self._take_lock()
                 atomic_write(self.run_dir / RUN_CONFIG, json.dumps(self.config.to_dict(), indent=2))
+        if not self._trackers_started:
+            self._start_trackers()
         return self.run_dir
+
+    def _start_trackers(self) -> None:
+        """Start Accelerate's trackers in the run folder, with the run's config as hyperparameters.
+        A resumed run's TensorBoard drops the events logged after its checkpoint, as log.csv drops
+        its rows: those steps are logged again. The other trackers cannot drop logged values."""
+        self._trackers_started = True
+        project = self.accelerator.project_configuration
+        project.project_dir, project.logging_dir = str(self.run_dir), str(self.run_dir / TRACKER_DIR)
+        init_kwargs = {"tensorboard": {"purge_step": self.start_step + 1}} if self.resume_from is not None else {}
+        self.accelerator.init_trackers(TRACKER_PROJECT, tracker_hyperparameters(self.config, self.run_dir), init_kwargs)
 
     def _take_lock(self) -> None:
         if self._lock is None:
@@ -243,7 +312,7 @@ class Session:
         return averages
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        """Append a CSV row (main process) and TensorBoard scalars when TensorBoard is installed.
+        """Append a CSV row (main process) and log its finite values to the ``--report-to`` trackers.
 
         A row with a column the file lacks rewrites the file with the wider header (rare: e.g.
         the first validation), so no value is ever dropped.
@@ -265,13 +334,7 @@ class Session:
                     rows = list(csv.DictReader(handle))
             self._log_fields = fields + [k for k in row if k not in fields]
             _write_csv(path, self._log_fields, [[r.get(k, "") for k in self._log_fields] for r in [*rows, row]])
-        if self._tensorboard is None:
-            # On resume, TensorBoard drops the events after the checkpoint, as log.csv does.
-            self._tensorboard = _tensorboard_writer(self.run_dir, self.start_step + 1 if self.resume_from else None)
-        if self._tensorboard:
-            for key, value in row.items():
-                if key != "step" and math.isfinite(value):
-                    self._tensorboard.add_scalar(key, value, step)
+        self.accelerator.log({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=step)
 
     def end_step(self, done: int, losses: dict[str, float], lr: float, evaluate=None, on_step=None) -> None:
         """After ``done`` steps: open the run folder (first step), validate when due (``evaluate()``
@@ -331,8 +394,6 @@ class Session:
         )
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -406,11 +467,3 @@ def _row_step(row: list[str]) -> int | None:
 def loss_summary(row: dict[str, float]) -> str:
     """A step row's losses as ``name=value`` pairs, for progress displays (lr and val left out)."""
     return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
-
-
-def _tensorboard_writer(run_dir: Path, purge_step: int | None = None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional: the CSV log is always written
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
