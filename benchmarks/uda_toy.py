@@ -6,10 +6,10 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
 - **main**: for each seed, pretrain-ae → pretrain-ldm → adapt with `--method source-only`,
   `self-training` (the no-diffusion baseline), `cicld` and `oracle` (target labels); target-val
   mIoU19 as mean ± std over the seeds; the CICLD models also at S = 0, 1, 2, 10 DDIM steps.
-- **table1** (paper Table 1, first seed): conditioning × inter-coder connection. The variants
-  share the first seed's autoencoder (neither switch changes it) and train pretrain-ldm (with
-  `--[no-]conditioning --[no-]inter-coder`) + adapt.
-- **table2** (paper Table 2, first seed): adapt from the first seed's pretrain-ldm with
+- **table1** (paper Table 1; on the first seed, or on the first ``--table-seeds`` seeds):
+  conditioning × inter-coder connection. The variants share their seed's autoencoder (neither
+  switch changes it) and train pretrain-ldm (with `--[no-]conditioning --[no-]inter-coder`) + adapt.
+- **table2** (paper Table 2; the same seeds): adapt from their seed's main pretrain-ldm with
   CE only (`--adversarial none`: ClassMix self-training + diffusion loss), 2-class adversarial,
   3-class adversarial (the main run), 3-class + contrastive, 3-class + MMD.
 
@@ -53,7 +53,7 @@ class Job:
     after: str | None = None  # the job whose model this one starts from (--init-from)
 
 
-def plan(seeds: list[int], tables: set[str]) -> list[Job]:
+def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
     jobs: list[Job] = []
     first = seeds[0]
     for seed in seeds:
@@ -66,25 +66,26 @@ def plan(seeds: list[int], tables: set[str]) -> list[Job]:
             Job(f"cicld-s{seed}", "adapt", s, after=f"ldm-s{seed}"),
             Job(f"oracle-s{seed}", "adapt", [*s, "--method=oracle"], after=f"ldm-s{seed}"),
         ]
-    s = [f"--seed={first}"]
-    if "table1" in tables:
-        for conditioning in (False, True):
-            for inter_coder in (False, True):
-                if conditioning and inter_coder:
-                    continue  # the main run
-                tag = f"cond{int(conditioning)}-ic{int(inter_coder)}"
-                switches = [f"--{'' if conditioning else 'no-'}conditioning", f"--{'' if inter_coder else 'no-'}inter-coder"]
-                jobs += [
-                    Job(f"ldm-{tag}", "pretrain-ldm", [*s, *switches], after=f"ae-s{first}"),
-                    Job(f"cicld-{tag}", "adapt", s, after=f"ldm-{tag}"),
-                ]
-    if "table2" in tables:
-        jobs += [
-            Job("ce-only", "adapt", [*s, "--adversarial=none"], after=f"ldm-s{first}"),
-            Job("adv-2class", "adapt", [*s, "--adversarial=2class"], after=f"ldm-s{first}"),
-            Job("adv-3class-cl", "adapt", [*s, "--contrastive"], after=f"ldm-s{first}"),
-            Job("adv-3class-mmd", "adapt", [*s, "--mmd"], after=f"ldm-s{first}"),
-        ]
+    for seed in seeds[:table_seeds]:
+        s, tail = [f"--seed={seed}"], "" if seed == first else f"-s{seed}"  # the first seed's jobs keep their old names
+        if "table1" in tables:
+            for conditioning in (False, True):
+                for inter_coder in (False, True):
+                    if conditioning and inter_coder:
+                        continue  # the main run
+                    tag = f"cond{int(conditioning)}-ic{int(inter_coder)}{tail}"
+                    switches = [f"--{'' if conditioning else 'no-'}conditioning", f"--{'' if inter_coder else 'no-'}inter-coder"]
+                    jobs += [
+                        Job(f"ldm-{tag}", "pretrain-ldm", [*s, *switches], after=f"ae-s{seed}"),
+                        Job(f"cicld-{tag}", "adapt", s, after=f"ldm-{tag}"),
+                    ]
+        if "table2" in tables:
+            jobs += [
+                Job(f"ce-only{tail}", "adapt", [*s, "--adversarial=none"], after=f"ldm-s{seed}"),
+                Job(f"adv-2class{tail}", "adapt", [*s, "--adversarial=2class"], after=f"ldm-s{seed}"),
+                Job(f"adv-3class-cl{tail}", "adapt", [*s, "--contrastive"], after=f"ldm-s{seed}"),
+                Job(f"adv-3class-mmd{tail}", "adapt", [*s, "--mmd"], after=f"ldm-s{seed}"),
+            ]
     return jobs
 
 
@@ -173,7 +174,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float) -> str:
+def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float, table_seeds: int = 1) -> str:
     miou = {name: 100 * s["mIoU19"] for name, s in runner.scores.items()}
     lines = [
         f"Command: `{command}`  ",
@@ -202,26 +203,30 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
             values = [miou[f"cicld-s{s}-S{steps}"] for s in seeds]
             lines.append(f"| {steps} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
         lines.append("")
-    first = seeds[0]
+    first, table_seeds = seeds[0], seeds[:table_seeds]
+    tail = lambda seed: "" if seed == first else f"-s{seed}"  # noqa: E731
+    over = f"seed {first}" if len(table_seeds) == 1 else "mean ± std over seeds " + ", ".join(map(str, table_seeds))
     if "table1" in tables:
-        lines += ["Table 1 (seed " f"{first}): conditioning × inter-coder connection, CICLD adapt mIoU19", "",
+        lines += [f"Table 1 ({over}): conditioning × inter-coder connection, CICLD adapt mIoU19", "",
                   "| | unconditioned | conditioned |", "|---|---:|---:|"]  # fmt: skip
-        name = lambda c, i: f"cicld-s{first}" if (c and i) else f"cicld-cond{c}-ic{i}"  # noqa: E731
+        name = lambda c, i, s: f"cicld-s{s}" if (c and i) else f"cicld-cond{c}-ic{i}{tail(s)}"  # noqa: E731
         for ic, label in ((0, "without inter-coder connection"), (1, "with inter-coder connection")):
-            lines.append(f"| {label} | {miou[name(0, ic)]:.1f} | {miou[name(1, ic)]:.1f} |")
+            cells = [mean_std([miou[name(c, ic, s)] for s in table_seeds]) for c in (0, 1)]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
         lines.append("")
     if "table2" in tables:
-        lines += [f"Table 2 (seed {first}): objectives of `adapt`, from the same pretrain-ldm model", "",
-                  "| objective | flags | mIoU19 |", "|---|---|---:|"]  # fmt: skip
+        lines += [f"Table 2 ({over}): objectives of `adapt`, from the same pretrain-ldm model", "",
+                  "| objective | flags | mIoU19 | per seed |", "|---|---|---:|---|"]  # fmt: skip
         rows = [
-            ("CE + diffusion loss, no adversarial", "--adversarial none", "ce-only"),
-            ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class"),
-            ("CE + 3-class adversarial (CICLD)", "(default)", f"cicld-s{first}"),
-            ("CE + 3-class adversarial + CL", "--contrastive", "adv-3class-cl"),
-            ("CE + 3-class adversarial + MMD", "--mmd", "adv-3class-mmd"),
+            ("CE + diffusion loss, no adversarial", "--adversarial none", "ce-only{}"),
+            ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class{}"),
+            ("CE + 3-class adversarial (CICLD)", "(default)", None),
+            ("CE + 3-class adversarial + CL", "--contrastive", "adv-3class-cl{}"),
+            ("CE + 3-class adversarial + MMD", "--mmd", "adv-3class-mmd{}"),
         ]
         for label, flags, job in rows:
-            lines.append(f"| {label} | `{flags}` | {miou[job]:.1f} |")
+            values = [miou[f"cicld-s{s}" if job is None else job.format(tail(s))] for s in table_seeds]
+            lines.append(f"| {label} | `{flags}` | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
         lines.append("")
     lines += ["Per-class IoU (seed " f"{first}):", "",
               "| class | source-only | CICLD | oracle |", "|---|---:|---:|---:|"]  # fmt: skip
@@ -239,6 +244,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="a toy pair (default: <out>/data, generated)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tables", default="table1,table2", help="ablations to run besides main (comma-separated, or none)")
+    parser.add_argument("--table-seeds", type=int, default=1, help="run the tables on the first N seeds (N > 1: mean ± std)")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once (one torch thread each)")
     parser.add_argument("--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only")
     parser.add_argument("--markdown", type=Path, default=None)
@@ -255,9 +261,9 @@ def main() -> None:
         size = ["--size=64x32"] if args.quick else []
         runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), f"--seed={args.pair_seed}", *size,
                      log=args.out / "prepare.log")  # fmt: skip
-    run_all(runner, plan(args.seeds, tables), args.jobs)
+    run_all(runner, plan(args.seeds, tables, args.table_seeds), args.jobs)
     command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
-    text = report(runner, args.seeds, tables, command, time.perf_counter() - started)
+    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds)
     markdown = args.markdown or args.out / "uda_toy.md"
     markdown.write_text(text)
     (args.out / "results.json").write_text(json.dumps({"scores": runner.scores, "seconds": runner.seconds}, indent=2))
