@@ -2,9 +2,10 @@
 
 Per step: ``ema_model`` (the paper's "student") labels the target batch; ClassMix pastes half of
 the source classes onto the target (images, labels and pixel weights); the mixed images get
-colour jitter and blur; source, mixed and target images pass through ``model`` (the paper's
-"teacher") in one batch; the losses of :class:`~cicld.training.objectives.UDAObjective` are
-minimised; ``ema_model`` follows ``model`` by EMA and is what gets exported.
+colour jitter and blur (these augmentations: :mod:`cicld.training.uda`); source, mixed and target
+images pass through ``model`` (the paper's "teacher") in one batch; the losses of
+:class:`~cicld.training.objectives.UDAObjective` are minimised; ``ema_model`` follows ``model`` by
+EMA and is what gets exported.
 
 ``--method self-training`` is the no-diffusion baseline (the same network and loop without ε_θ,
 S = 0, no adversarial loss: DACS/DAFormer-style self-training); ``--method source-only`` trains on
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from cicld.data.transforms import class_mix, classmix_masks, color_jitter, gaussian_blur, pseudo_label_weight
 from cicld.training.batches import step_batches
 from cicld.training.common import (
     build_optimizer,
@@ -36,23 +36,7 @@ from cicld.training.common import (
 from cicld.training.config import AdaptConfig
 from cicld.training.objectives import SegmentationObjective, SelfTrainingObjective, UDAObjective
 from cicld.training.session import Session, TrainResult
-
-
-@torch.no_grad()
-def make_mixed_batch(ema_model, source: dict, target: dict, config: AdaptConfig, generator: torch.Generator):
-    """Pseudo-label the target with ``ema_model`` and ClassMix the source into it (DESIGN §2)."""
-    ema_model.eval()
-    # Fresh inference noise every step (from the step's generator), not the fixed seed of `predict`.
-    probs = torch.softmax(ema_model.predict(target["image"], generator=generator).float(), dim=1)
-    pseudo, weight = pseudo_label_weight(
-        probs, config.pseudo_threshold, config.pseudo_ignore_top, config.pseudo_ignore_bottom
-    )
-    masks = classmix_masks(source["label"], generator)
-    images = class_mix(masks, source["image"], target["image"])
-    labels = class_mix(masks, source["label"], pseudo)
-    weights = class_mix(masks, torch.ones_like(weight), weight)
-    images = gaussian_blur(color_jitter(images, generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
-    return images, labels, weights
+from cicld.training.uda import mix, pseudo_label
 
 
 def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
@@ -95,7 +79,8 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
             return objective(source["image"], source["label"])
         target = next(target_stream)
         generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + micro_step * world + rank)
-        mixed_images, mixed_labels, mixed_weights = make_mixed_batch(ema_model, source, target, config, generator)
+        pseudo, weight = pseudo_label(ema_model, target["image"], config, generator)
+        mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator)
         return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
 
     try:
