@@ -1,10 +1,12 @@
 """``cicld adapt``: unsupervised domain adaptation (paper §3.2, §3.4; DESIGN §2–3).
 
-Per step: ``ema_model`` (the paper's "student") labels the target batch; ClassMix pastes half of
-the source classes onto the target (images, labels and pixel weights); the mixed images get
-colour jitter and blur; source, mixed and target images pass through ``model`` (the paper's
-"teacher") in one batch; the losses of :class:`~cicld.training.objectives.UDAObjective` are
-minimised; ``ema_model`` follows ``model`` by EMA and is what gets exported.
+Per step (:func:`build`'s ``compute_losses``, read it like DAFormer's ``forward_train``):
+``ema_model`` (the paper's "student") pseudo-labels the target batch; ClassMix pastes half of
+the source classes onto the target (images, labels and pixel weights) and the mixed images get
+colour jitter and blur (:mod:`cicld.training.uda`); source, mixed and target images pass through
+``model`` (the paper's "teacher") in one batch, which returns the losses of
+:class:`~cicld.training.objectives.UDAObjective`. The loop (:func:`cicld.training.loop.run_training`)
+minimises them, then ``ema_model`` follows ``model`` by EMA; ``ema_model`` is what gets exported.
 
 ``--method self-training`` is the no-diffusion baseline (the same network and loop without ε_θ,
 S = 0, no adversarial loss: DACS/DAFormer-style self-training); ``--method source-only`` trains on
@@ -20,43 +22,31 @@ from pathlib import Path
 
 import torch
 
-from cicld.data.transforms import class_mix, classmix_masks, color_jitter, gaussian_blur, pseudo_label_weight
 from cicld.training.batches import step_batches
 from cicld.training.common import (
     build_optimizer,
-    ema_update,
     load_model,
     loss_class_weights,
     oracle_dataset,
     source_dataset,
     target_dataset,
     val_dataset,
-    validate,
 )
 from cicld.training.config import AdaptConfig
+from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import SegmentationObjective, SelfTrainingObjective, UDAObjective
 from cicld.training.session import Session, TrainResult
-
-
-@torch.no_grad()
-def make_mixed_batch(ema_model, source: dict, target: dict, config: AdaptConfig, generator: torch.Generator):
-    """Pseudo-label the target with ``ema_model`` and ClassMix the source into it (DESIGN §2)."""
-    ema_model.eval()
-    # Fresh inference noise every step (from the step's generator), not the fixed seed of `predict`.
-    probs = torch.softmax(ema_model.predict(target["image"], generator=generator).float(), dim=1)
-    pseudo, weight = pseudo_label_weight(
-        probs, config.pseudo_threshold, config.pseudo_ignore_top, config.pseudo_ignore_bottom
-    )
-    masks = classmix_masks(source["label"], generator)
-    images = class_mix(masks, source["image"], target["image"])
-    labels = class_mix(masks, source["label"], pseudo)
-    weights = class_mix(masks, torch.ones_like(weight), weight)
-    images = gaussian_blur(color_jitter(images, generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
-    return images, labels, weights
+from cicld.training.uda import mix, pseudo_label
 
 
 def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
     session = Session(config, resume)
+    return run_training(session, build(session), on_step)
+
+
+def build(session: Session) -> Stage:
+    """adapt's data (labelled, target, val), ``model`` from pretrain-ldm and its ``ema_model``, the
+    objective of ``--method``, the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
     target = target_dataset(config) if config.method in ("cicld", "self-training") else None
@@ -77,11 +67,7 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
     else:
         objective = SegmentationObjective(model, config.lambda_dif, class_weight)
     optimizer = build_optimizer(objective, config)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    ema_model.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema_model)
-    session.guard_weights(objective, ema_model)
-    start = session.restore()
+    objective, optimizer, start = session.prepare(objective, optimizer, ema_model)
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     batches = dict(start_step=start * config.grad_accum_steps, seed=config.seed, rank=rank, world_size=world,
@@ -91,25 +77,13 @@ def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int
 
     def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
         source = next(source_stream)
-        if target_stream is None:
+        if target_stream is None:  # source-only, oracle: supervised on the labelled images alone
             return objective(source["image"], source["label"])
         target = next(target_stream)
         generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + micro_step * world + rank)
-        mixed_images, mixed_labels, mixed_weights = make_mixed_batch(ema_model, source, target, config, generator)
+        pseudo, weight = pseudo_label(ema_model, target["image"], config, generator)
+        mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator)
+        # One forward pass of source, mixed and target images; the objective returns the losses.
         return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
 
-    try:
-        for step in range(start, config.steps):
-            session.begin_step(step)
-            lr = session.set_learning_rate(optimizer, step)
-            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
-            ema_update(ema_model, accelerator.unwrap_model(objective).model, step, config.ema_alpha)
-            session.end_step(step + 1, losses, lr, lambda: validate(ema_model, val, accelerator).miou19, on_step)
-        scores = validate(ema_model, val, accelerator)
-        session.log(config.steps, {"val_miou": scores.miou19})
-        final = session.export(ema_model, update_latest=True)
-    except KeyboardInterrupt:
-        raise session.interrupted() from None
-    finally:
-        session.close()
-    return TrainResult(session.run_dir, final, scores)
+    return Stage(objective, optimizer, compute_losses, ema_model=ema_model, val=val)

@@ -1,4 +1,4 @@
-"""Pieces the three stage loops share: data sets, the optimizer, the EMA update, validation."""
+"""Pieces the stages share: data sets, the starting model, the optimizer, the EMA update, validation."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from cicld.models.perceptual import PerceptualLoss
 from cicld.training.batches import step_batches
 from cicld.training.common import build_optimizer, source_dataset, target_dataset
 from cicld.training.config import AutoencoderConfig
+from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import AutoencoderObjective
 from cicld.training.session import Session, TrainResult
 
@@ -29,6 +30,12 @@ def pretrain_ae(
     config: AutoencoderConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
 ) -> TrainResult:
     session = Session(config, resume)
+    return run_training(session, build(session), on_step)
+
+
+def build(session: Session) -> Stage:
+    """pretrain-ae's data (source and target images), a new model with all but E and D frozen, the
+    objective (reconstruction + patch-GAN), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     datasets = (source_dataset(config), target_dataset(config))
     torch.manual_seed(config.seed)  # the initial weights
@@ -41,9 +48,7 @@ def pretrain_ae(
     perceptual = PerceptualLoss(config.perceptual_weights) if config.perceptual_weights else None
     objective = AutoencoderObjective(model, PatchDiscriminator(), perceptual, config)
     optimizer = build_optimizer(objective, config)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    session.guard_weights(objective)
-    start = session.restore()
+    objective, optimizer, start = session.prepare(objective, optimizer)
 
     # Half of each batch from the source, half from the target: the latent space must serve both.
     half = max(1, config.batch_size // 2)
@@ -53,23 +58,11 @@ def pretrain_ae(
                      num_workers=config.num_workers, device=accelerator.device)  # fmt: skip
         for k, dataset in enumerate(datasets)
     ]
-    step_now = [start]
 
     def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
         images = torch.cat([next(stream)["image"] for stream in streams])
-        return objective(images, gan_active=step_now[0] >= config.gan_start)
+        step = micro_step // config.grad_accum_steps
+        return objective(images, gan_active=step >= config.gan_start)
 
-    try:
-        for step in range(start, config.steps):
-            session.begin_step(step)
-            step_now[0] = step
-            lr = session.set_learning_rate(optimizer, step)
-            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
-            session.end_step(step + 1, losses, lr, on_step=on_step)
-        # A segmentation model cannot come out of this stage: runs/latest is left alone.
-        final = session.export(accelerator.unwrap_model(objective).model, update_latest=False)
-    except KeyboardInterrupt:
-        raise session.interrupted() from None
-    finally:
-        session.close()
-    return TrainResult(session.run_dir, final, None)
+    # A segmentation model cannot come out of this stage: runs/latest is left alone.
+    return Stage(objective, optimizer, compute_losses, update_latest=False)

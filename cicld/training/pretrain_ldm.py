@@ -13,15 +13,9 @@ from pathlib import Path
 import torch
 
 from cicld.training.batches import step_batches
-from cicld.training.common import (
-    build_optimizer,
-    load_model,
-    loss_class_weights,
-    source_dataset,
-    val_dataset,
-    validate,
-)
+from cicld.training.common import build_optimizer, load_model, loss_class_weights, source_dataset, val_dataset
 from cicld.training.config import LatentDiffusionConfig
+from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import SegmentationObjective
 from cicld.training.session import Session, TrainResult
 
@@ -30,6 +24,12 @@ def pretrain_ldm(
     config: LatentDiffusionConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
 ) -> TrainResult:
     session = Session(config, resume)
+    return run_training(session, build(session), on_step)
+
+
+def build(session: Session) -> Stage:
+    """pretrain-ldm's data (labelled source, val), the model from pretrain-ae with E frozen unless
+    ``--train-encoder``, the objective (CE + diffusion loss), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     source, val = source_dataset(config), val_dataset(config)
     config = session.resolve_start("pretrain-ae")  # a resumed run keeps the starting point it recorded
@@ -39,10 +39,7 @@ def pretrain_ldm(
     model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)
     objective = SegmentationObjective(model, config.lambda_dif, loss_class_weights(config, source))
     optimizer = build_optimizer(objective, config)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    trained = accelerator.unwrap_model(objective).model
-    session.guard_weights(objective)
-    start = session.restore()
+    objective, optimizer, start = session.prepare(objective, optimizer)
 
     source_stream = step_batches(
         source, config.batch_size, start_step=start * config.grad_accum_steps, seed=config.seed,
@@ -54,17 +51,4 @@ def pretrain_ldm(
         batch = next(source_stream)
         return objective(batch["image"], batch["label"])
 
-    try:
-        for step in range(start, config.steps):
-            session.begin_step(step)
-            lr = session.set_learning_rate(optimizer, step)
-            losses = session.optimizer_step(objective, optimizer, step, compute_losses)
-            session.end_step(step + 1, losses, lr, lambda: validate(trained, val, accelerator).miou19, on_step)
-        scores = validate(trained, val, accelerator)
-        session.log(config.steps, {"val_miou": scores.miou19})
-        final = session.export(trained, update_latest=True)
-    except KeyboardInterrupt:
-        raise session.interrupted() from None
-    finally:
-        session.close()
-    return TrainResult(session.run_dir, final, scores)
+    return Stage(objective, optimizer, compute_losses, val=val)

@@ -1,7 +1,8 @@
 """What every training stage shares: Accelerate, the run folder, resuming, logging and export.
 
-The stage loops (``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) stay short and linear;
-the bookkeeping lives here.
+The one training loop (:func:`cicld.training.loop.run_training`) and the stages' builds
+(``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) stay short and linear; the bookkeeping
+lives here.
 
 Determinism: every step starts by seeding the global RNGs from (seed, step, rank), and data
 batches are addressed by step (:mod:`cicld.training.batches`). A run resumed from a checkpoint
@@ -60,7 +61,7 @@ class TrainingDiverged(CicldError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C inside a stage's loop; ``message`` says where the run stopped and how to resume it."""
+    """Ctrl-C inside the training loop; ``message`` says where the run stopped and how to resume it."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -219,6 +220,20 @@ class Session:
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder)
         return Path(holder[0])
+
+    def prepare(self, objective: torch.nn.Module, optimizer, ema_model: torch.nn.Module | None = None):
+        """Hand a stage's ``objective`` and ``optimizer`` to Accelerate, put the ``ema_model`` (if
+        any) on the device and in the checkpoints, guard their weights (:meth:`guard_weights`) and
+        load the checkpoint being resumed. Returns the prepared objective and optimizer and the
+        first step to run."""
+        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        guarded = [objective]
+        if ema_model is not None:
+            ema_model.to(self.accelerator.device)
+            self.accelerator.register_for_checkpointing(ema_model)
+            guarded.append(ema_model)
+        self.guard_weights(*guarded)
+        return objective, optimizer, self.restore()
 
     def restore(self) -> int:
         """Load the checkpoint being resumed (after ``accelerator.prepare``); returns the first step to run."""
@@ -382,7 +397,7 @@ class Session:
         return final
 
     def interrupted(self) -> TrainingInterrupted:
-        """What to raise on Ctrl-C in the stage loop: where the run stopped and how to resume it."""
+        """What to raise on Ctrl-C in the training loop: where the run stopped and how to resume it."""
         stage, done = self.config.stage, self.steps_done
         where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
         last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None

@@ -1,0 +1,80 @@
+"""The one training loop that every stage runs: read it top to bottom.
+
+A stage (``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) is two things:
+
+* its *build*: the data, the model, the objective and the optimizer (prepared, and the
+  checkpoint being resumed loaded, by :meth:`Session.prepare
+  <cicld.training.session.Session.prepare>`), the EMA model if it has one, the validation data
+  and whether its export becomes ``runs/latest``, handed over as a :class:`Stage`;
+* its *step*: ``Stage.compute_losses(micro_step)``, which draws one micro-batch and returns its
+  losses.
+
+Everything else happens here, once, in this order: seed the step, set its learning rate, take
+the optimizer step (gradient accumulation, clipping, the NaN check: :meth:`Session.optimizer_step
+<cicld.training.session.Session.optimizer_step>`), update the EMA model, then log, validate and
+checkpoint when due; after the last step, validate and export. The bookkeeping behind each line
+is in :class:`~cicld.training.session.Session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cicld.data.datasets import ValDataset
+from cicld.models import CICLD
+from cicld.training.common import ema_update, validate
+from cicld.training.session import Session, TrainResult
+
+
+@dataclass
+class Stage:
+    """What a stage's build hands to :func:`run_training`."""
+
+    #: The prepared objective (``nn.Module`` whose forward returns the losses; ``.model`` is the
+    #: network it trains) and optimizer, as :meth:`Session.prepare` returns them.
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    #: The step: ``compute_losses(micro_step)`` -> the losses of one micro-batch (their sum is
+    #: minimised); ``micro_step // grad_accum_steps`` is the optimizer step it belongs to.
+    compute_losses: Callable[[int], dict[str, torch.Tensor]]
+    #: An EMA copy of the network (``adapt``'s ``ema_model``): updated after every optimizer step,
+    #: and then it, not the trained network, is what is validated and exported.
+    ema_model: CICLD | None = None
+    #: The target's val split, validated every ``--val-every`` steps and after the last; None: never.
+    val: ValDataset | None = None
+    #: Whether ``runs/latest`` points at the export (not for an autoencoder, which cannot segment).
+    update_latest: bool = True
+
+
+def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train ``stage`` from ``session.start_step`` to ``--steps``, then validate and export it.
+
+    ``on_step(done, row)`` is called after every step with the step's logged values. Ctrl-C
+    becomes a :class:`~cicld.training.session.TrainingInterrupted` that says how to resume.
+    """
+    config, accelerator = session.config, session.accelerator
+    model = accelerator.unwrap_model(stage.objective).model  # the network being trained
+    exported = stage.ema_model if stage.ema_model is not None else model  # what is validated and exported
+    evaluate = None if stage.val is None else lambda: validate(exported, stage.val, accelerator).miou19
+    scores = None
+    try:
+        for step in range(session.start_step, config.steps):
+            session.begin_step(step)
+            lr = session.set_learning_rate(stage.optimizer, step)
+            losses = session.optimizer_step(stage.objective, stage.optimizer, step, stage.compute_losses)
+            if stage.ema_model is not None:
+                ema_update(stage.ema_model, model, step, config.ema_alpha)
+            session.end_step(step + 1, losses, lr, evaluate, on_step)
+        if stage.val is not None:
+            scores = validate(exported, stage.val, accelerator)
+            session.log(config.steps, {"val_miou": scores.miou19})
+        final = session.export(exported, update_latest=stage.update_latest)
+    except KeyboardInterrupt:
+        raise session.interrupted() from None
+    finally:
+        session.close()
+    return TrainResult(session.run_dir, final, scores)
