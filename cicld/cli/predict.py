@@ -38,7 +38,7 @@ def predict(
     from cicld.evaluation.evaluate import InferenceOptions
     from cicld.evaluation.predict import check_output_kinds, collect_inputs, predict_files, refuse_existing_outputs
     from cicld.models import CICLD
-    from cicld.training.runs import resolve_model_dir
+    from cicld.training.locate import resolve_model_dir
 
     if len(paths) < 2:
         raise CicldError("give at least one input and the output folder: cicld predict INPUTS... OUT")

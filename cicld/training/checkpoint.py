@@ -33,8 +33,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if is_checkpoint(p)]
     return sorted(found, key=_step)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a complete checkpoint folder (of whatever run)."""
+    path = Path(path)
+    return bool(_CHECKPOINT.match(path.name)) and (path / STATE_FILE).is_file()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -31,20 +31,10 @@ from accelerate.utils import DistributedDataParallelKwargs
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write
-from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from cicld.training.common import resolve_init
+from cicld.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
-from cicld.training.runs import (
-    FINAL,
-    RUN_CONFIG,
-    RunLock,
-    mark_latest,
-    new_run_dir,
-    newest_unfinished_run,
-    read_run_config,
-    recover_replaced,
-    replace_directory,
-)
+from cicld.training.locate import resolve_init_from, resolve_resume
+from cicld.training.runs import FINAL, RUN_CONFIG, RunLock, mark_latest, new_run_dir, read_run_config, recover_replaced, replace_directory
 
 
 @dataclass
@@ -160,7 +150,9 @@ class Session:
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
         if resume is not None:
-            self.run_dir, self.resume_from, config = _find_resumable(config, resume)
+            self.run_dir, self.resume_from = resolve_resume(resume, Path(config.runs_root), config.stage, config.source)
+            # The run's saved config wins, so that a resumed run continues exactly the run that was started.
+            config = type(config).from_dict(read_run_config(self.run_dir))
         self.config = config
         # A new run's folder is made after its first step: until then the trackers' folder is
         # only named (they start in open_run, in the run folder).
@@ -177,7 +169,8 @@ class Session:
         ``previous_stage`` run), before the model is built from it; a resumed run keeps the one it
         recorded. The config is not changed: ``self.config`` becomes the resolved copy."""
         if self.resume_from is None:
-            self.config = dataclasses.replace(self.config, init_from=str(resolve_init(self.config, previous_stage)))
+            init_from = resolve_init_from(self.config.init_from, Path(self.config.runs_root), previous_stage, self.config.source)
+            self.config = dataclasses.replace(self.config, init_from=str(init_from))
         return self.config
 
     def open_run(self) -> Path:
@@ -413,34 +406,6 @@ class Session:
             self._lock.release()
             self._lock = None
         self.accelerator.end_training()
-
-
-def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, CommonConfig]:
-    """The run and checkpoint that ``resume`` names, and the run's saved config: it wins, so that a
-    resumed run continues exactly the run that was started."""
-    runs_root, checkpoint = Path(config.runs_root), None
-    if resume == "latest":
-        run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
-        if run_dir is None:
-            raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
-    else:
-        run_dir = Path(resume)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CicldError(f"--resume {resume} is a file; name a run folder, one of its checkpoint folders or latest")
-        if not run_dir.exists() and not run_dir.name.startswith("step-"):
-            raise CicldError(f"--resume {resume}: no such run or checkpoint folder")
-        if run_dir.name.startswith("step-"):  # a checkpoint folder: exactly that step, its run two levels up
-            run_dir, checkpoint = run_dir.parent.parent, run_dir
-    saved = read_run_config(run_dir)
-    if saved.get("stage") != config.stage:
-        raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
-    if checkpoint is None:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise CicldError(f"{run_dir} has no checkpoint to resume from")
-    elif checkpoint not in list_checkpoints(run_dir):
-        raise CicldError(f"{checkpoint} is not a complete checkpoint of {run_dir}")
-    return run_dir, checkpoint, type(config).from_dict(saved)
 
 
 def truncate_log(path: Path, step: int) -> None:
