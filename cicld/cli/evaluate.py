@@ -12,7 +12,7 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, parse_window, progress_bar, require_writable_file, require_writable_folder
+from cicld.cli._console import console, parse_size, progress_bar, require_writable_file, require_writable_folder
 from cicld.data.labels import CLASSES
 from cicld.errors import CicldError
 from cicld.files import atomic_write, writing
@@ -83,8 +83,8 @@ def evaluate(
     else:
         size = DEFAULT_RESIZE[dataset]
     val = evaluation_split(data, dataset, split, size, limit)
-    win = parse_window(window, "--window")
-    over = parse_window(overlap, "--overlap")
+    win = parse_size(window, "--window")
+    over = parse_size(overlap, "--overlap")
     options = InferenceOptions(steps, refine, sliding, win, over, window_batch)
 
     share = len(range(accelerator.process_index, len(val), accelerator.num_processes))
