@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cicld.data.labels import CLASSES  # noqa: E402
-from cicld.training.runs import newest_finished_run  # noqa: E402
+from cicld.training.locate import newest_finished_run  # noqa: E402
 
 
 @dataclass

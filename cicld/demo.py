@@ -32,7 +32,8 @@ from cicld.training.adapt import adapt
 from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
 from cicld.training.pretrain_ae import pretrain_ae
 from cicld.training.pretrain_ldm import pretrain_ldm
-from cicld.training.runs import FINAL, is_finished, read_run_config, stage_runs
+from cicld.training.locate import find_model, is_finished
+from cicld.training.runs import read_run_config, stage_runs
 from cicld.training.session import loss_summary
 
 #: The stage functions the demo runs, by stage name.
@@ -161,7 +162,7 @@ def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[str, 
     runs_root, wanted = Path(config.runs_root), _comparable(config.to_dict())
     finished = _run_with_config(runs_root, config.stage, wanted, finished=True)
     if finished is not None:
-        return f"reused the finished run {finished}", finished / FINAL
+        return f"reused the finished run {finished}", find_model(finished)
     resume = _run_with_config(runs_root, config.stage, wanted, finished=False)
     on_step = lambda step, row: progress.advanced(step, loss_summary(row))  # noqa: E731
     result = TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)

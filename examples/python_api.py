@@ -23,7 +23,7 @@ from cicld.data.transforms import normalize, resize_image
 from cicld.errors import CicldError
 from cicld.evaluation.predict import inference_size
 from cicld.models import CICLD
-from cicld.training.runs import resolve_model_dir
+from cicld.training.locate import resolve_model_dir
 
 
 def segment(model: CICLD, image: np.ndarray, height: int | None = None) -> np.ndarray:

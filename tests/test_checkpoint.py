@@ -15,7 +15,8 @@ from cicld.models import CICLD, CICLDConfig
 from cicld.training import runs
 from cicld.training.checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from cicld.training.config import make_config
-from cicld.training.runs import mark_latest, newest_finished_run, new_run_dir, recover_replaced, resolve_model_dir
+from cicld.training.locate import newest_finished_run, resolve_model_dir
+from cicld.training.runs import mark_latest, new_run_dir, recover_replaced
 from cicld.training.session import Session
 
 
@@ -94,6 +95,8 @@ def test_latest_points_at_the_newest_finished_run_and_resolves_as_the_default_mo
     assert newest_finished_run(runs, "adapt") is None
     (run / "final").mkdir()
     (run / "final" / "config.json").write_text("{}")
+    assert newest_finished_run(runs, "adapt") is None  # a final/ without weights is no model
+    (run / "final" / "model.safetensors").write_bytes(b"")
     assert newest_finished_run(runs, "adapt", source="gta5") == run
     assert newest_finished_run(runs, "adapt", source="synthia") is None
     mark_latest(runs, run / "final")

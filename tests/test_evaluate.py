@@ -32,6 +32,40 @@ def test_sliding_window_evaluation_gives_scores_too(cli, toy_root, pretrained_ru
     assert json.loads(json_file.read_text())["images"] == 4
 
 
+def test_a_sliding_window_is_given_as_width_and_height_and_run_that_wide_and_that_tall(pretrained_runs, monkeypatch):
+    import torch
+
+    from cicld.evaluation.evaluate import InferenceOptions
+    from cicld.models import CICLD
+
+    model = CICLD.from_pretrained(pretrained_runs / "latest").eval()
+    ran = []
+    predict_padded = CICLD._predict_padded
+
+    def recorded(self, images, *args):
+        ran.extend([tuple(images.shape[-2:])] * len(images))  # windows run window_batch at a time
+        return predict_padded(self, images, *args)
+
+    monkeypatch.setattr(CICLD, "_predict_padded", recorded)
+    images = torch.zeros(1, 3, 32, 64)  # 64 wide, 32 tall
+    options = InferenceOptions(sliding=True, window=(64, 16), overlap=(0, 0))
+    assert options.logits(model, images).shape == (1, 19, 32, 64)
+    assert ran == [(16, 64), (16, 64)]  # two windows, each 64 wide and 16 tall (a tensor's H, W)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--window", "40x32"], "sliding window 40x32 (WIDTHxHEIGHT) must be positive multiples of 16 for this model"),
+        (["--window", "64x32", "--overlap", "8x32"], "window overlap 8x32 (WIDTHxHEIGHT) must be multiples of 8 smaller than the window 64x32"),
+    ],
+)
+def test_a_window_the_model_cannot_tile_is_one_line_naming_it_as_given(cli, pretrained_runs, tmp_path, flags, message):
+    result = cli("evaluate", pretrained_runs / "latest", "--sliding", *flags, "--out", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+
+
 def test_scores_that_are_undefined_are_null_in_the_json_never_nan(cli, toy_root, pretrained_runs, tmp_path):
     from cicld.data.pngio import read_image, write_image
 

@@ -312,6 +312,65 @@ def test_resuming_a_checkpoint_that_is_not_complete_is_a_clear_error(toy_root, p
         pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=2), resume=str(run / "checkpoints" / "step-00000001"))
 
 
+@pytest.mark.parametrize(
+    "stage, previous, switch",
+    [("pretrain-ldm", "pretrain-ae", {"inter_coder": False}), ("adapt", "pretrain-ldm", {"adversarial": "2class"})],
+    ids=["pretrain-ldm", "adapt"],
+)
+def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(toy_root, pretrained_runs, tmp_path, stage, previous, switch):
+    train = {"pretrain-ldm": pretrain_ldm, "adapt": adapt}[stage]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = train(_config(stage, toy_root, straight, steps=4, **switch))
+    with pytest.raises(KeyboardInterrupt):  # after step 3: the checkpoint is step 2's
+        train(_config(stage, toy_root, interrupted, steps=4, **switch), on_step=_crash_after(3))
+    (started_from,) = stage_runs(interrupted, previous)
+    shutil.move(started_from, tmp_path / "moved-away")  # the run's init_from is gone
+
+    resumed = train(_config(stage, toy_root, interrupted, steps=4), resume="latest")
+    assert _same_weights(expected.final, resumed.final)
+    assert (expected.final / "config.json").read_text() == (resumed.final / "config.json").read_text()
+    # The switch the stage applied came from the checkpoint; init_from stays recorded (provenance).
+    assert json.loads((resumed.run_dir / "config.json").read_text())["init_from"] == str(started_from / "final")
+
+
+def test_a_part_a_switch_adds_starts_from_the_runs_seed_whatever_the_process_drew_before(toy_root, pretrained_runs, tmp_path):
+    finals = []
+    for name in ("first", "second"):
+        runs = tmp_path / name
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+        torch.rand(100)  # the process's random state differs between the two runs
+        finals.append(adapt(_config("adapt", toy_root, runs, steps=1, adversarial="2class")).final)
+    assert _same_weights(*finals)  # the fresh 2-class f_dis included
+
+
+def test_a_checkpoint_without_its_model_config_resumes_from_init_from_or_says_in_one_line_that_it_is_gone(
+    cli, toy_root, pretrained_runs, tmp_path
+):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for runs in (straight, interrupted):
+        shutil.copytree(pretrained_runs, runs, symlinks=True)
+    expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), on_step=_crash_after(3))
+    run = max(stage_runs(interrupted, "pretrain-ldm"))
+    checkpoint = run / "checkpoints" / "step-00000002"
+    (checkpoint / "model_config.json").unlink()  # as an earlier cicld wrote its checkpoints
+    (started_from,) = stage_runs(interrupted, "pretrain-ae")
+    shutil.move(started_from, tmp_path / "moved-away")
+
+    result = cli("pretrain-ldm", "--source", "toy", "--runs-root", interrupted, "--resume", "latest")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot resume from {checkpoint}: an earlier cicld wrote it without its model's config, so it needs the model "
+        f"the run started from, {started_from / 'final'}, which is no longer there; put that folder back to resume"
+    ]
+    shutil.move(tmp_path / "moved-away", started_from)
+    resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
+    assert _same_weights(expected.final, resumed.final)
+
+
 def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
     from cicld.errors import CicldError
     from cicld.training import objectives

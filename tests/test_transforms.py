@@ -100,16 +100,16 @@ def test_fit_size_reproduces_mmseg_keep_ratio_scales():
 # --------------------------------------------------------------------------- crop, pad, flip
 
 
-def test_uniform_crop_box_lies_inside_the_image_and_has_the_crop_size():
+def test_uniform_crop_box_lies_inside_the_image_and_has_the_crop_size_both_as_width_and_height():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        box = T.uniform_crop_box(30, 40, (16, 8), rng)
+        box = T.uniform_crop_box((40, 30), (16, 8), rng)  # a 40-wide, 30-tall image
         assert 0 <= box.top and box.bottom <= 30 and 0 <= box.left and box.right <= 40
         assert (box.right - box.left, box.bottom - box.top) == (16, 8)
 
 
 def test_crop_box_of_an_image_smaller_than_the_crop_takes_the_whole_short_side():
-    box = T.uniform_crop_box(5, 40, (16, 8), np.random.default_rng(0))
+    box = T.uniform_crop_box((40, 5), (16, 8), np.random.default_rng(0))
     assert (box.top, box.bottom) == (0, 5) and box.right - box.left == 16
 
 

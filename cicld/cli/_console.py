@@ -69,11 +69,12 @@ def human_count(n: int) -> str:
     return f"{n:,}"
 
 
-def parse_size(text: str, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int] | None:
-    """``"512x256"`` -> (512, 256); ``"none"`` -> None; anything else is a one-line CicldError."""
+def parse_size(text: str | None, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int] | None:
+    """``"512x256"`` -> (512, 256), (width, height); ``"none"`` or None (not given) -> None;
+    anything else is a one-line CicldError."""
     from cicld.errors import CicldError
 
-    if text.lower() == "none":
+    if text is None or text.lower() == "none":
         return None
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -82,9 +83,3 @@ def parse_size(text: str, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple
     if width < minimum[0] or height < minimum[1]:
         raise CicldError(f"{flag} {text} is too small; use at least {minimum[0]}x{minimum[1]}")
     return width, height
-
-
-def parse_window(text: str | None, flag: str) -> tuple[int, int] | None:
-    """A ``WIDTHxHEIGHT`` window flag as (height, width); None (not given, or ``none``): the model's."""
-    size = parse_size(text, flag) if text is not None else None
-    return None if size is None else (size[1], size[0])

@@ -12,25 +12,10 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, parse_window, progress_bar, require_writable_file, require_writable_folder
+from cicld.cli._console import console, parse_size, progress_bar, require_writable_file, require_writable_folder
 from cicld.data.labels import CLASSES
 from cicld.errors import CicldError
 from cicld.files import atomic_write, writing
-
-
-def _run_config(model_dir: Path) -> dict | None:
-    """The training config of the run that exported ``model_dir`` (``<run>/final``), if any.
-
-    Used only for where the run's target data lies (the ``--data`` default), never for how the
-    model runs: that is the model folder's own ``config.json``."""
-    model_dir = model_dir.resolve()  # runs/latest is a link to <run>/final
-    path = model_dir.parent / "config.json"
-    if model_dir.name != "final" or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
 
 
 def _scores_table(scores, title: str) -> Table:
@@ -74,17 +59,18 @@ def evaluate(
     from cicld.evaluation.plots import confusion_matrix_png, iou_bar_chart_png
     from cicld.models import CICLD
     from cicld.training.config import STAGE_CONFIGS
-    from cicld.training.runs import resolve_model_dir
+    from cicld.training.locate import resolve_model_dir, run_of
+    from cicld.training.runs import read_run_config
 
     # Outputs that cannot be written are refused now, not after the whole evaluation has run.
     require_writable_folder(out, "--out")
     if json_file is not None:
         require_writable_file(json_file, "--json")
     model_dir = resolve_model_dir(checkpoint, runs_root)
-    if data is None:
-        run = _run_config(model_dir)
-        run_config = STAGE_CONFIGS[run["stage"]].from_dict(run) if run and run.get("stage") in STAGE_CONFIGS else None
-        data = run_config.resolved_target_root if run_config else Path("data/cityscapes")
+    if data is None:  # the run's target data, for a model its run exported; where it lies decides nothing else
+        run = run_of(model_dir)
+        saved = read_run_config(run) if run is not None else None
+        data = STAGE_CONFIGS[saved["stage"]].from_dict(saved).resolved_target_root if saved else Path("data/cityscapes")
     if dataset not in DEFAULT_RESIZE:
         raise CicldError(f"--dataset must be cityscapes, gta5 or synthia, got {dataset!r}")
     accelerator = Accelerator()
@@ -97,8 +83,8 @@ def evaluate(
     else:
         size = DEFAULT_RESIZE[dataset]
     val = evaluation_split(data, dataset, split, size, limit)
-    win = parse_window(window, "--window")
-    over = parse_window(overlap, "--overlap")
+    win = parse_size(window, "--window")
+    over = parse_size(overlap, "--overlap")
     options = InferenceOptions(steps, refine, sliding, win, over, window_batch)
 
     share = len(range(accelerator.process_index, len(val), accelerator.num_processes))

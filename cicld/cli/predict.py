@@ -11,7 +11,7 @@ import typer
 from rich.progress import TextColumn
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_window, progress_bar, require_writable_folder
+from cicld.cli._console import console, parse_size, progress_bar, require_writable_folder
 from cicld.errors import CicldError, PartialFailure
 
 
@@ -38,7 +38,7 @@ def predict(
     from cicld.evaluation.evaluate import InferenceOptions
     from cicld.evaluation.predict import check_output_kinds, collect_inputs, predict_files, refuse_existing_outputs
     from cicld.models import CICLD
-    from cicld.training.runs import resolve_model_dir
+    from cicld.training.locate import resolve_model_dir
 
     if len(paths) < 2:
         raise CicldError("give at least one input and the output folder: cicld predict INPUTS... OUT")
@@ -56,8 +56,8 @@ def predict(
     model_dir = resolve_model_dir(checkpoint, runs_root)
     # Everything about how the model runs comes from the model folder itself (config.json), never
     # from where it lies: the flags override it.
-    win = parse_window(window, "--window")
-    over = parse_window(overlap, "--overlap")
+    win = parse_size(window, "--window")
+    over = parse_size(overlap, "--overlap")
     options = InferenceOptions(steps=steps, sliding=True, window=win, overlap=over, window_batch=window_batch)
     kinds = tuple(k.strip() for k in outputs.split(",") if k.strip())
     check_output_kinds(kinds)

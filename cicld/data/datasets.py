@@ -293,7 +293,7 @@ class TargetDataset(_FrameDataset):
         sample = self.samples[index]
         image = self._resize_image(_read_rgb(sample.image))
         if self.crop is not None:
-            image = T.uniform_crop_box(image.shape[0], image.shape[1], self.crop, rng).apply(image)
+            image = T.uniform_crop_box((image.shape[1], image.shape[0]), self.crop, rng).apply(image)
         if rng.random() < self.flip_p:
             image = T.hflip(image)
         image_t = T.normalize(image)

@@ -125,13 +125,13 @@ class CropBox(NamedTuple):
         return array[self.top : self.bottom, self.left : self.right]
 
 
-def uniform_crop_box(height: int, width: int, crop_size: Size, rng: np.random.Generator) -> CropBox:
-    """A uniformly random ``crop_size = (w, h)`` box inside ``height × width``.
+def uniform_crop_box(image_size: Size, crop_size: Size, rng: np.random.Generator) -> CropBox:
+    """A uniformly random ``crop_size = (w, h)`` box inside an image of ``image_size = (w, h)``.
 
     A side shorter than the crop is taken whole (the box is then smaller than ``crop_size``;
     :func:`pad_to` brings the result back up, as mmseg's ``Pad`` does).
     """
-    crop_w, crop_h = crop_size
+    (width, height), (crop_w, crop_h) = image_size, crop_size
     top = int(rng.integers(0, max(height - crop_h, 0) + 1))
     left = int(rng.integers(0, max(width - crop_w, 0) + 1))
     return CropBox(top, min(top + crop_h, height), left, min(left + crop_w, width))
@@ -152,8 +152,8 @@ def random_crop_box(
     if all fail, a fresh unchecked box is returned, exactly as mmseg does. ``cat_max_ratio >= 1``
     disables the rule (the first box is used).
     """
-    height, width = label.shape[:2]
-    box = uniform_crop_box(height, width, crop_size, rng)
+    image_size = (label.shape[1], label.shape[0])
+    box = uniform_crop_box(image_size, crop_size, rng)
     if cat_max_ratio >= 1.0:
         return box
     for _ in range(max_tries):
@@ -162,7 +162,7 @@ def random_crop_box(
         counts = counts[counts > 0]
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             return box
-        box = uniform_crop_box(height, width, crop_size, rng)
+        box = uniform_crop_box(image_size, crop_size, rng)
     return box
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from cicld.data.datasets import ValDataset
 from cicld.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, renormalize
+from cicld.errors import CicldError
 from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from cicld.models import CICLD
 
@@ -33,20 +34,36 @@ class InferenceOptions:
 
     Every setting left None is the model's own (``model.config``: ``inference_steps``,
     ``sliding_window``, ``sliding_overlap``), so that only the model folder decides how it runs.
+    Sizes are (width, height), as everywhere in cicld.
     """
 
     steps: int | None = None  # DDIM steps S (None: the model's config)
     refine: int = 0
     sliding: bool = False
-    window: tuple[int, int] | None = None  # (height, width) of a window (None: the model's)
-    overlap: tuple[int, int] | None = None  # (height, width) (None: the model's)
+    window: tuple[int, int] | None = None  # (width, height) of a window (None: the model's)
+    overlap: tuple[int, int] | None = None  # (width, height) (None: the model's)
     window_batch: int = 4
+
+    def windows(self, model: CICLD) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The sliding window and overlap to run ``model`` with, as (width, height); a one-line
+        error, sizes as WIDTHxHEIGHT, where the model cannot tile them."""
+        (width, height), (over_w, over_h) = self.window or model.config.sliding_window, self.overlap or model.config.sliding_overlap
+        divisor, factor = model.config.size_divisor, model.config.vae_scale_factor
+        if min(width, height) < 1 or width % divisor or height % divisor:
+            raise CicldError(f"sliding window {width}x{height} (WIDTHxHEIGHT) must be positive multiples of {divisor} for this model")
+        if over_w % factor or over_h % factor or not (0 <= over_w < width and 0 <= over_h < height):
+            raise CicldError(
+                f"window overlap {over_w}x{over_h} (WIDTHxHEIGHT) must be multiples of {factor} smaller than the window {width}x{height}"
+            )
+        return (width, height), (over_w, over_h)
 
     def logits(self, model: CICLD, images: torch.Tensor) -> torch.Tensor:
         if self.sliding:
-            window = self.window or tuple(reversed(model.config.sliding_window))
-            overlap = self.overlap or tuple(reversed(model.config.sliding_overlap))
-            return model.predict_sliding(images, window, overlap, self.window_batch, steps=self.steps, refine=self.refine)
+            (width, height), (over_w, over_h) = self.windows(model)
+            # CICLD.predict_sliding takes a tensor's (height, width) order.
+            return model.predict_sliding(
+                images, (height, width), (over_h, over_w), self.window_batch, steps=self.steps, refine=self.refine
+            )
         return model.predict(images, steps=self.steps, refine=self.refine)
 
 
@@ -71,6 +88,8 @@ def evaluate_model(
     ``on_image(n)`` is called after each image with the number done by this process.
     """
     options = options or InferenceOptions()
+    if options.sliding:
+        options.windows(model)  # a window the model cannot tile is refused before the first image
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(model.config.num_classes)

@@ -137,6 +137,8 @@ def predict_files(
     the height of the model's ``config.input_size``, and always normalised with the model's
     ``image_mean``/``image_std``: the model folder alone decides how the model runs."""
     options = options or InferenceOptions()
+    if options.sliding:
+        options.windows(model)  # a window the model cannot tile is refused before the first image
     if target_height == "model":
         target_height = model.config.input_size[1] if model.config.input_size is not None else None
     mean, std = model.config.image_mean, model.config.image_std

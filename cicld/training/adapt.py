@@ -51,11 +51,10 @@ def build(session: Session) -> Stage:
     labelled = oracle_dataset(config) if config.method == "oracle" else source_dataset(config)
     target = target_dataset(config) if config.method in ("cicld", "self-training") else None
     val = val_dataset(config)
-    config = session.resolve_start("pretrain-ldm")  # a resumed run keeps the starting point it recorded
     switches = dict(config.architecture_switches)
     if config.method == "cicld" and config.adversarial != "none":  # f_dis with one output per domain
         switches["discriminator"] = config.adversarial
-    model = load_model(Path(config.init_from), switches)
+    config, model = session.starting_model(lambda c: load_model(Path(c.init_from), switches), "pretrain-ldm")
     if config.method == "self-training":  # no ε_θ: pseudo-labels, validation and the export use S = 0
         model.config = model.config.replace(inference_steps=0)
     ema_model = copy.deepcopy(model).requires_grad_(False)

@@ -1,8 +1,10 @@
 """Atomic, pruned training checkpoints on top of Accelerate's ``save_state``.
 
 A checkpoint is ``<run>/checkpoints/step-00001000/``: what ``Accelerator.save_state`` writes
-(model weights as safetensors, optimizer, scheduler, RNG states) plus ``trainer_state.json``
-(the step and anything else the loop needs to continue). It is written into a hidden temporary
+(model weights as safetensors, optimizer, scheduler, RNG states), ``model_config.json`` (the
+trained model's config, as ``save_pretrained`` writes it: a resumed run builds its model from
+it, so a checkpoint needs nothing outside its run) and ``trainer_state.json`` (the step and
+anything else the loop needs to continue). It is written into a hidden temporary
 folder and renamed into place only when complete, so a kill during a write never breaks the
 newest good checkpoint; unfinished temporaries are ignored and cleaned up by the next save.
 Checkpoints written again or pruned never leave a half-deleted folder that looks complete.
@@ -18,10 +20,14 @@ from pathlib import Path
 
 from cicld.errors import CicldError
 from cicld.files import atomic_write
+from cicld.models.config import CICLDConfig
 from cicld.training.runs import recover_replaced, replace_directory
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
+#: The trained model's config.json, under another name: the checkpoint's model.safetensors is
+#: Accelerate's (the objective's weights), so the folder must not look like a model folder.
+MODEL_CONFIG_FILE = "model_config.json"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -33,8 +39,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if is_checkpoint(p)]
     return sorted(found, key=_step)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a complete checkpoint folder (of whatever run)."""
+    path = Path(path)
+    return bool(_CHECKPOINT.match(path.name)) and (path / STATE_FILE).is_file()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -42,8 +54,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(
+    accelerator, run_dir: Path, step: int, state: dict, keep: int = 2, model_config: CICLDConfig | None = None
+) -> Path:
     """Save the full training state at ``step`` atomically; keep the newest ``keep`` checkpoints.
+    ``model_config``, the trained model's config, is saved with it (:func:`checkpoint_model_config`).
 
     Every process must call this (Accelerate saves per-process RNG states); only the main
     process renames and prunes.
@@ -61,6 +76,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if model_config is not None:
+            atomic_write(temporary / MODEL_CONFIG_FILE, json.dumps(model_config.to_dict(), indent=2) + "\n")
         atomic_write(temporary / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
         _fsync_dir(temporary)
         replace_directory(temporary, final)  # written again after resuming an earlier checkpoint
@@ -113,6 +130,18 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
             f"({type(exc).__name__}: {_first_line(exc)}); resume an earlier checkpoint of the run by naming its folder"
         ) from None
     return state
+
+
+def checkpoint_model_config(checkpoint: Path) -> CICLDConfig | None:
+    """The config of the model a checkpoint was saved from (switches applied), to build the model
+    that its weights are loaded into; None for a checkpoint written before checkpoints held it."""
+    path = Path(checkpoint) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return CICLDConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, CicldError) as exc:
+        raise CicldError(f"cannot resume from {checkpoint}: {MODEL_CONFIG_FILE} is corrupt ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:

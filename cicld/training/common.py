@@ -1,4 +1,4 @@
-"""Pieces the stages share: data sets, the starting model, the optimizer, the EMA update, validation."""
+"""Pieces the stages share: data sets, loading the starting model, the optimizer, the EMA update, validation."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from torch import nn
 from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
 from cicld.data.layouts import CLASS_STATS_FILE
 from cicld.data.sampling import RareClassSampler, class_weights
-from cicld.errors import CicldError, DataError
+from cicld.errors import DataError
 from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.models import CICLD
 from cicld.training.config import CommonConfig
-from cicld.training.runs import FINAL, is_finished, newest_finished_run
 
 def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     """One-line hint when a dataset folder is missing or not prepared yet."""
@@ -95,24 +94,6 @@ def ema_update(ema_model: nn.Module, model: nn.Module, step: int, max_alpha: flo
 def validate(model: CICLD, dataset: ValDataset, accelerator) -> SegmentationScores:
     """Whole-image validation during training (see :func:`cicld.evaluation.evaluate.evaluate_model`)."""
     return evaluate_model(model, dataset, accelerator)
-
-
-def resolve_init(config: CommonConfig, previous_stage: str) -> Path:
-    """The model folder to start from: ``--init-from`` or the newest finished ``previous_stage`` run."""
-    if config.init_from is not None:
-        path = Path(config.init_from)
-        if is_finished(path):
-            return path / FINAL
-        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-            return path
-        raise CicldError(f"--init-from {path} is neither a model folder nor a finished run")
-    run = newest_finished_run(Path(config.runs_root), previous_stage, source=config.source)
-    if run is None:
-        raise CicldError(
-            f"no finished {previous_stage} run for --source {config.source} in {config.runs_root}/; "
-            f"run `cicld {previous_stage} --source {config.source}` first (or pass --init-from)"
-        )
-    return run / FINAL
 
 
 def load_model(path: Path, switches: dict | None = None) -> CICLD:

@@ -33,15 +33,21 @@ def pretrain_ae(
     return run_training(session, build(session), on_step)
 
 
+def new_model(config: AutoencoderConfig) -> CICLD:
+    """A new model of ``--preset`` (its initial weights drawn from ``--seed``: see
+    :meth:`Session.starting_model`), with E/D from ``--init-autoencoder`` if given."""
+    model = CICLD(CICLDConfig.preset(config.preset))
+    if config.init_autoencoder is not None:
+        model.load_autoencoder_kl(config.init_autoencoder)
+    return model
+
+
 def build(session: Session) -> Stage:
     """pretrain-ae's data (source and target images), a new model with all but E and D frozen, the
     objective (reconstruction + patch-GAN), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     datasets = (source_dataset(config), target_dataset(config))
-    torch.manual_seed(config.seed)  # the initial weights
-    model = CICLD(CICLDConfig.preset(config.preset))
-    if config.init_autoencoder is not None:
-        model.load_autoencoder_kl(config.init_autoencoder)
+    config, model = session.starting_model(new_model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(FROZEN))
     model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)

@@ -32,8 +32,7 @@ def build(session: Session) -> Stage:
     ``--train-encoder``, the objective (CE + diffusion loss), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     source, val = source_dataset(config), val_dataset(config)
-    config = session.resolve_start("pretrain-ae")  # a resumed run keeps the starting point it recorded
-    model = load_model(Path(config.init_from), config.architecture_switches)
+    config, model = session.starting_model(lambda c: load_model(Path(c.init_from), c.architecture_switches), "pretrain-ae")
     model.encoder.requires_grad_(config.train_encoder)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
     model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)

@@ -1,4 +1,4 @@
-"""Run folders: where each training stage writes, and how later commands find the newest one.
+"""Run folders: where each training stage writes, and how folders in them are replaced atomically.
 
 ::
 
@@ -10,6 +10,8 @@
 
 A run is *finished* when it has ``final/`` (the exported model: ``config.json`` + safetensors),
 written atomically at the end of training. An unfinished run with checkpoints can be resumed.
+What a path given to a command names (a model folder, a run, a checkpoint), and the newest
+finished or unfinished run, is decided in :mod:`cicld.training.locate`.
 """
 
 from __future__ import annotations
@@ -134,26 +136,6 @@ def stage_runs(runs_root: Path, stage: str) -> list[Path]:
     return sorted(runs, key=lambda p: ((p / RUN_CONFIG).stat().st_mtime, p.name), reverse=True)
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / FINAL / "config.json").is_file()
-
-
-def newest_finished_run(runs_root: Path, stage: str, **match) -> Path | None:
-    """The newest finished run of ``stage`` whose config has the given values (e.g. source="gta5")."""
-    for run in stage_runs(runs_root, stage):
-        if is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
-            return run
-    return None
-
-
-def newest_unfinished_run(runs_root: Path, stage: str, **match) -> Path | None:
-    """The newest run of ``stage`` that has not exported ``final/`` (what ``--resume latest`` continues)."""
-    for run in stage_runs(runs_root, stage):
-        if not is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
-            return run
-    return None
-
-
 def mark_latest(runs_root: Path, final_dir: Path) -> Path:
     """Point ``runs/latest`` at ``final_dir`` (atomically: a relative symlink renamed into place)."""
     runs_root = Path(runs_root)
@@ -216,20 +198,3 @@ def _exchange(first: Path, second: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # an old kernel or a file system without it
         return False
     raise OSError(code, os.strerror(code), str(second))
-
-
-def resolve_model_dir(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
-    """What evaluate/predict load: a model folder, a run folder (its ``final/``) or ``runs/latest``."""
-    if path is None:
-        latest = Path(runs_root) / "latest"
-        if not latest.exists():
-            raise CicldError(f"no finished run in {runs_root}/ (no {latest}); train one with `cicld adapt` or name a CHECKPOINT")
-        return latest.resolve()
-    path = Path(path)
-    if (path / FINAL / "config.json").is_file():
-        return path / FINAL
-    if (path / "config.json").is_file():
-        return path
-    if not path.exists():
-        raise CicldError(f"{path} does not exist")
-    raise CicldError(f"{path} is neither a model folder (config.json + safetensors) nor a finished run (final/)")

@@ -31,20 +31,11 @@ from accelerate.utils import DistributedDataParallelKwargs
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write
-from cicld.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from cicld.training.common import resolve_init
+from cicld.models import CICLD, CICLDConfig
+from cicld.training.checkpoint import checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
-from cicld.training.runs import (
-    FINAL,
-    RUN_CONFIG,
-    RunLock,
-    mark_latest,
-    new_run_dir,
-    newest_unfinished_run,
-    read_run_config,
-    recover_replaced,
-    replace_directory,
-)
+from cicld.training.locate import is_model_folder, resolve_init_from, resolve_resume
+from cicld.training.runs import FINAL, RUN_CONFIG, RunLock, mark_latest, new_run_dir, read_run_config, recover_replaced, replace_directory
 
 
 @dataclass
@@ -159,8 +150,14 @@ class Session:
         step is done (:meth:`open_run`)."""
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
+        #: The config of the model the checkpoint being resumed was saved from (None: a new run,
+        #: or a checkpoint written before checkpoints held it).
+        self.resume_model_config: CICLDConfig | None = None
         if resume is not None:
-            self.run_dir, self.resume_from, config = _find_resumable(config, resume)
+            self.run_dir, self.resume_from = resolve_resume(resume, Path(config.runs_root), config.stage, config.source)
+            # The run's saved config wins, so that a resumed run continues exactly the run that was started.
+            config = type(config).from_dict(read_run_config(self.run_dir))
+            self.resume_model_config = checkpoint_model_config(self.resume_from)
         self.config = config
         # A new run's folder is made after its first step: until then the trackers' folder is
         # only named (they start in open_run, in the run folder).
@@ -170,15 +167,40 @@ class Session:
         self._log_fields: list[str] | None = None
         self._trackers_started = False
         self._guarded: tuple[torch.nn.Module, ...] = ()
+        self._model: CICLD | None = None  # the network being trained, whose config the checkpoints hold
         self._lock: RunLock | None = None
 
-    def resolve_start(self, previous_stage: str) -> CommonConfig:
-        """The run's config with ``init_from`` resolved (``--init-from`` or the newest finished
-        ``previous_stage`` run), before the model is built from it; a resumed run keeps the one it
-        recorded. The config is not changed: ``self.config`` becomes the resolved copy."""
+    def starting_model(
+        self, new_model: Callable[[CommonConfig], CICLD], previous_stage: str | None = None
+    ) -> tuple[CommonConfig, CICLD]:
+        """The run's config with its starting point resolved, and the model the stage trains.
+
+        A new run resolves ``init_from`` (``--init-from``, or the newest finished
+        ``previous_stage`` run; None for a stage that starts from nothing), recorded in its config,
+        and trains ``new_model(config)``. A resumed run keeps the ``init_from`` it recorded, but
+        needs nothing outside its run: its model is built from the model config its checkpoint
+        holds (the stage's architecture switches included), and :meth:`restore` loads every
+        weight into it. A checkpoint written before checkpoints held that config gets
+        ``new_model(config)`` as before, which needs ``init_from`` to be there still.
+
+        Whatever ``new_model`` initialises afresh (pretrain-ae's whole model, a part a switch adds
+        such as adapt's 2-class f_dis) is drawn from ``--seed``, not from whatever the process
+        drew before. The config is not changed: ``self.config`` becomes the resolved copy.
+        """
+        config = self.config
         if self.resume_from is None:
-            self.config = dataclasses.replace(self.config, init_from=str(resolve_init(self.config, previous_stage)))
-        return self.config
+            if previous_stage is not None:
+                init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
+                self.config = config = dataclasses.replace(config, init_from=str(init_from))
+        elif self.resume_model_config is not None:
+            return config, CICLD(self.resume_model_config)
+        elif config.init_from is not None and not is_model_folder(Path(config.init_from)):
+            raise CicldError(
+                f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, so it needs "
+                f"the model the run started from, {config.init_from}, which is no longer there; put that folder back to resume"
+            )
+        torch.manual_seed(config.seed)  # the initial weights of what is new
+        return config, new_model(config)
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done,
@@ -227,6 +249,7 @@ class Session:
         load the checkpoint being resumed. Returns the prepared objective and optimizer and the
         first step to run."""
         objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        self._model = self.accelerator.unwrap_model(objective).model
         guarded = [objective]
         if ema_model is not None:
             ema_model.to(self.accelerator.device)
@@ -371,7 +394,8 @@ class Session:
         """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
         if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
             self.check_weights(self._guarded, f"after step {step_done}: not checkpointed")
-            save_checkpoint(self.accelerator, self.run_dir, step_done, state, keep=self.config.keep_checkpoints)
+            model_config = self._model.config if self._model is not None else None
+            save_checkpoint(self.accelerator, self.run_dir, step_done, state, self.config.keep_checkpoints, model_config)
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
@@ -413,34 +437,6 @@ class Session:
             self._lock.release()
             self._lock = None
         self.accelerator.end_training()
-
-
-def _find_resumable(config: CommonConfig, resume: str) -> tuple[Path, Path, CommonConfig]:
-    """The run and checkpoint that ``resume`` names, and the run's saved config: it wins, so that a
-    resumed run continues exactly the run that was started."""
-    runs_root, checkpoint = Path(config.runs_root), None
-    if resume == "latest":
-        run_dir = newest_unfinished_run(runs_root, config.stage, source=config.source)
-        if run_dir is None:
-            raise CicldError(f"--resume latest: no unfinished {config.stage} run for --source {config.source} in {runs_root}/")
-    else:
-        run_dir = Path(resume)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CicldError(f"--resume {resume} is a file; name a run folder, one of its checkpoint folders or latest")
-        if not run_dir.exists() and not run_dir.name.startswith("step-"):
-            raise CicldError(f"--resume {resume}: no such run or checkpoint folder")
-        if run_dir.name.startswith("step-"):  # a checkpoint folder: exactly that step, its run two levels up
-            run_dir, checkpoint = run_dir.parent.parent, run_dir
-    saved = read_run_config(run_dir)
-    if saved.get("stage") != config.stage:
-        raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {config.stage}")
-    if checkpoint is None:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise CicldError(f"{run_dir} has no checkpoint to resume from")
-    elif checkpoint not in list_checkpoints(run_dir):
-        raise CicldError(f"{checkpoint} is not a complete checkpoint of {run_dir}")
-    return run_dir, checkpoint, type(config).from_dict(saved)
 
 
 def truncate_log(path: Path, step: int) -> None:
