@@ -484,21 +484,21 @@ def test_sliding_window_covering_the_whole_image_equals_whole_image_prediction(m
     x = images(2)
     for steps in (0, 2):
         whole = model.predict(x, steps=steps)
-        torch.testing.assert_close(model.predict_sliding(x, window=(64, 128), overlap=0, steps=steps), whole, rtol=0, atol=0)
+        torch.testing.assert_close(model.predict_sliding(x, window=(128, 64), overlap=0, steps=steps), whole, rtol=0, atol=0)
         torch.testing.assert_close(model.predict_sliding(x, window=256, overlap=32, steps=steps), whole, rtol=0, atol=0)
 
 
 def test_sliding_windows_tiling_the_image_once_equal_per_window_predictions(model):
     x = images(1, 64, 256)
     noise = torch.randn(1, 4, 8, 32, generator=seeded(9))
-    out = model.predict_sliding(x, window=(64, 128), overlap=0, steps=1, generator=seeded(9))
+    out = model.predict_sliding(x, window=(128, 64), overlap=0, steps=1, generator=seeded(9))
     torch.testing.assert_close(out[..., :128], model.predict(x[..., :128], steps=1, noise=noise[..., :16]))
     torch.testing.assert_close(out[..., 128:], model.predict(x[..., 128:], steps=1, noise=noise[..., 16:]))
 
 
 def test_sliding_windows_average_logits_where_they_overlap(model):
     x = images(1, 64, 192)
-    out = model.predict_sliding(x, window=(64, 128), overlap=(0, 64), steps=0)
+    out = model.predict_sliding(x, window=(128, 64), overlap=(64, 0), steps=0)
     left, right = model.predict(x[..., :128], steps=0), model.predict(x[..., 64:], steps=0)
     torch.testing.assert_close(out[..., :64], left[..., :64])
     torch.testing.assert_close(out[..., 64:128], (left[..., 64:] + right[..., :64]) / 2)

@@ -60,9 +60,8 @@ class InferenceOptions:
     def logits(self, model: CICLD, images: torch.Tensor) -> torch.Tensor:
         if self.sliding:
             (width, height), (over_w, over_h) = self.windows(model)
-            # CICLD.predict_sliding takes a tensor's (height, width) order.
             return model.predict_sliding(
-                images, (height, width), (over_h, over_w), self.window_batch, steps=self.steps, refine=self.refine
+                images, (width, height), (over_w, over_h), self.window_batch, steps=self.steps, refine=self.refine
             )
         return model.predict(images, steps=self.steps, refine=self.refine)
 

@@ -181,11 +181,12 @@ class CICLD(nn.Module):
                 delattr(mid_block, CONDITION_ATTR)
 
     def segment(
-        self, latents: torch.Tensor, features: list[torch.Tensor] | None, size: tuple[int, int] | torch.Size
+        self, latents: torch.Tensor, features: list[torch.Tensor] | None, shape_hw: tuple[int, int] | torch.Size
     ) -> torch.Tensor:
-        """D + f_cls on a (denoised) scaled latent; logits upsampled bilinearly to ``size``."""
+        """D + f_cls on a (denoised) scaled latent; logits upsampled bilinearly to ``shape_hw``
+        (a tensor's (height, width), e.g. ``images.shape[-2:]``)."""
         logits = self.decoder.segment(latents / self.config.scaling_factor, features)
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=tuple(shape_hw), mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------ training
     def forward_train(
@@ -282,19 +283,20 @@ class CICLD(nn.Module):
 
         Memory is bounded by ``window_batch`` windows plus one logit map of the image. The noise
         is drawn once for the whole (padded) image and cropped per window, so a window covering
-        the whole image reproduces :meth:`predict` exactly. ``window`` must be a multiple of
+        the whole image reproduces :meth:`predict` exactly. ``window`` and ``overlap`` are one int
+        (square) or (width, height), as every size in the package. ``window`` must be a multiple of
         ``config.size_divisor`` and ``overlap`` of the latent factor (8); windows larger than the
         image shrink to it. Refinement passes condition each window on the argmax of the whole
         previous sliding-window prediction.
         """
         steps = self.config.inference_steps if steps is None else steps
-        win_h, win_w = _pair(window)
-        over_h, over_w = _pair(overlap)
+        win_w, win_h = _width_height(window)
+        over_w, over_h = _width_height(overlap)
         divisor, factor = self.config.size_divisor, self.config.vae_scale_factor
         if win_h % divisor or win_w % divisor or win_h <= 0 or win_w <= 0:
-            raise CicldError(f"sliding window {win_h}x{win_w} must be a positive multiple of {divisor}")
+            raise CicldError(f"sliding window {win_w}x{win_h} must be a positive multiple of {divisor}")
         if over_h % factor or over_w % factor or not (0 <= over_h < win_h and 0 <= over_w < win_w):
-            raise CicldError(f"window overlap {over_h}x{over_w} must be a multiple of {factor} smaller than the window")
+            raise CicldError(f"window overlap {over_w}x{over_h} must be a multiple of {factor} smaller than the window")
         if window_batch < 1:
             raise CicldError(f"window_batch must be at least 1, got {window_batch}")
         padded, (height, width) = self._pad(images)
@@ -529,11 +531,12 @@ class CICLD(nn.Module):
         self.mask_encoder.load_weights(path)
 
 
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+def _width_height(value: int | tuple[int, int]) -> tuple[int, int]:
+    """A size given as one int (square) or as (width, height), the package's order for sizes."""
     if isinstance(value, int):
         return value, value
-    height, width = value
-    return int(height), int(width)
+    width, height = value
+    return int(width), int(height)
 
 
 def _window_starts(size: int, window: int, overlap: int) -> list[int]:

@@ -144,7 +144,7 @@ def prototype_contrastive_loss(
     return F.cross_entropy(logits, ids[keep])
 
 
-def _labels_at(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    if tuple(labels.shape[-2:]) == tuple(size):
+def _labels_at(labels: torch.Tensor, shape_hw: tuple[int, int] | torch.Size) -> torch.Tensor:
+    if tuple(labels.shape[-2:]) == tuple(shape_hw):
         return labels.long()
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+    return F.interpolate(labels[:, None].float(), size=tuple(shape_hw), mode="nearest")[:, 0].long()
