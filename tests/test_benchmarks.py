@@ -49,3 +49,25 @@ def test_uda_toy_benchmark_runs_every_job_and_reports_them(tmp_path):
     again = run_benchmark(out)
     assert again.returncode == 0
     assert "Job times" not in (out / "uda_toy.md").read_text()
+
+
+def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import uda_toy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    one = {job.name: job for job in uda_toy.plan([0, 1], {"table1", "table2"}, table_seeds=1)}
+    two = {job.name: job for job in uda_toy.plan([0, 1], {"table1", "table2"}, table_seeds=2)}
+    # The first seed's table jobs keep their names, so a benchmark folder from before is reused.
+    assert {"ce-only", "adv-2class", "cicld-cond0-ic0", "ldm-cond1-ic0"} <= set(one)
+    assert not any(name.endswith("-s1") and ("cond" in name or name.startswith(("ce-", "adv-"))) for name in one)
+    extra = set(two) - set(one)
+    assert extra == {
+        *(f"{p}-cond{c}-ic{i}-s1" for p in ("ldm", "cicld") for c, i in ((0, 0), (0, 1), (1, 0))),
+        "ce-only-s1", "adv-2class-s1", "adv-3class-cl-s1", "adv-3class-mmd-s1",
+    }  # fmt: skip
+    # Each starts from its own seed's models and trains with its own seed.
+    assert two["ce-only-s1"].after == "ldm-s1" and "--seed=1" in two["ce-only-s1"].flags
+    assert two["ldm-cond0-ic1-s1"].after == "ae-s1"
+    assert two["cicld-cond0-ic1-s1"].after == "ldm-cond0-ic1-s1"
