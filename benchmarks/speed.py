@@ -9,11 +9,13 @@ What is measured (in child processes, one at a time):
 - inference: ``CICLD.predict`` (whole image, logits at input resolution) for S ∈ --steps, and
   the peer (``SegformerForSemanticSegmentation``, B5 config, random weights) with its logits
   upsampled to the input resolution, on one image;
-- training: one optimiser step at batch 2 source + 2 target. CICLD: EMA-model pseudo-labels on
-  the target, one ``forward_train`` over source + mixed + target (null condition for target),
-  CE(source) + weighted CE(mixed) + diffusion loss + confusion loss (KL to uniform), then the
-  3-class discriminator step on detached ẑ0, both AdamW steps and the EMA update. The peer:
-  EMA pseudo-labels, forward on source + mixed, the two CEs, AdamW, EMA update (DAFormer's step);
+- training: one optimiser step at batch 2 source + 2 target. CICLD: ``cicld adapt``'s step with
+  its default settings, minus data loading and ClassMix: EMA-model pseudo-labels on the target,
+  ``UDAObjective`` (source + mixed + target through E and ε_θ, D and f_cls on source + mixed
+  only; CE(source) + weighted CE(mixed) + diffusion loss + 3-class discriminator loss on detached
+  ẑ0 + confusion loss), one backward pass, one AdamW step over ``build_optimizer``'s groups, the
+  EMA update. The peer: EMA pseudo-labels, forward on source + mixed, the two CEs, AdamW, EMA
+  update (DAFormer's step);
 - time: one child per task builds the peer and CICLD, warms every row up once, then runs
   --repeats rounds over all rows *interleaved* and keeps each row's best, so that on a shared
   machine the peer and CICLD see the same busy and quiet moments; ratio = CICLD / peer time;
@@ -134,12 +136,6 @@ def build_cicld(preset: str):
     return CICLD(CICLDConfig.preset(preset))
 
 
-def ema_update(ema, model, alpha=0.999):
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.mul_(alpha).add_(p.detach(), alpha=1 - alpha)
-
-
 def make_batch(size: int, device: str, num_classes: int = 19):
     g = torch.Generator().manual_seed(0)
     source = torch.randn(2, 3, size, size, generator=g).to(device)
@@ -150,41 +146,35 @@ def make_batch(size: int, device: str, num_classes: int = 19):
 
 
 def cicld_train_step_fn(model, size: int, device: str):
-    from cicld.models.losses import confusion_loss, diffusion_loss, discriminator_loss, segmentation_loss
+    """``cicld adapt``'s step with its default settings, minus data loading and ClassMix: the EMA
+    model's pseudo-labels, :class:`UDAObjective`'s losses, one backward pass over their sum, one
+    AdamW step over :func:`build_optimizer`'s groups (f_dis included), the EMA update."""
+    from cicld.training.common import build_optimizer, ema_update
+    from cicld.training.config import AdaptConfig
+    from cicld.training.objectives import UDAObjective
 
-    ema = copy.deepcopy(model).eval()
-    model.train()
-    dis_params = set(model.discriminator.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p not in dis_params], lr=6e-5)
-    dis_optimizer = torch.optim.AdamW(model.discriminator.parameters(), lr=1e-4)
+    config = AdaptConfig()
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    objective = UDAObjective(model, config).train()
+    optimizer = build_optimizer(objective, config)
     source, mixed, target, labels = make_batch(size, device, model.config.num_classes)
-    domains = torch.tensor([0, 0, 1, 1, 2, 2], device=device)
-    generator = torch.Generator().manual_seed(0)
+    weights = torch.full(labels.shape, 0.9, device=device)  # the pseudo-labels' confidence weights
 
     def step():
-        pseudo = ema.predict(target).argmax(dim=1)  # EMA model: pseudo-labels for the mixed image
-        images = torch.cat([source, mixed, target])
-        cond_labels = torch.cat([labels, pseudo, torch.full_like(pseudo, 255)])
-        out = model.forward_train(images, cond_labels, generator=generator)
-        loss = (
-            segmentation_loss(out["logits"][:2], labels)
-            + segmentation_loss(out["logits"][2:4], pseudo, pixel_weight=0.9)
-            + diffusion_loss(out["noise_pred"], out["noise"])
-            + 0.01 * confusion_loss(model.discriminator, out["z0_hat"])
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        pseudo = ema.predict(target).argmax(dim=1)  # pseudo-labels for the mixed images
+        losses = objective(source, labels, mixed, pseudo, weights, target)
+        sum(losses.values()).backward()
         optimizer.step()
-        dis_optimizer.zero_grad(set_to_none=True)
-        discriminator_loss(model.discriminator, out["z0_hat"], domains).backward()
-        dis_optimizer.step()
-        ema_update(ema, model)
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(ema, model, step=1000, max_alpha=config.ema_alpha)
 
     return step
 
 
 def peer_train_step_fn(model, size: int, device: str):
+    """DAFormer's step: EMA pseudo-labels, forward on source + mixed, the two CEs, AdamW, EMA update."""
     from cicld.models.losses import segmentation_loss
+    from cicld.training.common import ema_update
 
     ema = copy.deepcopy(model).eval()
     model.train()
@@ -199,7 +189,7 @@ def peer_train_step_fn(model, size: int, device: str):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ema_update(ema, model)
+        ema_update(ema, model, step=1000, max_alpha=0.999)
 
     return step
 
@@ -309,6 +299,19 @@ def markdown_table(rows: list[dict], peak: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def round_ratios(rows: list[dict]) -> list[str]:
+    """× peer time of each timing round: a row over the peer's time in the same round, i.e. in the
+    same minutes. The spread of these shows how much the machine's load moved the best-of ratio."""
+    peers = {(r["device"], r["task"]): r["all_seconds"] for r in rows if r["model"] == "segformer-b5"}
+    lines = []
+    for r in rows:
+        if r["model"] != "segformer-b5" and (r["device"], r["task"]) in peers:
+            ratios = [mine / peer for mine, peer in zip(r["all_seconds"], peers[(r["device"], r["task"])])]
+            steps = "" if r["task"] == "train" else f" S={r['steps']}"
+            lines.append(f"- × peer per round, {r['device']} {r['task']}{steps}: " + ", ".join(f"{x:.2f}" for x in ratios))
+    return lines
+
+
 def print_rich(rows: list[dict], peak: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -399,6 +402,7 @@ def main() -> None:
         "",
         *[f"- load average (1 min) during the {task} timing rounds on {device}: "
           + " → ".join(f"{x:.1f}" for x in load) for (device, task), load in loads.items()],
+        *round_ratios(rows),
         "",
         markdown_table(rows, peak),
     ]

@@ -538,6 +538,19 @@ def test_save_and_load_give_bit_identical_outputs(tmp_path):
     assert torch.equal(a["logits"], b["logits"])
 
 
+def test_a_model_folder_is_rebuilt_from_its_own_config_not_from_todays_preset_defaults(tmp_path):
+    """A preset may change (base went from two resnets per autoencoder block to one); a folder
+    saved before keeps its architecture because config.json spells out every field."""
+    model = tiny(ae_layers_per_block=2)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert saved["ae_layers_per_block"] == 2 != CICLDConfig.preset("tiny").ae_layers_per_block
+    assert saved.keys() == CICLDConfig().to_dict().keys()
+    loaded = CICLD.from_pretrained(tmp_path).eval()
+    assert len(loaded.encoder.down_blocks[0].resnets) == 2
+    assert torch.equal(loaded.predict(images(), steps=1), model.predict(images(), steps=1))
+
+
 def test_loading_weights_with_a_missing_key_names_it(tmp_path):
     tiny().save_pretrained(tmp_path)
     state = load_file(str(tmp_path / WEIGHTS_NAME))

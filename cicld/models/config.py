@@ -41,7 +41,9 @@ class CICLDConfig:
     # Autoencoder E / D (diffusers AutoencoderKL layout: one DownEncoderBlock2D per width)
     latent_channels: int = 4
     ae_block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
-    ae_layers_per_block: int = 2
+    # One resnet per block: a second one at full resolution (32 channels, the least efficient
+    # convolutions of the network) was a quarter of the training step for features nothing reads.
+    ae_layers_per_block: int = 1
     ae_norm_num_groups: int = 32
     ae_mid_block_attention: bool = False
     # Normalisation in E, D, the fusions and f_cls: "group" (diffusers' own, needed to load an
