@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from cicld.data.prepare import find_frames, prepare_dataset  # noqa: E402
 from cicld.data.toy import generate_toy_pair  # noqa: E402
 from toy_gap_factors import VARIANTS, target_rendered_as  # noqa: E402
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     with target_rendered_as(*VARIANTS[name]):
         # One worker: the variant is a patch of this process's module state.
         summary = generate_toy_pair(args.root, seed=args.pair_seed, workers=1)
+    for dataset in ("gta5", "cityscapes"):  # what `cicld prepare-data toy` does after generating
+        prepare_dataset(find_frames(args.root / dataset, dataset))
     print(f"wrote {args.root}: target rendered as {name!r} ({summary})")
 
 
