@@ -23,8 +23,9 @@ from cicld.data.prepare import find_frames, prepare_dataset  # noqa: E402
 from cicld.data.toy import generate_toy_pair  # noqa: E402
 from toy_gap_factors import VARIANTS, target_rendered_as  # noqa: E402
 
-# --variant name -> the row of toy_gap_factors.VARIANTS it renders the target as
-CHOICES = {key: name for key, name in zip(("shipped", "camera", "textures", "photograph", "palette", "palette-photograph"), VARIANTS)}
+# --variant name -> the row of toy_gap_factors.VARIANTS it renders the target as (in that order;
+# strict: a row added there without a name here fails at import rather than shifting the names)
+CHOICES = dict(zip(("shipped", "camera", "textures", "photograph", "palette", "palette-photograph"), VARIANTS, strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
