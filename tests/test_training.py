@@ -911,9 +911,41 @@ def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(to
     assert per_domain == [3]  # 6 images a step: 3 source + 3 target
 
 
-def test_oracle_is_refused_on_real_data(cli):
+def test_oracle_is_refused_on_real_data(cli, toy_root, tmp_path):
     result = cli("adapt", "--source", "gta5", "--method", "oracle")
     assert result.exit_code == 2 and "only the toy pair" in result.stderr
+    # Prepared Cityscapes-format data that no toy pair wrote is refused too, before any training.
+    real = tmp_path / "real" / "cityscapes"
+    shutil.copytree(toy_root / "cityscapes", real)
+    result = cli("adapt", "--source", "toy", "--target-root", real, "--method", "oracle", "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2 and "only the toy pair" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(cli, toy_root, pretrained_runs, tmp_path):
+    from cicld.data.prepare import find_frames, prepare_dataset
+    from cicld.data.toy import generate_toy_pair
+
+    pair = tmp_path / "pair"
+    generate_toy_pair(pair, seed=0, size=(64, 32), num_source=4, num_target_train=4, num_target_val=2, source_formats=("synthia",))
+    for dataset in ("synthia", "cityscapes"):
+        prepare_dataset(find_frames(pair / dataset, dataset))
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    flags = [str(f) for f in stage_flags(toy_root, runs)]
+    flags[flags.index("--source") + 1] = "synthia"
+    flags[flags.index("--source-root") + 1] = str(pair / "synthia")
+    flags[flags.index("--target-root") + 1] = str(pair / "cityscapes")
+    flags[flags.index("--crop") + 1] = "none"
+    (source_model,) = stage_runs(runs, "pretrain-ldm")  # the toy-format source's: any starting model will do
+    flags += ["--init-from", str(source_model)]
+    for method in ("oracle", "cicld"):
+        result = cli("adapt", *flags, "--recipe", "toy", "--method", method)
+        assert result.exit_code == 0, result.stderr
+    for run in stage_runs(runs, "adapt"):
+        config = json.loads((run / "config.json").read_text())
+        # SYNTHIA's dataset size (1280x760) would have upsampled the 64x32 frames twentyfold.
+        assert (config["source"], config["source_resize"], config["target_resize"]) == ("synthia", None, None)
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ from torch import nn
 from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
 from cicld.data.layouts import CLASS_STATS_FILE
 from cicld.data.sampling import RareClassSampler, class_weights
-from cicld.errors import DataError
+from cicld.data.toy import is_toy_target
+from cicld.errors import CicldError, DataError
 from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.models import CICLD
@@ -49,9 +50,15 @@ def target_dataset(config: CommonConfig) -> TargetDataset:
 
 
 def oracle_dataset(config: CommonConfig) -> SourceDataset:
-    """The target's train split *with* its labels: the upper bound, for the toy pair only."""
+    """The target's train split *with* its labels: the upper bound, for a toy pair's target only
+    (in whichever format its source was written)."""
     root = config.resolved_target_root
-    require_prepared(root, "cityscapes", toy=config.source == "toy")
+    if not is_toy_target(root):
+        raise CicldError(
+            f"--method oracle trains on target labels, which only the toy pair may be used for; {root} is not a toy "
+            "pair's target (`cicld prepare-data toy` writes one)"
+        )
+    require_prepared(root, "cityscapes", toy=True)
     return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2)
 
 

@@ -43,6 +43,7 @@ from cicld.data.toy.generate import (
     ToyPairSummary,
     cityscapes_stem,
     generate_toy_pair,
+    is_toy_target,
 )
 from cicld.data.toy.preview import render_preview
 from cicld.data.toy.render import DEFAULT_SIZE, ToyFrame, frame_seed, render_frame
@@ -63,6 +64,7 @@ __all__ = [
     "cityscapes_stem",
     "frame_seed",
     "generate_toy_pair",
+    "is_toy_target",
     "render_frame",
     "render_preview",
 ]

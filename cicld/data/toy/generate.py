@@ -196,6 +196,12 @@ def _write_manifest(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
+def is_toy_target(folder: Path) -> bool:
+    """Whether ``folder`` is the ``cityscapes/`` target of a toy pair (its root holds the manifest)."""
+    folder = Path(folder)
+    return folder.name == "cityscapes" and (folder.parent / MANIFEST).is_file()
+
+
 def _toy_folders(root: Path) -> list[Path]:
     return [root / name for name in (*SOURCE_FORMATS, "cityscapes")]
 
