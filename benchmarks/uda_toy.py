@@ -6,6 +6,8 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
 - **main**: for each seed, pretrain-ae → pretrain-ldm → adapt with `--method source-only`,
   `self-training` (the no-diffusion baseline), `cicld` and `oracle` (target labels); target-val
   mIoU19 as mean ± std over the seeds; the CICLD models also at S = 0, 1, 2, 10 DDIM steps.
+  With `--source-format synthia` the pair's source is written in SYNTHIA's format and every stage
+  runs with `--source synthia --recipe toy`; scores are then mIoU16, SYNTHIA's benchmark.
 - **table1** (paper Table 1; on the first seed, or on the first ``--table-seeds`` seeds):
   conditioning × inter-coder connection. The variants share their seed's autoencoder (neither
   switch changes it) and train pretrain-ldm (with `--[no-]conditioning --[no-]inter-coder`) + adapt.
@@ -93,8 +95,12 @@ def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
 
 
 class Runner:
-    def __init__(self, out: Path, data: Path, quick: bool, steps_sweep: tuple[int, ...] = ()):
+    def __init__(self, out: Path, data: Path, quick: bool, steps_sweep: tuple[int, ...] = (), source_format: str = "gta5"):
         self.out, self.data, self.quick, self.steps_sweep = out, data, quick, steps_sweep
+        self.source_format = source_format
+        # The toy recipe either way; a SYNTHIA-format source is named as such (docs/toy.md).
+        self.source_flags = ["--source=toy"] if source_format == "gta5" else ["--source=synthia", "--recipe=toy"]
+        self.metric = "mIoU19" if source_format == "gta5" else "mIoU16"
         self.finals: dict[str, Path] = {}
         self.seconds: dict[str, float] = {}
         self.scores: dict[str, dict] = {}
@@ -114,11 +120,11 @@ class Runner:
         if finished is None:
             started = time.perf_counter()
             if any((runs_root / job.stage).glob("*/checkpoints/step-*")):  # interrupted: continue it as saved
-                self.cicld(job.stage, "--source=toy", f"--runs-root={runs_root}", "--resume=latest", log=log)
+                self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", "--resume=latest", log=log)
             else:
                 init = self.start_model(job)
                 quick = ["--steps=3", "--batch-size=2", "--crop=none", "--val-every=0", "--checkpoint-every=2"] if self.quick else []
-                self.cicld(job.stage, "--source=toy", f"--runs-root={runs_root}", f"--source-root={self.data / 'gta5'}",
+                self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", f"--source-root={self.data / self.source_format}",
                            f"--target-root={self.data / 'cityscapes'}", *([f"--init-from={init}"] if init else []),
                            *job.flags, *quick, log=log)  # fmt: skip
             self.seconds[job.name] = time.perf_counter() - started
@@ -159,9 +165,9 @@ def run_all(runner: Runner, jobs: list[Job], workers: int) -> None:
                 continue
             job = futures.pop(done)
             done.result()  # re-raise a failed job
-            score = runner.scores.get(job.name, {}).get("mIoU19")
+            score = runner.scores.get(job.name, {}).get(runner.metric)
             took = runner.seconds.get(job.name)
-            print(f"{job.name:<18} {'' if score is None else f'mIoU19 {100 * score:5.1f}'}"
+            print(f"{job.name:<18} {'' if score is None else f'{runner.metric} {100 * score:5.1f}'}"
                   f"{'' if took is None else f'  ({took:.0f} s)'}", flush=True)  # fmt: skip
 
 
@@ -175,15 +181,16 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float, table_seeds: int = 1) -> str:
-    miou = {name: 100 * s["mIoU19"] for name, s in runner.scores.items()}
+    metric = runner.metric
+    miou = {name: 100 * s[metric] for name, s in runner.scores.items()}
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"one torch thread per job; wall time {wall / 60:.1f} min (jobs run in parallel; reused jobs count 0).",
         "",
-        "Target (toy Cityscapes val, 100 images) mIoU19 in %, mean ± std over seeds " + ", ".join(map(str, seeds)) + ":",
+        f"Target (toy Cityscapes val, 100 images) {metric} in %, mean ± std over seeds " + ", ".join(map(str, seeds)) + ":",
         "",
-        "| method | mIoU19 | per seed |",
+        f"| method | {metric} | per seed |",
         "|---|---:|---|",
     ]
     for method in ("source-only", "self-training", "cicld", "oracle"):
@@ -198,7 +205,7 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
     sweep = [steps for steps in runner.steps_sweep if all(f"cicld-s{s}-S{steps}" in miou for s in seeds)]
     if sweep:
         lines += ["CICLD (adapted) on the target val by DDIM steps S at inference (`cicld evaluate --steps S`; "
-                  "the model's default is S = 1):", "", "| S | mIoU19 | per seed |", "|---:|---:|---|"]  # fmt: skip
+                  "the model's default is S = 1):", "", f"| S | {metric} | per seed |", "|---:|---:|---|"]  # fmt: skip
         for steps in sweep:
             values = [miou[f"cicld-s{s}-S{steps}"] for s in seeds]
             lines.append(f"| {steps} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
@@ -207,7 +214,7 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
     tail = lambda seed: "" if seed == first else f"-s{seed}"  # noqa: E731
     over = f"seed {first}" if len(table_seeds) == 1 else "mean ± std over seeds " + ", ".join(map(str, table_seeds))
     if "table1" in tables:
-        lines += [f"Table 1 ({over}): conditioning × inter-coder connection, CICLD adapt mIoU19", "",
+        lines += [f"Table 1 ({over}): conditioning × inter-coder connection, CICLD adapt {metric}", "",
                   "| | unconditioned | conditioned |", "|---|---:|---:|"]  # fmt: skip
         name = lambda c, i, s: f"cicld-s{s}" if (c and i) else f"cicld-cond{c}-ic{i}{tail(s)}"  # noqa: E731
         for ic, label in ((0, "without inter-coder connection"), (1, "with inter-coder connection")):
@@ -216,7 +223,7 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
         lines.append("")
     if "table2" in tables:
         lines += [f"Table 2 ({over}): objectives of `adapt`, from the same pretrain-ldm model", "",
-                  "| objective | flags | mIoU19 | per seed |", "|---|---|---:|---|"]  # fmt: skip
+                  f"| objective | flags | {metric} | per seed |", "|---|---|---:|---|"]  # fmt: skip
         rows = [
             ("CE + diffusion loss, no adversarial", "--adversarial none", "ce-only{}"),
             ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class{}"),
@@ -249,17 +256,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--pair-seed", type=int, default=0, help="seed of the generated toy pair (another seed: a pair not tuned on)")
+    parser.add_argument("--source-format", choices=("gta5", "synthia"), default="gta5",
+                        help="the format the generated pair's source is written in (synthia: scored in mIoU16)")
     parser.add_argument("--steps-sweep", default="0,1,2,10", help="DDIM steps S to evaluate the CICLD models at (comma-separated, or none)")
     args = parser.parse_args()
     tables = {t for t in args.tables.split(",") if t and t != "none"}
     data = args.data or args.out / "data"
     started = time.perf_counter()
     sweep = tuple(int(v) for v in args.steps_sweep.split(",") if v and v != "none")
-    runner = Runner(args.out, data, args.quick, sweep)
+    runner = Runner(args.out, data, args.quick, sweep, args.source_format)
     if args.data is None:
         args.out.mkdir(parents=True, exist_ok=True)
         size = ["--size=64x32"] if args.quick else []
         runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), f"--seed={args.pair_seed}", *size,
+                     f"--source-format={args.source_format}",
                      log=args.out / "prepare.log")  # fmt: skip
     run_all(runner, plan(args.seeds, tables, args.table_seeds), args.jobs)
     command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
