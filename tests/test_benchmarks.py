@@ -71,3 +71,28 @@ def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models(
     assert two["ce-only-s1"].after == "ldm-s1" and "--seed=1" in two["ce-only-s1"].flags
     assert two["ldm-cond0-ic1-s1"].after == "ae-s1"
     assert two["cicld-cond0-ic1-s1"].after == "ldm-cond0-ic1-s1"
+
+
+def test_the_synthia_format_benchmark_trains_every_stage_on_the_synthia_copy_and_scores_mIoU16(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import uda_toy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    runner = uda_toy.Runner(tmp_path / "out", tmp_path / "pair", quick=False, source_format="synthia")
+    commands = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, log):
+        commands.append(args)
+        raise Stop
+
+    runner.cicld = record
+    with pytest.raises(Stop):
+        runner.run(uda_toy.Job("ae-s0", "pretrain-ae", ["--seed=0"]))
+    (command,) = commands
+    assert command[:3] == ("pretrain-ae", "--source=synthia", "--recipe=toy")
+    assert f"--source-root={tmp_path / 'pair' / 'synthia'}" in command
+    assert runner.metric == "mIoU16"
