@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cicld.data.prepare import find_frames, prepare_dataset  # noqa: E402
-from cicld.data.toy import generate_toy_pair  # noqa: E402
+from cicld.data.toy import generate_toy_pair, prepare_toy_pair  # noqa: E402
 from toy_gap_factors import VARIANTS, target_rendered_as  # noqa: E402
 
 # --variant name -> the row of toy_gap_factors.VARIANTS it renders the target as (in that order;
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     with target_rendered_as(*VARIANTS[name]):
         # One worker: the variant is a patch of this process's module state.
         summary = generate_toy_pair(args.root, seed=args.pair_seed, workers=1)
-    for dataset in ("gta5", "cityscapes"):  # what `cicld prepare-data toy` does after generating
-        prepare_dataset(find_frames(args.root / dataset, dataset))
+    prepare_toy_pair(summary)  # what `cicld prepare-data toy` does after generating
     print(f"wrote {args.root}: target rendered as {name!r} ({summary})")
 
 

@@ -23,9 +23,7 @@ import torch
 
 from cicld.data.labels import colorize
 from cicld.data.pngio import read_image
-from cicld.data.prepare import find_frames, prepare_dataset
-from cicld.data.toy import generate_toy_pair
-from cicld.errors import CicldError
+from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write, writing
 from cicld.training.adapt import adapt
@@ -149,10 +147,7 @@ def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> tuple[str, N
 
     with writing(f"the toy pair to {options.data_root}"):
         summary = generate_toy_pair(options.data_root, seed=options.seed, workers=options.workers, progress=advance, **sizes)
-    for dataset in ("gta5", "cityscapes"):
-        report = prepare_dataset(find_frames(options.data_root / dataset, dataset), workers=options.workers)
-        if report.failures:
-            raise CicldError(f"the toy {dataset} data in {options.data_root} is damaged ({report.failures[0][1]}); delete it and re-run")
+    prepare_toy_pair(summary, workers=options.workers)
     return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}", None
 
 

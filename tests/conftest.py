@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from cicld.data.labels import cityscapes_id_palette
-from cicld.data.prepare import find_frames, prepare_dataset
-from cicld.data.toy import generate_toy_pair
+from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 from cicld.data.pngio import write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,9 +123,7 @@ def cityscapes_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy")
-    generate_toy_pair(root, seed=0, size=(64, 32), num_source=8, num_target_train=8, num_target_val=4)
-    for dataset in ("gta5", "cityscapes"):
-        prepare_dataset(find_frames(root / dataset, dataset))
+    prepare_toy_pair(generate_toy_pair(root, seed=0, size=(64, 32), num_source=8, num_target_train=8, num_target_val=4))
     return root
 
 

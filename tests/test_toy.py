@@ -29,6 +29,8 @@ from cicld.data.toy import (
     ToyPairSummary,
     cityscapes_stem,
     generate_toy_pair,
+    is_toy_target,
+    prepare_toy_pair,
     render_frame,
     render_preview,
 )
@@ -325,3 +327,19 @@ def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DataError, match="the toy seed must be a whole number >= 0, got -1"):
         generate_toy_pair(tmp_path / "toy", seed=-1, size=SIZE, **COUNTS)
     assert not (tmp_path / "toy").exists()
+
+
+def test_prepare_toy_pair_prepares_every_dataset_the_pair_holds_and_refuses_a_damaged_one(tmp_path, pair):
+    import shutil
+
+    root = tmp_path / "toy"
+    shutil.copytree(pair[0], root)
+    summary = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), **COUNTS)  # found complete
+    reports = prepare_toy_pair(summary)
+    assert list(reports) == ["gta5", "synthia", "cityscapes"]
+    assert [reports[d].converted for d in reports] == [6, 6, 4 + 3]
+    assert is_toy_target(root / "cityscapes") and not is_toy_target(root / "gta5")
+    (root / "gta5" / "labels" / "00001.png").write_bytes(b"not a png")
+    (root / "gta5" / "labels" / "00001_labelTrainIds.png").unlink()  # so that the frame is converted again
+    with pytest.raises(DataError, match="toy gta5 data .* is damaged"):
+        prepare_toy_pair(summary)

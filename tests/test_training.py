@@ -923,13 +923,10 @@ def test_oracle_is_refused_on_real_data(cli, toy_root, tmp_path):
 
 
 def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(cli, toy_root, pretrained_runs, tmp_path):
-    from cicld.data.prepare import find_frames, prepare_dataset
-    from cicld.data.toy import generate_toy_pair
+    from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 
     pair = tmp_path / "pair"
-    generate_toy_pair(pair, seed=0, size=(64, 32), num_source=4, num_target_train=4, num_target_val=2, source_formats=("synthia",))
-    for dataset in ("synthia", "cityscapes"):
-        prepare_dataset(find_frames(pair / dataset, dataset))
+    prepare_toy_pair(generate_toy_pair(pair, size=(64, 32), num_source=4, num_target_train=4, num_target_val=2, source_formats=("synthia",)))
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     flags = [str(f) for f in stage_flags(toy_root, runs)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
@@ -16,6 +16,9 @@ from cicld.data.layouts import default_root
 from cicld.data.prepare import PrepareReport, SizeMismatchPolicy, find_frames, prepare_dataset
 from cicld.errors import CicldError, DataError
 from cicld.files import writing
+
+if TYPE_CHECKING:
+    from cicld.data.toy import ToyPairSummary
 
 
 class DatasetChoice(str, Enum):
@@ -59,17 +62,18 @@ def prepare_data(
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
         return
     size_wh = parse_size(size or "256x128", "--size", minimum=(32, 16))
-    _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite))
-    formats = ("gta5", "synthia") if source_format is SourceFormat.both else ((source_format or SourceFormat.gta5).value,)
-    for name in (*formats, "cityscapes"):
+    from cicld.data.toy import toy_pair_datasets
+
+    pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite))
+    for name in toy_pair_datasets(pair.source_formats):
         _prepare_and_report(root / name, name, workers, on_size_mismatch, verify_images)
     console.print(
-        f"Toy pair ready in [bold]{root}[/]: source {', '.join(str(root / f) for f in formats)}, "
-        f"target {root / 'cityscapes'} (train without labels for adaptation, val for evaluation)."
+        f"Toy pair ready in [bold]{root}[/]: source {', '.join(str(p) for p in pair.source_roots.values())}, "
+        f"target {pair.cityscapes_root} (train without labels for adaptation, val for evaluation)."
     )
 
 
-def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool) -> None:
+def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool) -> ToyPairSummary:
     from cicld.data.toy import generate_toy_pair
 
     formats = ("gta5", "synthia") if source_format is SourceFormat.both else (source_format.value,)
@@ -84,6 +88,7 @@ def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], so
                 root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance, overwrite=overwrite
             )
     console.print(f"Toy pair: {summary}")
+    return summary
 
 
 def _prepare_and_report(root: Path, dataset: str, workers: int, policy: SizeMismatchPolicy, verify_images: bool) -> None:

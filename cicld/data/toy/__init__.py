@@ -26,7 +26,7 @@ The package, by concern:
 - :mod:`~cicld.data.toy.photo`: photographing the target (textures, light, the camera's flaws);
 - :mod:`~cicld.data.toy.render`: :func:`render_frame`, one frame of either domain from its seed;
 - :mod:`~cicld.data.toy.generate`: :func:`generate_toy_pair`, the pair on disk (the layout, the
-  seeds, resuming an interrupted run);
+  seeds, resuming an interrupted run), and :func:`prepare_toy_pair`, which prepares it;
 - :mod:`~cicld.data.toy.preview`: :func:`render_preview`, a picture of it.
 """
 
@@ -44,6 +44,8 @@ from cicld.data.toy.generate import (
     cityscapes_stem,
     generate_toy_pair,
     is_toy_target,
+    prepare_toy_pair,
+    toy_pair_datasets,
 )
 from cicld.data.toy.preview import render_preview
 from cicld.data.toy.render import DEFAULT_SIZE, ToyFrame, frame_seed, render_frame
@@ -65,6 +67,8 @@ __all__ = [
     "frame_seed",
     "generate_toy_pair",
     "is_toy_target",
+    "prepare_toy_pair",
     "render_frame",
     "render_preview",
+    "toy_pair_datasets",
 ]

@@ -57,6 +57,7 @@ from cicld.data.labels import (
     synthia_ids_to_train_ids,
 )
 from cicld.data.pngio import read_image, read_png, write_image, write_png16
+from cicld.data.prepare import PrepareReport, find_frames, prepare_dataset
 from cicld.data.toy.render import DEFAULT_SIZE, render_frame
 from cicld.errors import DataError
 from cicld.files import atomic_write
@@ -194,6 +195,22 @@ def _parameters(seed, size, num_source, num_train, num_val, formats) -> dict:
 
 def _write_manifest(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def toy_pair_datasets(source_formats: Sequence[str]) -> tuple[str, ...]:
+    """The dataset folders of a toy pair, in the order they are prepared: its source format(s), then the target."""
+    return (*source_formats, "cityscapes")
+
+
+def prepare_toy_pair(pair: ToyPairSummary, workers: int = 1) -> dict[str, PrepareReport]:
+    """Prepare every dataset of the toy pair :func:`generate_toy_pair` just wrote, as `cicld
+    prepare-data toy` does after generating; a one-line :class:`DataError` if a frame fails."""
+    reports = {}
+    for dataset in toy_pair_datasets(pair.source_formats):
+        reports[dataset] = report = prepare_dataset(find_frames(pair.root / dataset, dataset), workers=workers)
+        if report.failures:
+            raise DataError(f"the toy {dataset} data in {pair.root} is damaged ({report.failures[0][1]}); delete it and re-run")
+    return reports
 
 
 def is_toy_target(folder: Path) -> bool:
