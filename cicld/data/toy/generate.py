@@ -220,7 +220,7 @@ def is_toy_target(folder: Path) -> bool:
 
 
 def _toy_folders(root: Path) -> list[Path]:
-    return [root / name for name in (*SOURCE_FORMATS, "cityscapes")]
+    return [root / name for name in toy_pair_datasets(SOURCE_FORMATS)]
 
 
 def generate_toy_pair(
