@@ -54,7 +54,7 @@ def test_the_exported_model_folder_holds_the_settings_to_run_it(pretrained_runs)
     (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
     exported = json.loads((run / "final" / "config.json").read_text())
     trained = json.loads((run / "config.json").read_text())
-    assert trained["target_resize"] == "dataset" and exported["input_size"] is None  # the toy target: as it is
+    assert trained["target_resize"] is None and exported["input_size"] is None  # the toy recipe: images as they are
     assert exported["image_mean"] == [0.485, 0.456, 0.406] and exported["image_std"] == [0.229, 0.224, 0.225]
     assert exported["sliding_window"] == [512, 512] and exported["sliding_overlap"] == [128, 128]
     assert exported["inference_steps"] == 1
