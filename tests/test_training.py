@@ -977,7 +977,9 @@ def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path
     _, stderr = process.communicate(timeout=120)
     (run,) = stage_runs(runs, "pretrain-ae")
     assert process.returncode == 130
-    (line,) = stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    (line,) = lines
     assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
     assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or --resume latest)")
 
@@ -1083,3 +1085,15 @@ def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(
     finally:
         session.close()
     assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())
+
+
+def test_a_data_loading_worker_prints_no_traceback_for_a_connection_the_interrupted_main_process_dropped(monkeypatch, capsys):
+    from cicld.training.batches import quiet_dropped_connections
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # restored after the test
+    quiet_dropped_connections(0)  # what each worker runs first
+    for dropped in (EOFError(), ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError()):
+        sys.excepthook(type(dropped), dropped, None)
+    assert capsys.readouterr().err == ""
+    sys.excepthook(ValueError, ValueError("a real error in a worker"), None)
+    assert "ValueError: a real error in a worker" in capsys.readouterr().err
