@@ -101,6 +101,44 @@ def test_source_crop_larger_than_the_image_pads_label_with_ignore_and_image_with
     assert torch.equal(item["label"][:H, :W], torch.from_numpy(_labels()["00001"]).long())
 
 
+def _band_widths(label: np.ndarray) -> list[int]:
+    """Lengths of the runs of equal values along each row of ``label``."""
+    widths = []
+    for row in label:
+        edges = np.flatnonzero(np.diff(row)) + 1
+        widths += np.diff(np.concatenate([[0], edges, [len(row)]])).tolist()
+    return widths
+
+
+def test_source_zoom_keeps_the_size_and_makes_objects_larger(tmp_path):
+    root = _make(tmp_path, "gta5")
+    plain = SourceDataset(root, "gta5", flip_p=0.0)
+    zoomed = SourceDataset(root, "gta5", flip_p=0.0, zoom_max=2.0)
+    for index in range(3):
+        item = zoomed[index]
+        assert item["image"].shape == (3, H, W) and item["label"].shape == (H, W)
+        inner = _band_widths(item["label"].numpy())[1:-1]  # whole 4-column stripes, scaled
+        assert 4 <= np.mean(inner) <= 8
+    assert np.mean(_band_widths(plain[0]["label"].numpy())[1:-1]) == 4
+
+
+def test_source_zoom_moves_image_and_label_together(tmp_path):
+    data = SourceDataset(_make(tmp_path, "synthia"), "synthia", crop=(13, 9), flip_p=0.5, zoom_max=1.7)
+    for index in range(3):
+        for epoch in range(3):
+            data.set_epoch(epoch)
+            item = data[index]
+            decoded, label = _red_label(item), item["label"].numpy()
+            # Bilinear zoom blends the image's red code on stripe borders only (decoded -1 there).
+            valid = decoded >= 0
+            assert valid.mean() > 0.5 and (decoded[valid] == label[valid]).mean() > 0.9
+
+
+def test_source_zoom_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="zoom_max"):
+        SourceDataset(_make(tmp_path, "gta5"), "gta5", zoom_max=0.5)
+
+
 def test_source_crops_avoid_a_dominant_class(tmp_path):
     label = np.zeros((H, W), np.uint8)
     label[:, 21:] = np.arange(7, dtype=np.uint8) % 3 + 1  # a quarter of the columns are not road

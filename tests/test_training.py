@@ -21,7 +21,7 @@ from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.training import pretrain_ldm as ldm_stage
 from cicld.training.adapt import adapt
-from cicld.training.common import build_optimizer
+from cicld.training.common import build_optimizer, oracle_dataset, source_dataset
 from cicld.training.config import TRACKERS, make_config
 from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
 from cicld.training.pretrain_ldm import pretrain_ldm
@@ -664,6 +664,7 @@ def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
         (["--num-workers", "-1"], "--num-workers must be at least 0"),
         (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
         (["--val-limit", "0"], "--val-limit must be at least 1, got 0"),
+        (["--zoom-max", "0.5"], "--zoom-max must be at least 1, got 0.5"),
     ],
 )
 def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli, toy_root, tmp_path, flags, message):
@@ -672,6 +673,13 @@ def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
     assert not (tmp_path / "runs").exists()
+
+
+def test_zoom_max_reaches_every_labelled_dataset_and_is_off_by_default(toy_root):
+    roots = dict(source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"))
+    assert source_dataset(make_config("adapt", **roots)).zoom_max == 1.0
+    zoomed = make_config("adapt", **roots, zoom_max=1.5)
+    assert source_dataset(zoomed).zoom_max == 1.5 and oracle_dataset(zoomed).zoom_max == 1.5
 
 
 def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):

@@ -175,9 +175,13 @@ class SourceDataset(_FrameDataset):
     Pipeline (mmseg/DAFormer order): read → resize to ``resize`` (``(w, h)``; with
     ``keep_ratio`` it is mmseg's long/short-edge bound) → ``random_crop_box`` of ``crop`` with
     ``cat_max_ratio`` → horizontal flip with probability ``flip_p`` → normalise → pad to
-    ``crop``. With ``rare_class_sampling``, each item's frame is drawn by the sampler (whose
-    statistics must describe this dataset), and the crop is redrawn up to 10 times until it
-    holds more than ``min_pixels * min_crop_ratio`` pixels of the drawn class.
+    ``crop``. With ``zoom_max`` > 1, the resized frame is first zoomed in by a factor uniform in
+    ``[1, zoom_max]`` (bilinear image, nearest label) and the crop, or without one the unzoomed
+    size, is cut from it: objects then appear up to ``zoom_max`` times larger, as a camera that is
+    nearer or has a longer lens sees them. With ``rare_class_sampling``, each item's frame is
+    drawn by the sampler (whose statistics must describe this dataset), and the crop is redrawn
+    up to 10 times until it holds more than ``min_pixels * min_crop_ratio`` pixels of the drawn
+    class.
     """
 
     def __init__(
@@ -193,12 +197,16 @@ class SourceDataset(_FrameDataset):
         rare_class_sampling: RareClassSampler | None = None,
         seed: int = 0,
         keep_ratio: bool = False,
+        zoom_max: float = 1.0,
     ):
         super().__init__(root, dataset, resize, keep_ratio, seed)
         self.split = split
         self.crop = _check_size(crop, "crop")
         self.flip_p = float(flip_p)
         self.cat_max_ratio = float(cat_max_ratio)
+        if not zoom_max >= 1.0:
+            raise ValueError(f"zoom_max must be at least 1 (1: no zoom), got {zoom_max}")
+        self.zoom_max = float(zoom_max)
         self.samples = _labelled(list_samples(self.root, dataset, split).samples, dataset, self.root, split)
         self.rcs = rare_class_sampling
         self._rcs_index: dict[str, int] = {}
@@ -240,27 +248,33 @@ class SourceDataset(_FrameDataset):
         size = self._target_size(image)
         if size is not None:
             image, label = T.resize_image(image, size), T.resize_label(label, size)
-        if self.crop is not None:
-            box = self._crop_box(label, rng, rcs_class)
+        crop = self.crop
+        if self.zoom_max > 1.0:  # no draw otherwise: items without zoom stay as they were
+            crop = crop or (image.shape[1], image.shape[0])
+            factor = rng.uniform(1.0, self.zoom_max)
+            zoomed = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+            image, label = T.resize_image(image, zoomed), T.resize_label(label, zoomed)
+        if crop is not None:
+            box = self._crop_box(label, crop, rng, rcs_class)
             image, label = box.apply(image), box.apply(label)
         if rng.random() < self.flip_p:
             image, label = T.hflip(image), T.hflip(label)
 
         image_t = T.normalize(image)
-        if self.crop is not None:
-            image_t = _pad_image(image_t, self.crop)
-            label = T.pad_to(label, self.crop, IGNORE_INDEX)
+        if crop is not None:
+            image_t = _pad_image(image_t, crop)
+            label = T.pad_to(label, crop, IGNORE_INDEX)
         return {"image": image_t, "label": torch.from_numpy(label.astype(np.int64)), "name": sample.name}
 
-    def _crop_box(self, label: np.ndarray, rng: np.random.Generator, rcs_class: int | None) -> T.CropBox:
-        box = T.random_crop_box(label, self.crop, rng, self.cat_max_ratio)
+    def _crop_box(self, label: np.ndarray, crop: Size, rng: np.random.Generator, rcs_class: int | None) -> T.CropBox:
+        box = T.random_crop_box(label, crop, rng, self.cat_max_ratio)
         if rcs_class is None or self.rcs.min_crop_ratio <= 0:
             return box
         needed = self.rcs.min_pixels * self.rcs.min_crop_ratio
         for _ in range(RCS_CROP_TRIES):
             if int((box.apply(label) == rcs_class).sum()) > needed:
                 break
-            box = T.random_crop_box(label, self.crop, rng, self.cat_max_ratio)
+            box = T.random_crop_box(label, crop, rng, self.cat_max_ratio)
         return box
 
 

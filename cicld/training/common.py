@@ -40,6 +40,7 @@ def source_dataset(config: CommonConfig) -> SourceDataset:
         crop=config.crop,
         rare_class_sampling=sampler,
         seed=config.seed,
+        zoom_max=config.zoom_max,
     )
 
 
@@ -59,7 +60,9 @@ def oracle_dataset(config: CommonConfig) -> SourceDataset:
             "pair's target (`cicld prepare-data toy` writes one)"
         )
     require_prepared(root, "cityscapes", toy=True)
-    return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2)
+    return SourceDataset(
+        root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2, zoom_max=config.zoom_max
+    )
 
 
 def val_dataset(config: CommonConfig) -> ValDataset:

@@ -89,6 +89,12 @@ class CommonConfig:
     target_resize: tuple[int, int] | str | None = _help("resize target images to (width, height); none keeps them as they are [default: 1024x512]", PER_DATASET)
     num_workers: int = _help("data-loading worker processes per training process", 4, low=0)
     rare_class_sampling: bool = _help("draw source frames by rare-class sampling (DAFormer RCS, T=0.01)", False)
+    zoom_max: float = _help(
+        "zoom each labelled training frame in by a random factor in [1, this] after the resize and cut the crop "
+        "(whole images: the unzoomed size) back out, so objects look up to this much larger; 1: no zoom",
+        1.0,
+        low=1,
+    )
     rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000, low=0)
     lr: float = _help("AdamW learning rate of the pre-trained parts", 6e-5, positive=True)
     head_lr_mult: float = _help("learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0, positive=True)
