@@ -38,7 +38,7 @@ from cicld.training.session import loss_summary
 TRAIN = {"pretrain-ae": pretrain_ae, "pretrain-ldm": pretrain_ldm, "adapt": adapt}
 
 #: The demo's schedule: the toy recipe (``--source toy``) with fewer steps per stage, so that the
-#: whole demo takes about five minutes on 2 cores (5 min 28 s measured, docs/getting-started.md),
+#: whole demo takes about six minutes on 2 cores (5 min 28 s and 5 min 46 s measured, docs/getting-started.md),
 #: leaving room for machines up to twice as slow under ten. ``benchmarks/uda_toy.py`` runs the full recipe.
 DEMO_STEPS = {"pretrain-ae": 50, "pretrain-ldm": 300, "adapt": 150}
 T = TypeVar("T")
