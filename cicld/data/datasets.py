@@ -245,15 +245,14 @@ class SourceDataset(_FrameDataset):
         image = _read_rgb(sample.image)
         label = _fit_label(_read_train_ids(sample.train_ids, self.dataset, self.root), image)
 
-        size = self._target_size(image)
+        size, crop = self._target_size(image), self.crop
+        if self.zoom_max > 1.0:  # no draw otherwise: items without zoom stay as they were
+            unzoomed = size or (image.shape[1], image.shape[0])
+            crop = crop or unzoomed
+            factor = rng.uniform(1.0, self.zoom_max)
+            size = (round(unzoomed[0] * factor), round(unzoomed[1] * factor))  # resize and zoom in one resampling
         if size is not None:
             image, label = T.resize_image(image, size), T.resize_label(label, size)
-        crop = self.crop
-        if self.zoom_max > 1.0:  # no draw otherwise: items without zoom stay as they were
-            crop = crop or (image.shape[1], image.shape[0])
-            factor = rng.uniform(1.0, self.zoom_max)
-            zoomed = (round(image.shape[1] * factor), round(image.shape[0] * factor))
-            image, label = T.resize_image(image, zoomed), T.resize_label(label, zoomed)
         if crop is not None:
             box = self._crop_box(label, crop, rng, rcs_class)
             image, label = box.apply(image), box.apply(label)
