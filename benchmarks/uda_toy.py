@@ -15,11 +15,18 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
   CE only (`--adversarial none`: ClassMix self-training + diffusion loss), 2-class adversarial,
   3-class adversarial (the main run), 3-class + contrastive, 3-class + MMD.
 
+With `--prior N` every model starts from a *toy prior*, the toy's stand-in for the pre-trained
+weights real UDA starts from: the pair gets N generic-world frames (`prepare-data toy --generic N`:
+random colours, half photographed, neither domain), each `pretrain-ldm` trains on them instead of
+the source (`--prior-steps` steps), and `adapt` fine-tunes at `--finetune-lr` (the oracle keeps the
+recipe's rate); the report adds the prior's own score on the target ("zero-shot").
+
 Jobs run `--jobs` at a time, each with one torch thread; a re-run reuses finished jobs.
 Writes `<out>/results.json` and a markdown report (`--markdown`, default `<out>/uda_toy.md`).
 
     PYTHONPATH=. python benchmarks/uda_toy.py --out bench/uda_toy --jobs 2
     PYTHONPATH=. python benchmarks/uda_toy.py --out bench/quick --quick     # plumbing check, minutes
+    PYTHONPATH=. python benchmarks/uda_toy.py --out bench/prior --prior 2000 --tables none
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +60,19 @@ class Job:
     stage: str
     flags: list[str] = field(default_factory=list)
     after: str | None = None  # the job whose model this one starts from (--init-from)
+    data: str | None = None  # the pair's folder it trains on (None: the source)
+
+
+def with_prior(jobs: list[Job], steps: int, finetune_lr: float) -> list[Job]:
+    """The same jobs from a toy prior: pretrain-ldm on the generic world, adapt at a fine-tuning rate."""
+    changed = []
+    for job in jobs:
+        if job.stage == "pretrain-ldm":
+            job = replace(job, flags=[*job.flags, f"--steps={steps}"], data="generic")
+        elif job.stage == "adapt" and "--method=oracle" not in job.flags:
+            job = replace(job, flags=[*job.flags, f"--lr={finetune_lr}"])
+        changed.append(job)
+    return changed
 
 
 def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
@@ -124,7 +144,7 @@ class Runner:
             else:
                 init = self.start_model(job)
                 quick = ["--steps=3", "--batch-size=2", "--crop=none", "--val-every=0", "--checkpoint-every=2"] if self.quick else []
-                self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", f"--source-root={self.data / self.source_format}",
+                self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", f"--source-root={self.data / (job.data or self.source_format)}",
                            f"--target-root={self.data / 'cityscapes'}", *([f"--init-from={init}"] if init else []),
                            *job.flags, *quick, log=log)  # fmt: skip
             self.seconds[job.name] = time.perf_counter() - started
@@ -180,7 +200,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float, table_seeds: int = 1) -> str:
+def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float, table_seeds: int = 1, prior: bool = False) -> str:
     metric = runner.metric
     miou = {name: 100 * s[metric] for name, s in runner.scores.items()}
     lines = [
@@ -193,9 +213,13 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
         f"| method | {metric} | per seed |",
         "|---|---:|---|",
     ]
-    for method in ("source-only", "self-training", "cicld", "oracle"):
+    methods = ("source-only", "self-training", "cicld", "oracle")
+    if prior:
+        methods = ("ldm", *methods)  # the prior itself, before any adaptation
+    for method in methods:
         values = [miou[f"{method}-s{s}"] for s in seeds]
-        lines.append(f"| {method} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
+        label = "zero-shot (the prior's pretrain-ldm)" if method == "ldm" else method
+        lines.append(f"| {label} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
     lines.append("")
     for method in ("cicld", "self-training"):
         gains = [miou[f"{method}-s{s}"] - miou[f"source-only-s{s}"] for s in seeds]
@@ -259,7 +283,13 @@ def main() -> None:
     parser.add_argument("--source-format", choices=("gta5", "synthia"), default="gta5",
                         help="the format the generated pair's source is written in (synthia: scored in mIoU16)")
     parser.add_argument("--steps-sweep", default="0,1,2,10", help="DDIM steps S to evaluate the CICLD models at (comma-separated, or none)")
+    parser.add_argument("--prior", type=int, default=0, metavar="FRAMES",
+                        help="start from a toy prior: pretrain-ldm on this many generic-world frames (0: from the source, as shipped)")
+    parser.add_argument("--prior-steps", type=int, default=1500, help="pretrain-ldm steps on the generic world (with --prior)")
+    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="adapt's learning rate from the prior, the oracle's excepted (with --prior)")
     args = parser.parse_args()
+    if args.prior and args.source_format != "gta5":
+        parser.error("--prior writes the generic world in the GTA5 format: use it with --source-format gta5")
     tables = {t for t in args.tables.split(",") if t and t != "none"}
     data = args.data or args.out / "data"
     started = time.perf_counter()
@@ -269,11 +299,15 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         size = ["--size=64x32"] if args.quick else []
         runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), f"--seed={args.pair_seed}", *size,
-                     f"--source-format={args.source_format}",
+                     f"--source-format={args.source_format}", *([f"--generic={args.prior}"] if args.prior else []),
                      log=args.out / "prepare.log")  # fmt: skip
-    run_all(runner, plan(args.seeds, tables, args.table_seeds), args.jobs)
+    jobs = plan(args.seeds, tables, args.table_seeds)
+    if args.prior:
+        steps = 3 if args.quick else args.prior_steps
+        jobs = with_prior(jobs, steps, args.finetune_lr)
+    run_all(runner, jobs, args.jobs)
     command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
-    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds)
+    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds, prior=bool(args.prior))
     markdown = args.markdown or args.out / "uda_toy.md"
     markdown.write_text(text)
     (args.out / "results.json").write_text(json.dumps({"scores": runner.scores, "seconds": runner.seconds}, indent=2))

@@ -51,6 +51,23 @@ def test_uda_toy_benchmark_runs_every_job_and_reports_them(tmp_path):
     assert "Job times" not in (out / "uda_toy.md").read_text()
 
 
+def first_command(runner, job) -> tuple[str, ...]:
+    """The `cicld` command line ``runner`` starts ``job`` with (nothing is run)."""
+    commands = []
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, log):
+        commands.append(args)
+        raise Stop
+
+    runner.cicld = record
+    with pytest.raises(Stop):
+        runner.run(job)
+    return commands[0]
+
+
 def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
@@ -80,19 +97,26 @@ def test_the_synthia_format_benchmark_trains_every_stage_on_the_synthia_copy_and
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     runner = uda_toy.Runner(tmp_path / "out", tmp_path / "pair", quick=False, source_format="synthia")
-    commands = []
-
-    class Stop(Exception):
-        pass
-
-    def record(*args, log):
-        commands.append(args)
-        raise Stop
-
-    runner.cicld = record
-    with pytest.raises(Stop):
-        runner.run(uda_toy.Job("ae-s0", "pretrain-ae", ["--seed=0"]))
-    (command,) = commands
+    command = first_command(runner, uda_toy.Job("ae-s0", "pretrain-ae", ["--seed=0"]))
     assert command[:3] == ("pretrain-ae", "--source=synthia", "--recipe=toy")
     assert f"--source-root={tmp_path / 'pair' / 'synthia'}" in command
     assert runner.metric == "mIoU16"
+
+
+def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tunes(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import uda_toy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    jobs = {job.name: job for job in uda_toy.with_prior(uda_toy.plan([0], set()), steps=1500, finetune_lr=1e-4)}
+    assert jobs["ldm-s0"].data == "generic" and "--steps=1500" in jobs["ldm-s0"].flags
+    assert jobs["ae-s0"].data is None and jobs["ae-s0"].flags == ["--seed=0"]  # the autoencoder stays on the source
+    for name in ("source-only-s0", "self-training-s0", "cicld-s0"):
+        assert jobs[name].data is None and "--lr=0.0001" in jobs[name].flags
+    assert not any(flag.startswith("--lr") for flag in jobs["oracle-s0"].flags)  # the oracle keeps the recipe's rate
+    runner = uda_toy.Runner(tmp_path / "out", tmp_path / "pair", quick=False)
+    runner.finals["ae-s0"] = tmp_path / "ae"
+    command = first_command(runner, jobs["ldm-s0"])
+    assert f"--source-root={tmp_path / 'pair' / 'generic'}" in command
+    assert f"--target-root={tmp_path / 'pair' / 'cityscapes'}" in command

@@ -94,6 +94,7 @@ def test_unwritable_output_of_the_toy_generator(cli):
 
 def test_toy_options_on_a_real_dataset(cli, gta5_root):
     assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--seed", "3"), "--seed only apply to `prepare-data toy`")
+    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--generic", "5"), "--generic only apply to `prepare-data toy`")
 
 
 def test_bad_flag_value(cli, gta5_root):
@@ -129,6 +130,10 @@ def test_toy_chain_generates_then_prepare_data_skips_what_is_done(cli, tmp_path)
     other = cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1")
     assert other.exit_code == 2 and "other parameters" in other.stderr and "--overwrite" in other.stderr
     assert cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1", "--overwrite").exit_code == 0
+    generic = cli("prepare-data", "toy", root, "--size", "64x32", "--seed", "1", "--generic", "3")
+    assert generic.exit_code == 0, generic.stderr
+    assert "3 frames rendered" in generic.stdout and "pretrain-ldm --source toy --source-root" in generic.stdout
+    assert (root / "generic" / "sample_class_stats.json").is_file()
 
 
 @pytest.mark.parametrize("command", [["prepare-data", "toy", "{tmp}/toy"], ["demo", "--quick", "--out", "{tmp}/demo"]], ids=["prepare-data", "demo"])

@@ -343,3 +343,58 @@ def test_prepare_toy_pair_prepares_every_dataset_the_pair_holds_and_refuses_a_da
     (root / "gta5" / "labels" / "00001_labelTrainIds.png").unlink()  # so that the frame is converted again
     with pytest.raises(DataError, match="toy gta5 data .* is damaged"):
         prepare_toy_pair(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# the generic world: a labelled pre-training set of neither domain
+
+
+def test_generic_frames_have_random_colours_per_frame_and_both_renderings():
+    frames = [render_frame("generic", index=i, size=(128, 64)) for i in range(8)]
+    road = CLASSES.index("road")
+    road_colours = np.stack([f.image[f.train_ids == road].astype(np.float32).mean(0) for f in frames if (f.train_ids == road).any()])
+    assert road_colours.std(0).max() > 30  # each frame paints the road in other colours
+    grain = []
+    for f in frames:  # flat frames have almost no pixel-to-pixel texture, photographed ones a lot
+        rgb = f.image.astype(np.float32)
+        grain.append(np.median(np.abs(rgb[:, 1:] - rgb[:, :-1])))
+    assert min(grain) < 2.0 and max(grain) > 4.0
+    assert not np.array_equal(frames[0].image, render_frame("source", index=0, size=(128, 64)).image)
+    assert set(np.unique(np.concatenate([f.train_ids.ravel() for f in frames]))) >= {0, 1, 2, 8, 10, 11, 13}
+
+
+def test_generic_frames_are_written_in_the_gta5_format_and_prepared_with_the_pair(tmp_path, pair):
+    import shutil
+
+    root = tmp_path / "toy"
+    shutil.copytree(pair[0], root)
+    summary = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=5, **COUNTS)
+    assert summary.written == 5 and summary.generic_root == root / "generic"
+    assert sorted(p.name for p in (root / "generic" / "images").iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    label = Image.open(root / "generic" / "labels" / "00002.png")
+    assert label.mode == "P" and label.getpalette()[:48] == cityscapes_id_palette()[:48]
+    assert sum(summary.class_pixels["generic"]) == 5 * SIZE[0] * SIZE[1]
+    # the pair itself is untouched, and the generic frames are the generic world's
+    assert {k: v for k, v in files_of(root).items() if not k.startswith("generic/")} == files_of(pair[0])
+    assert np.array_equal(read_image(root / "generic" / "images" / "00002.png"), render_frame("generic", seed=3, index=2, size=SIZE).image)
+    reports = prepare_toy_pair(summary)
+    assert list(reports) == ["gta5", "synthia", "cityscapes", "generic"] and reports["generic"].converted == 5
+
+
+def test_generic_frames_are_kept_when_not_asked_for_and_redone_alone_for_another_count(tmp_path, pair):
+    import shutil
+
+    root = tmp_path / "toy"
+    shutil.copytree(pair[0], root)
+    generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=4, **COUNTS)
+    before = files_of(root)
+    again = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), **COUNTS)  # not asked: kept
+    assert again.written == 0 and again.num_generic == 4 and files_of(root) == before
+    fewer = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=2, **COUNTS)
+    assert fewer.written == 2 and fewer.num_generic == 2
+    after = files_of(root)
+    assert sorted(k for k in after if k.startswith("generic/images/")) == ["generic/images/00000.png", "generic/images/00001.png"]
+    assert after["generic/images/00001.png"] == before["generic/images/00001.png"]
+    assert {k: v for k, v in after.items() if not k.startswith("generic/")} == {k: v for k, v in before.items() if not k.startswith("generic/")}
+    none = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=0, **COUNTS)
+    assert none.generic_root is None and not (root / "generic").exists()

@@ -47,14 +47,22 @@ def prepare_data(
     size: Optional[str] = typer.Option(None, help="toy only: image size WIDTHxHEIGHT. [default: 256x128]"),
     source_format: Optional[SourceFormat] = typer.Option(None, help="toy only: source domain format. [default: gta5]"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="toy only: regenerate a toy pair made with other parameters."),
+    generic: Optional[int] = typer.Option(
+        None,
+        min=0,
+        help="toy only: also write this many frames of a generic world (random colours, half photographed) to "
+        "ROOT/generic, a GTA5-format set to pre-train on, the toy's stand-in for ImageNet (docs/toy.md). "
+        "[default: keep what ROOT has; none for a new ROOT]",
+    ),
 ) -> None:
     """Convert raw labels to trainIds and class stats (idempotent, resumable); or generate the toy pair.
 
     Examples: `cicld prepare-data gta5`, `cicld prepare-data cityscapes /data/cityscapes -j 8`,
-    `cicld prepare-data toy` (writes data/toy/gta5 and data/toy/cityscapes, already prepared).
+    `cicld prepare-data toy` (writes data/toy/gta5 and data/toy/cityscapes, already prepared),
+    `cicld prepare-data toy --generic 2000` (adds data/toy/generic, a pre-training set).
     """
     root = root if root is not None else default_root(dataset.value)
-    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format, "--overwrite": overwrite}
+    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format, "--overwrite": overwrite, "--generic": generic}
     if dataset is not DatasetChoice.toy:
         given = [flag for flag, value in toy_options.items() if value is not None]
         if given:
@@ -62,18 +70,23 @@ def prepare_data(
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
         return
     size_wh = parse_size(size or "256x128", "--size", minimum=(32, 16))
-    from cicld.data.toy import toy_pair_datasets
-
-    pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite))
-    for name in toy_pair_datasets(pair.source_formats):
-        _prepare_and_report(root / name, name, workers, on_size_mismatch, verify_images)
+    pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite), generic)
+    for folder, dataset in pair.datasets.items():
+        _prepare_and_report(root / folder, dataset, workers, on_size_mismatch, verify_images, label=folder)
     console.print(
         f"Toy pair ready in [bold]{root}[/]: source {', '.join(str(p) for p in pair.source_roots.values())}, "
         f"target {pair.cityscapes_root} (train without labels for adaptation, val for evaluation)."
     )
+    if pair.generic_root is not None:
+        console.print(
+            f"Generic world: {pair.num_generic} labelled frames in {pair.generic_root}; pre-train on them with "
+            f"`cicld pretrain-ldm --source toy --source-root {pair.generic_root}` (docs/toy.md)."
+        )
 
 
-def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool) -> ToyPairSummary:
+def _generate_toy(
+    root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool, generic: int | None
+) -> ToyPairSummary:
     from cicld.data.toy import generate_toy_pair
 
     formats = ("gta5", "synthia") if source_format is SourceFormat.both else (source_format.value,)
@@ -85,16 +98,21 @@ def _generate_toy(root: Path, workers: int, seed: int, size: tuple[int, int], so
 
         with writing(f"the toy pair to {root}", DataError):
             summary = generate_toy_pair(
-                root, seed=seed, size=size, source_formats=formats, workers=workers, progress=advance, overwrite=overwrite
+                root, seed=seed, size=size, source_formats=formats, num_generic=generic, workers=workers, progress=advance,
+                overwrite=overwrite,
             )
     console.print(f"Toy pair: {summary}")
     return summary
 
 
-def _prepare_and_report(root: Path, dataset: str, workers: int, policy: SizeMismatchPolicy, verify_images: bool) -> None:
+def _prepare_and_report(
+    root: Path, dataset: str, workers: int, policy: SizeMismatchPolicy, verify_images: bool, label: str | None = None
+) -> None:
+    """Prepare ``root`` (a ``dataset``-format folder, shown as ``label``, default ``dataset``)."""
+    label = label or dataset
     frames = find_frames(root, dataset)
     with progress_bar() as progress:
-        task = progress.add_task(f"preparing {dataset}", total=len(frames.samples))
+        task = progress.add_task(f"preparing {label}", total=len(frames.samples))
         report = prepare_dataset(
             frames,
             workers=workers,
@@ -113,7 +131,7 @@ def _prepare_and_report(root: Path, dataset: str, workers: int, policy: SizeMism
             console.print(f"[red]failed:[/] {name}: {reason}")
         first = report.failures[0][1]
         raise DataError(
-            f"{len(report.failures)} of {report.frames} {dataset} frames could not be prepared (first: {first}); "
+            f"{len(report.failures)} of {report.frames} {label} frames could not be prepared (first: {first}); "
             "fix or remove them and re-run: finished frames are kept"
         )
 

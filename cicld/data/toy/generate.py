@@ -11,6 +11,8 @@ Layout under ``root`` (``NNNNN`` and ``NNNNNNN`` count from 0)::
     root/cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png
     root/cityscapes/gtFine/{train,val}/<city>/<city>_<seq:06d>_000019_gtFine_labelIds.png
                                                     8-bit "L" PNG of Cityscapes labelIds
+    root/generic/{images,labels}/NNNNN.png          (with num_generic > 0) frames of the generic
+                                                    world, in the GTA5 format: a pre-training set
 
 Target-train frames alternate between the cities ``toyburg`` and ``toyville`` (frame ``i`` is in
 ``TRAIN_CITIES[i % 2]`` with ``seq = i // 2``); target-val frames are all in ``toyhaven``, a city
@@ -26,6 +28,11 @@ Every frame is rendered from its own seed, ``SeedSequence([seed, domain, split, 
 files are byte-identical for the same ``seed`` and ``size`` whatever ``workers`` is, and frame
 ``i`` does not depend on how many frames are asked for. The SYNTHIA copy of source frame ``i``
 is the same scene (same RGB bytes), with its label in SYNTHIA's format.
+
+The generic frames (:func:`~cicld.data.toy.world.generic_world`: random colours, half of them
+photographed) are no part of the pair's identity: ``num_generic=None`` keeps whatever the root
+holds, so adding them to a pair, or re-running without asking for them, leaves the pair alone;
+another count regenerates ``generic/`` only.
 
 Re-running with the same parameters finds ``toy.json`` and every file, and does nothing. A run
 that was interrupted is resumed: ``toy.json`` is written first (``"complete": false``), files are
@@ -68,6 +75,9 @@ MANIFEST = "toy.json"
 DEFAULT_NUM_SOURCE = 400
 DEFAULT_NUM_TARGET_TRAIN = 400
 DEFAULT_NUM_TARGET_VAL = 100
+#: Generic-world frames of the toy prior: enough for the street grammar's shapes in random colours.
+DEFAULT_NUM_GENERIC = 2000
+GENERIC_FOLDER = "generic"
 SOURCE_FORMATS = ("gta5", "synthia")
 TRAIN_CITIES = ("toyburg", "toyville")
 VAL_CITY = "toyhaven"
@@ -82,8 +92,12 @@ class _Job:
     files: tuple[tuple[str, str], ...]  # (kind, path)
 
 
-def _jobs(root: Path, num_source: int, num_train: int, num_val: int, formats: Sequence[str]) -> list[_Job]:
+def _jobs(root: Path, num_source: int, num_train: int, num_val: int, formats: Sequence[str], num_generic: int = 0) -> list[_Job]:
     jobs = []
+    for i in range(num_generic):
+        folder = root / GENERIC_FOLDER
+        files = (("rgb", str(folder / "images" / f"{i:05d}.png")), ("gta5", str(folder / "labels" / f"{i:05d}.png")))
+        jobs.append(_Job("generic", "train", i, files))
     for i in range(num_source):
         files: list[tuple[str, str]] = []
         if "gta5" in formats:
@@ -152,10 +166,12 @@ class ToyPairSummary:
     num_target_train: int
     num_target_val: int
     source_formats: tuple[str, ...]
+    num_generic: int
     written: int  # frames rendered by this call
     skipped: int  # frames whose files were already there
     seconds: float
-    #: pixels per trainId 0..18 plus a 20th entry for ignore (255), per "source", "target_train", "target_val"
+    #: pixels per trainId 0..18 plus a 20th entry for ignore (255), per "source", "target_train",
+    #: "target_val" (and "generic" when the root has generic frames)
     class_pixels: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
@@ -166,6 +182,19 @@ class ToyPairSummary:
     def cityscapes_root(self) -> Path:
         return self.root / "cityscapes"
 
+    @property
+    def generic_root(self) -> Path | None:
+        """The generic-world frames, a GTA5-format folder (None when the root has none)."""
+        return self.root / GENERIC_FOLDER if self.num_generic else None
+
+    @property
+    def datasets(self) -> dict[str, str]:
+        """Each dataset folder of the root and its format, in the order they are prepared."""
+        folders = {name: name for name in toy_pair_datasets(self.source_formats)}
+        if self.num_generic:
+            folders[GENERIC_FOLDER] = "gta5"
+        return folders
+
     def class_shares(self, part: str) -> dict[str, float]:
         """Share of each class among the pixels of ``part`` ("source", "target_train", "target_val")."""
         counts = self.class_pixels[part]
@@ -174,9 +203,10 @@ class ToyPairSummary:
 
     def __str__(self) -> str:
         what = "already complete" if self.written == 0 else f"{self.written} frames rendered, {self.skipped} kept"
+        generic = f", {self.num_generic} generic" if self.num_generic else ""
         return (
             f"{self.num_source} source ({'+'.join(self.source_formats)}), {self.num_target_train} target train, "
-            f"{self.num_target_val} target val frames at {self.size[0]}x{self.size[1]} in {self.root} "
+            f"{self.num_target_val} target val{generic} frames at {self.size[0]}x{self.size[1]} in {self.root} "
             f"(seed {self.seed}; {what}; {self.seconds:.1f} s)"
         )
 
@@ -206,10 +236,10 @@ def prepare_toy_pair(pair: ToyPairSummary, workers: int = 1) -> dict[str, Prepar
     """Prepare every dataset of the toy pair :func:`generate_toy_pair` just wrote, as `cicld
     prepare-data toy` does after generating; a one-line :class:`DataError` if a frame fails."""
     reports = {}
-    for dataset in toy_pair_datasets(pair.source_formats):
-        reports[dataset] = report = prepare_dataset(find_frames(pair.root / dataset, dataset), workers=workers)
+    for folder, dataset in pair.datasets.items():
+        reports[folder] = report = prepare_dataset(find_frames(pair.root / folder, dataset), workers=workers)
         if report.failures:
-            raise DataError(f"the toy {dataset} data in {pair.root} is damaged ({report.failures[0][1]}); delete it and re-run")
+            raise DataError(f"the toy {folder} data in {pair.root} is damaged ({report.failures[0][1]}); delete it and re-run")
     return reports
 
 
@@ -220,7 +250,7 @@ def is_toy_target(folder: Path) -> bool:
 
 
 def _toy_folders(root: Path) -> list[Path]:
-    return [root / name for name in toy_pair_datasets(SOURCE_FORMATS)]
+    return [root / name for name in (*toy_pair_datasets(SOURCE_FORMATS), GENERIC_FOLDER)]
 
 
 def generate_toy_pair(
@@ -232,6 +262,7 @@ def generate_toy_pair(
     num_target_train: int = DEFAULT_NUM_TARGET_TRAIN,
     num_target_val: int = DEFAULT_NUM_TARGET_VAL,
     source_formats: tuple[str, ...] = ("gta5",),
+    num_generic: int | None = None,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
@@ -239,7 +270,9 @@ def generate_toy_pair(
     """Write the toy domain pair under ``root`` (see the module docstring for the layout).
 
     ``progress`` is called once per finished frame (rendered or found on disk) with the total
-    number of frames, so a progress bar can ``advance(1)`` towards that total. Idempotent and
+    number of frames, so a progress bar can ``advance(1)`` towards that total. ``num_generic``:
+    how many generic-world frames ``generic/`` should hold (None: as many as it holds now, 0 for a
+    new root). Idempotent and
     resumable; raises :class:`DataError` if ``root`` holds a toy pair made with other parameters
     (unless ``overwrite``) or a dataset the generator did not make.
     """
@@ -252,13 +285,12 @@ def generate_toy_pair(
         raise DataError(f"unknown toy source format {', '.join(unknown) or '(none)'}; expected gta5 and/or synthia")
     if width < 16 or height < 8:
         raise DataError(f"toy image size {width}x{height} is too small; use at least 16x8")
-    if min(num_source, num_target_train, num_target_val) < 0 or workers < 1:
+    if min(num_source, num_target_train, num_target_val, num_generic or 0) < 0 or workers < 1:
         raise DataError("toy frame counts must be >= 0 and workers >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"the toy seed must be a whole number >= 0, got {seed!r}")  # numpy refuses negative seeds
     params = _parameters(seed, (width, height), num_source, num_target_train, num_target_val, formats)
     manifest = root / MANIFEST
-    jobs = _jobs(root, num_source, num_target_train, num_target_val, formats)
 
     existing = None
     if manifest.exists():
@@ -277,16 +309,26 @@ def generate_toy_pair(
             for folder in _toy_folders(root):
                 shutil.rmtree(folder, ignore_errors=True)
             manifest.unlink()
-            existing = None
-        elif existing.get("complete") and all(os.path.exists(p) for job in jobs for _, p in job.files):
-            if progress is not None:
-                for _ in jobs:
-                    progress(len(jobs))
-            return ToyPairSummary(
-                root, seed, (width, height), num_source, num_target_train, num_target_val, formats,
-                written=0, skipped=len(jobs), seconds=time.perf_counter() - started,
-                class_pixels={k: tuple(v) for k, v in existing.get("class_pixels", {}).items()},
-            )  # fmt: skip
+    recorded_generic = int(existing.get("num_generic", 0)) if existing is not None else 0
+    if num_generic is None:
+        num_generic = recorded_generic
+    if existing is not None and recorded != params:
+        existing = None
+    elif existing is not None and num_generic != recorded_generic:
+        # the generic frames are no part of the pair: another count redoes generic/ and nothing else
+        shutil.rmtree(root / GENERIC_FOLDER, ignore_errors=True)
+        existing = {**existing, "complete": False}
+    params_generic = {"num_generic": num_generic}
+    jobs = _jobs(root, num_source, num_target_train, num_target_val, formats, num_generic)
+    if existing is not None and existing.get("complete") and all(os.path.exists(p) for job in jobs for _, p in job.files):
+        if progress is not None:
+            for _ in jobs:
+                progress(len(jobs))
+        return ToyPairSummary(
+            root, seed, (width, height), num_source, num_target_train, num_target_val, formats, num_generic,
+            written=0, skipped=len(jobs), seconds=time.perf_counter() - started,
+            class_pixels={k: tuple(v) for k, v in existing.get("class_pixels", {}).items()},
+        )  # fmt: skip
     if existing is None:
         occupied = [f.name + "/" for f in _toy_folders(root) if f.exists() and any(f.iterdir())]
         if occupied:
@@ -294,9 +336,10 @@ def generate_toy_pair(
                 f"{root} already holds {', '.join(occupied)} but no {MANIFEST}: not a toy pair; choose another ROOT"
             )
     root.mkdir(parents=True, exist_ok=True)
-    _write_manifest(manifest, {**params, "complete": False})
+    _write_manifest(manifest, {**params, **params_generic, "complete": False})
 
-    totals = {"source": np.zeros(NUM_CLASSES + 1, np.int64), "target_train": np.zeros(NUM_CLASSES + 1, np.int64), "target_val": np.zeros(NUM_CLASSES + 1, np.int64)}
+    parts = ("source", "target_train", "target_val", *(("generic",) if num_generic else ()))
+    totals = {part: np.zeros(NUM_CLASSES + 1, np.int64) for part in parts}
     written = skipped = 0
 
     def record(results) -> None:
@@ -304,7 +347,7 @@ def generate_toy_pair(
         for job, did_write, counts in results:
             written += did_write
             skipped += not did_write
-            totals["source" if job.domain == "source" else f"target_{job.split}"] += counts
+            totals[job.domain if job.domain != "target" else f"target_{job.split}"] += counts
             if progress is not None:
                 progress(len(jobs))
 
@@ -318,8 +361,8 @@ def generate_toy_pair(
             for future in as_completed(futures):
                 record(future.result())
     class_pixels = {k: tuple(int(c) for c in v) for k, v in totals.items()}
-    _write_manifest(manifest, {**params, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
+    _write_manifest(manifest, {**params, **params_generic, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
     return ToyPairSummary(
-        root, seed, (width, height), num_source, num_target_train, num_target_val, formats,
+        root, seed, (width, height), num_source, num_target_train, num_target_val, formats, num_generic,
         written=written, skipped=skipped, seconds=time.perf_counter() - started, class_pixels=class_pixels,
     )  # fmt: skip

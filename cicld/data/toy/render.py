@@ -10,13 +10,13 @@ import numpy as np
 from cicld.data.labels import SYNTHIA_ID_TO_TRAINID, TRAINID_TO_LABELID, cityscapes_ids_to_train_ids
 from cicld.data.toy.photo import _photograph
 from cicld.data.toy.scene import _Scene
-from cicld.data.toy.world import _CODE_TO_LABELID, _WORLDS
+from cicld.data.toy.world import _CODE_TO_LABELID, _WORLDS, generic_world
 
 DEFAULT_SIZE = (256, 128)
 
 _TRAINID_TO_SYNTHIA = {train_id: synthia_id for synthia_id, train_id in SYNTHIA_ID_TO_TRAINID.items()}
 
-_DOMAINS = {"source": 0, "target": 1}
+_DOMAINS = {"source": 0, "target": 1, "generic": 2}
 _SPLITS = {"train": 0, "val": 1}
 
 
@@ -54,12 +54,14 @@ def frame_seed(seed: int, domain: str, split: str, index: int) -> np.random.Seed
 
 
 def render_frame(domain: str, *, seed: int = 0, split: str = "train", index: int = 0, size: tuple[int, int] = DEFAULT_SIZE) -> ToyFrame:
-    """Render frame ``index`` of ``domain`` ("source" or "target") and ``split`` ("train"/"val")."""
+    """Render frame ``index`` of ``domain`` ("source", "target" or "generic": a world of random
+    colours, :func:`~cicld.data.toy.world.generic_world`) and ``split`` ("train"/"val")."""
     if domain not in _DOMAINS or split not in _SPLITS:
         raise ValueError(f"domain must be one of {sorted(_DOMAINS)} and split one of {sorted(_SPLITS)}")
     width, height = size
     rng = np.random.default_rng(frame_seed(seed, domain, split, index))
-    scene = _Scene(rng, _WORLDS[domain], width, height)
+    world = generic_world(rng) if domain == "generic" else _WORLDS[domain]
+    scene = _Scene(rng, world, width, height)
     scene.compose()
     if scene.world.photo:
         _photograph(scene)

@@ -1,8 +1,10 @@
 """What the toy world is made of: the label codes it draws, and the scene statistics and colours
-of its two domains (the source's rendered world and the target's photographed one)."""
+of its two domains (the source's rendered world and the target's photographed one), plus the
+*generic* world, a stand-in for a pre-training corpus (:func:`generic_world`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,3 +160,29 @@ _TARGET = _World(
 )
 
 _WORLDS = {"source": _SOURCE, "target": _TARGET}
+
+
+def generic_world(rng: np.random.Generator) -> _World:
+    """One frame's world of the *generic* domain: every colour random, the frame rendered flat or
+    photographed with even odds, scene statistics anywhere between the source's and the target's.
+
+    The toy pair has no ImageNet: a network trained on it starts from random weights, learns the
+    source's colour for each class and has nothing else to fall back on in the target
+    (docs/benchmarks.md, "A prior the toy pair lacks"). Frames of this world, drawn by the same
+    street grammar, teach shapes and context but no domain's palette, as a pre-training corpus
+    would (domain randomisation); they are neither the source nor the target.
+    """
+    fields = {}
+    for spec in dataclasses.fields(_World):
+        source, target = getattr(_SOURCE, spec.name), getattr(_TARGET, spec.name)
+        if spec.name == "palette":
+            fields["palette"] = {name: tuple(tuple(int(c) for c in rng.integers(15, 245, 3)) for _ in range(6)) for name in source}
+        elif spec.name == "photo":
+            fields["photo"] = bool(rng.random() < 0.5)
+        elif spec.name == "side_mix":  # shares of building, vegetation, open: the source's
+            fields["side_mix"] = source
+        elif isinstance(source, tuple):  # a uniform range: the hull of both domains' ranges
+            fields[spec.name] = (min(source[0], target[0]), max(source[1], target[1]))
+        else:  # a probability, Poisson mean or jitter: half way between the domains
+            fields[spec.name] = (source + target) / 2
+    return _World(**fields)
