@@ -18,10 +18,7 @@ is in :class:`~cicld.training.session.Session`.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,53 +61,20 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
     exported = stage.ema_model if stage.ema_model is not None else model  # what is validated and exported
     evaluate = None if stage.val is None else lambda: validate(exported, stage.val, accelerator).miou19
     scores = None
-    ctrl_c = _CtrlC()
     try:
-        with ctrl_c.noted():
-            for step in range(session.start_step, config.steps):
-                session.begin_step(step)
-                lr = session.set_learning_rate(stage.optimizer, step)
-                losses = session.optimizer_step(stage.objective, stage.optimizer, step, stage.compute_losses)
-                if stage.ema_model is not None:
-                    ema_update(stage.ema_model, model, step, config.ema_alpha)
-                session.end_step(step + 1, losses, lr, evaluate, on_step)
-                ctrl_c.check()
-            if stage.val is not None:
-                scores = validate(exported, stage.val, accelerator)
-                session.log(config.steps, {"val_miou": scores.miou19})
-            ctrl_c.check()
-            final = session.export(exported, update_latest=stage.update_latest)
+        for step in range(session.start_step, config.steps):
+            session.begin_step(step)
+            lr = session.set_learning_rate(stage.optimizer, step)
+            losses = session.optimizer_step(stage.objective, stage.optimizer, step, stage.compute_losses)
+            if stage.ema_model is not None:
+                ema_update(stage.ema_model, model, step, config.ema_alpha)
+            session.end_step(step + 1, losses, lr, evaluate, on_step)
+        if stage.val is not None:
+            scores = validate(exported, stage.val, accelerator)
+            session.log(config.steps, {"val_miou": scores.miou19})
+        final = session.export(exported, update_latest=stage.update_latest)
     except KeyboardInterrupt:
         raise session.interrupted() from None
     finally:
         session.close()
     return TrainResult(session.run_dir, final, scores)
-
-
-class _CtrlC:
-    """Ctrl-C that cannot be lost. Python raises KeyboardInterrupt wherever the main thread is
-    when SIGINT arrives; if that is inside library code that swallows exceptions (a destructor,
-    a GC callback, a data-loader clean-up), the run would go on as if nothing had happened. So
-    the handler also notes the signal, and the loop checks the note at every step boundary."""
-
-    def __init__(self) -> None:
-        self.seen = False
-
-    def _handle(self, signum, frame) -> None:
-        self.seen = True
-        raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.seen:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def noted(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
