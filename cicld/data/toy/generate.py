@@ -75,8 +75,6 @@ MANIFEST = "toy.json"
 DEFAULT_NUM_SOURCE = 400
 DEFAULT_NUM_TARGET_TRAIN = 400
 DEFAULT_NUM_TARGET_VAL = 100
-#: Generic-world frames of the toy prior: enough for the street grammar's shapes in random colours.
-DEFAULT_NUM_GENERIC = 2000
 GENERIC_FOLDER = "generic"
 SOURCE_FORMATS = ("gta5", "synthia")
 TRAIN_CITIES = ("toyburg", "toyville")
@@ -94,9 +92,9 @@ class _Job:
 
 def _jobs(root: Path, num_source: int, num_train: int, num_val: int, formats: Sequence[str], num_generic: int = 0) -> list[_Job]:
     jobs = []
+    generic = root / GENERIC_FOLDER
     for i in range(num_generic):
-        folder = root / GENERIC_FOLDER
-        files = (("rgb", str(folder / "images" / f"{i:05d}.png")), ("gta5", str(folder / "labels" / f"{i:05d}.png")))
+        files = (("rgb", str(generic / "images" / f"{i:05d}.png")), ("gta5", str(generic / "labels" / f"{i:05d}.png")))
         jobs.append(_Job("generic", "train", i, files))
     for i in range(num_source):
         files: list[tuple[str, str]] = []
@@ -298,6 +296,9 @@ def generate_toy_pair(
             existing = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"{manifest} is unreadable ({exc}); delete it or choose another ROOT") from None
+    recorded_generic = int(existing.get("num_generic", 0)) if existing is not None else 0
+    if num_generic is None:
+        num_generic = recorded_generic
     if existing is not None:
         recorded = {key: existing.get(key) for key in params}
         if recorded != params:
@@ -309,16 +310,11 @@ def generate_toy_pair(
             for folder in _toy_folders(root):
                 shutil.rmtree(folder, ignore_errors=True)
             manifest.unlink()
-    recorded_generic = int(existing.get("num_generic", 0)) if existing is not None else 0
-    if num_generic is None:
-        num_generic = recorded_generic
-    if existing is not None and recorded != params:
-        existing = None
-    elif existing is not None and num_generic != recorded_generic:
+            existing = None
+    if existing is not None and num_generic != recorded_generic:
         # the generic frames are no part of the pair: another count redoes generic/ and nothing else
         shutil.rmtree(root / GENERIC_FOLDER, ignore_errors=True)
         existing = {**existing, "complete": False}
-    params_generic = {"num_generic": num_generic}
     jobs = _jobs(root, num_source, num_target_train, num_target_val, formats, num_generic)
     if existing is not None and existing.get("complete") and all(os.path.exists(p) for job in jobs for _, p in job.files):
         if progress is not None:
@@ -336,7 +332,7 @@ def generate_toy_pair(
                 f"{root} already holds {', '.join(occupied)} but no {MANIFEST}: not a toy pair; choose another ROOT"
             )
     root.mkdir(parents=True, exist_ok=True)
-    _write_manifest(manifest, {**params, **params_generic, "complete": False})
+    _write_manifest(manifest, {**params, "num_generic": num_generic, "complete": False})
 
     parts = ("source", "target_train", "target_val", *(("generic",) if num_generic else ()))
     totals = {part: np.zeros(NUM_CLASSES + 1, np.int64) for part in parts}
@@ -361,7 +357,7 @@ def generate_toy_pair(
             for future in as_completed(futures):
                 record(future.result())
     class_pixels = {k: tuple(int(c) for c in v) for k, v in totals.items()}
-    _write_manifest(manifest, {**params, **params_generic, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
+    _write_manifest(manifest, {**params, "num_generic": num_generic, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
     return ToyPairSummary(
         root, seed, (width, height), num_source, num_target_train, num_target_val, formats, num_generic,
         written=written, skipped=skipped, seconds=time.perf_counter() - started, class_pixels=class_pixels,
