@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,3 +121,74 @@ def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tu
     command = first_command(runner, jobs["ldm-s0"])
     assert f"--source-root={tmp_path / 'pair' / 'generic'}" in command
     assert f"--target-root={tmp_path / 'pair' / 'cityscapes'}" in command
+
+
+# ---------------------------------------------------------------- benchmarks/pseudo_label_ladder.py
+def _ladder():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import pseudo_label_ladder
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return pseudo_label_ladder
+
+
+def test_the_ladder_swaps_the_teachers_labels_for_the_truth_as_asked():
+    ladder = _ladder()
+    pseudo, truth = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 2, 255]])
+    weight = torch.full((1, 4), 0.1)
+    labels, weights = ladder.swap_labels("correct", "teacher", pseudo, weight, truth)
+    assert labels.tolist() == [[0, 255, 2, 255]] and torch.equal(weights, weight)  # wrong ones ignored
+    labels, weights = ladder.swap_labels("truth", "one", pseudo, weight, truth)
+    assert torch.equal(labels, truth) and torch.equal(weights, torch.ones_like(weight))
+    labels, weights = ladder.swap_labels("teacher", "teacher", pseudo, weight, truth)
+    assert torch.equal(labels, pseudo) and torch.equal(weights, weight)
+
+
+def test_the_ladder_without_classmix_trains_on_the_target_and_puts_adapts_parts_back():
+    import cicld.training.adapt as adapt_module
+    import cicld.training.objectives as objectives_module
+    from cicld.models.losses import segmentation_loss
+
+    ladder = _ladder()
+    shipped = adapt_module.mix, adapt_module.target_dataset, objectives_module.segmentation_loss
+    config = type("Config", (), {"mix_jitter_p": 0.0, "mix_blur_p": 0.0})()
+    source = {"image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, 4, 4, dtype=torch.long)}
+    target = {"image": torch.randn(2, 3, 4, 4), "label": torch.randint(0, 19, (2, 4, 4))}
+    pseudo, weight = torch.randint(0, 19, (2, 4, 4)), torch.full((2, 4, 4), 0.2)
+    logits, class_weight = torch.randn(2, 19, 4, 4), torch.rand(19) + 0.5
+    with ladder.swapped_adapt("truth", "one", class_weighted_mix=True, source_loss=False, classmix=False):
+        images, labels, weights = adapt_module.mix(source, target, pseudo, weight, config, torch.Generator())
+        assert torch.equal(images, target["image"]) and torch.equal(labels, target["label"])
+        assert torch.equal(weights, torch.ones_like(weight))
+        source_loss = objectives_module.segmentation_loss(logits, target["label"], class_weight=class_weight)
+        mixed_loss = objectives_module.segmentation_loss(logits, labels, pixel_weight=weights)
+    assert source_loss.item() == 0.0
+    assert mixed_loss.item() == pytest.approx(segmentation_loss(logits, labels, class_weight=class_weight).item())
+    assert (adapt_module.mix, adapt_module.target_dataset, objectives_module.segmentation_loss) == shipped
+
+
+def test_the_ladder_runs_the_real_adapt_on_the_truth(toy_root, pretrained_runs, tmp_path):
+    import shutil
+
+    from conftest import stage_flags
+
+    from cicld.training.runs import stage_runs
+
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    flags = [str(f) for f in stage_flags(toy_root, runs)]
+    code = _ladder().main(["adapt", "--labels", "truth", "--weight", "one", "--class-weighted-mix", "--", *flags, "--method", "self-training"])
+    assert code == 0
+    (run,) = stage_runs(runs, "adapt")
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_the_ladders_stats_score_a_models_pseudo_labels_per_class(toy_root, pretrained_runs, tmp_path, capsys):
+    out = tmp_path / "stats.json"
+    assert _ladder().main(["stats", str(pretrained_runs / "latest"), "--data", str(toy_root / "cityscapes"), "--frames", "2", "--json", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert 0.0 <= stats["confident_share"] <= 1.0 and 0.0 <= stats["pixel_accuracy"] <= 1.0
+    shares = [c["share"] for c in stats["classes"].values()]
+    assert sum(shares) == pytest.approx(1.0)  # every labelled pixel counted once
+    assert "most often taken for" in capsys.readouterr().out
