@@ -42,6 +42,7 @@ import cicld.training.adapt as adapt_module  # noqa: E402
 import cicld.training.objectives as objectives_module  # noqa: E402
 from cicld.data.datasets import SourceDataset, ValDataset  # noqa: E402
 from cicld.data.labels import CLASSES, IGNORE_INDEX  # noqa: E402
+from cicld.evaluation.metrics import ConfusionMatrix  # noqa: E402
 from cicld.training.common import require_prepared  # noqa: E402
 from cicld.training.uda import color_jitter, gaussian_blur, pseudo_label_weight  # noqa: E402
 
@@ -125,7 +126,7 @@ def pseudo_label_stats(model, frames: ValDataset, count: int, threshold: float, 
     """Per class: how the model's argmax pseudo-labels on ``frames`` compare with the truth, over
     all pixels and over the confident ones (max probability >= ``threshold``)."""
     k = len(CLASSES)
-    every, confident, top2 = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64), np.zeros(k, np.int64)
+    every, confident, top2 = ConfusionMatrix(k), ConfusionMatrix(k), torch.zeros(k, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
     for index in range(min(count, len(frames))):
@@ -135,12 +136,11 @@ def pseudo_label_stats(model, frames: ValDataset, count: int, threshold: float, 
         if probs.shape[-2:] != label.shape:
             probs = torch.nn.functional.interpolate(probs, size=tuple(label.shape), mode="bilinear", align_corners=False)
         max_prob, pseudo = probs[0].max(dim=0)
-        valid = label != IGNORE_INDEX
-        truth, guess, sure = label[valid].numpy(), pseudo[valid].numpy(), (max_prob[valid] >= threshold).numpy()
-        np.add.at(every, (truth, guess), 1)
-        np.add.at(confident, (truth[sure], guess[sure]), 1)
-        in_top2 = (probs[0].topk(2, dim=0).indices[:, valid] == label[valid]).any(dim=0).numpy()
-        np.add.at(top2, truth[in_top2], 1)
+        every.update(pseudo, label)
+        confident.update(pseudo, torch.where(max_prob >= threshold, label, IGNORE_INDEX))
+        in_top2 = (probs[0].topk(2, dim=0).indices == label).any(dim=0) & (label != IGNORE_INDEX)
+        top2 += torch.bincount(label[in_top2], minlength=k)
+    every, confident, top2 = every.matrix.numpy(), confident.matrix.numpy(), top2.numpy()
     total = max(int(every.sum()), 1)
     stats = {
         "pixel_accuracy": float(np.trace(every) / total),
