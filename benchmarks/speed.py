@@ -25,7 +25,9 @@ What is measured (in child processes, one at a time):
 - GFLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention);
   achieved GFLOP/s as a fraction of this machine's fp32 matmul peak, measured in the same run.
 
-Where CUDA is available, every row is repeated on the GPU in bf16 autocast (``--no-cuda`` skips it).
+Where CUDA is available, every row is repeated on the GPU in bf16 autocast (``--no-cuda`` skips it;
+``--no-cpu`` skips the CPU rows, which take about 20 minutes on a small machine and are not what a
+GPU run is for).
 """
 
 from __future__ import annotations
@@ -347,6 +349,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke sizes: 256×128 inference, 128² training, S ∈ {0, 1}")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     parser.add_argument("--no-cuda", action="store_true", help="skip the bf16 GPU rows even if CUDA is available")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the fp32 CPU rows (for a GPU run)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, help="torch CPU threads for every measurement (default: torch's choice)")
     parser.add_argument("--markdown", type=Path, help="also write the markdown table here")
@@ -367,7 +370,9 @@ def main() -> None:
     if args.quick:
         args.width, args.height, args.train_size, args.steps = 256, 128, 128, "0,1"
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    devices = ([] if args.no_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    if not devices:
+        parser.error("nothing to measure: --no-cpu without a CUDA device (or with --no-cuda)")
 
     peak = {device: matmul_peak_gflops(device, args.matmul_size) for device in devices}
     rows, loads = [], {}

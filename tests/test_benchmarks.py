@@ -192,3 +192,11 @@ def test_the_ladders_stats_score_a_models_pseudo_labels_per_class(toy_root, pret
     shares = [c["share"] for c in stats["classes"].values()]
     assert sum(shares) == pytest.approx(1.0)  # every labelled pixel counted once
     assert "most often taken for" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- benchmarks/speed.py
+def test_the_speed_benchmark_refuses_to_measure_nothing():
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--no-cpu", "--no-cuda"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "nothing to measure" in result.stderr.splitlines()[-1]
