@@ -44,7 +44,7 @@ from cicld.data.datasets import SourceDataset, ValDataset  # noqa: E402
 from cicld.data.labels import CLASSES, IGNORE_INDEX  # noqa: E402
 from cicld.evaluation.metrics import ConfusionMatrix  # noqa: E402
 from cicld.training.common import require_prepared  # noqa: E402
-from cicld.training.uda import color_jitter, gaussian_blur, pseudo_label_weight  # noqa: E402
+from cicld.training.uda import augment_mixed, pseudo_label_weight  # noqa: E402
 
 LABELS = ("teacher", "correct", "truth")
 WEIGHTS = ("teacher", "one")
@@ -84,7 +84,7 @@ def swapped_adapt(labels: str, weighting: str, class_weighted_mix: bool, source_
         pseudo, weight = swap_labels(labels, weighting, pseudo, weight, target["label"])
         if classmix:
             return shipped_mix(source, target, pseudo, weight, config, generator)
-        images = gaussian_blur(color_jitter(target["image"], generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
+        images = augment_mixed(target["image"], config, generator)
         return images, pseudo, weight
 
     def segmentation_loss(logits, labels_, pixel_weight=None, class_weight=None, **kwargs):

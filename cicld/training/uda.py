@@ -54,8 +54,13 @@ def mix(source: dict, target: dict, pseudo: torch.Tensor, weight: torch.Tensor, 
     images = class_mix(masks, source["image"], target["image"])
     labels = class_mix(masks, source["label"], pseudo)
     weights = class_mix(masks, torch.ones_like(weight), weight)
-    images = gaussian_blur(color_jitter(images, generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
-    return images, labels, weights
+    return augment_mixed(images, config, generator), labels, weights
+
+
+def augment_mixed(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    """DACS's augmentation of the images the mixed loss trains on: colour jitter, then blur, with
+    the ``--mix-jitter-p`` and ``--mix-blur-p`` of the adapt ``config``."""
+    return gaussian_blur(color_jitter(images, generator, p=config.mix_jitter_p), generator, p=config.mix_blur_p)
 
 
 # --------------------------------------------------------------------------- pseudo-labels
