@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import subprocess
@@ -240,25 +241,36 @@ def profile_row(spec: dict) -> dict:
     return {"memory_mib": memory / 2**20, "gflops": count_gflops(run)}
 
 
+#: A timed sample repeats a call until it lasts about this long: a GPU call of a few milliseconds,
+#: timed alone, is mostly timer and launch jitter.
+MIN_SAMPLE_SECONDS = 0.2
+
+
 def time_rows(specs: list[dict], repeats: int) -> dict:
     """Times rows *interleaved*: a warm-up call each, then ``repeats`` rounds over all rows.
 
     On a shared machine the load changes over minutes; timing the rows one after another would
     compare a quiet minute with a busy one. Interleaving exposes every row to the same moments,
-    and the best of the rounds estimates each row's unloaded time."""
+    and the best of the rounds estimates each row's unloaded time. Each sample is the mean of
+    enough back-to-back calls to last about ``MIN_SAMPLE_SECONDS`` (one call on a CPU)."""
     models: dict = {}
     runners = [make_runner(spec, models) for spec in specs]
+    calls = []
     for run in runners:
         run()
+        start = time.perf_counter()
+        run()  # a second warm-up call, timed, sizes the samples
+        calls.append(max(1, math.ceil(MIN_SAMPLE_SECONDS / max(time.perf_counter() - start, 1e-6))))
     times = [[] for _ in runners]
     load = [os.getloadavg()[0]]
     for _ in range(repeats):
         for i, run in enumerate(runners):
             start = time.perf_counter()
-            run()
-            times[i].append(time.perf_counter() - start)
+            for _ in range(calls[i]):
+                run()
+            times[i].append((time.perf_counter() - start) / calls[i])
         load.append(os.getloadavg()[0])
-    return {"seconds": [min(t) for t in times], "all_seconds": times, "load": load}
+    return {"seconds": [min(t) for t in times], "all_seconds": times, "calls": calls, "load": load}
 
 
 def run_child(mode: str, payload) -> dict:
@@ -295,10 +307,16 @@ def markdown_table(rows: list[dict], peak: dict[str, float]) -> str:
         steps = "" if r["model"] == "segformer-b5" else ("—" if r["task"] == "train" else str(r["steps"]))
         name = "SegFormer-B5 peer" if r["model"] == "segformer-b5" else f"CICLD {r['preset']}"
         lines.append(
-            f"| {r['device']} | {name} | {r['task']} | {size} | {steps} | {r['seconds']:.2f} | {ratio:.2f} | "
+            f"| {r['device']} | {name} | {r['task']} | {size} | {steps} | {r['seconds']:.4g} | {ratio:.2f} | "
             f"{r['memory_mib']:.0f} | {r['gflops']:.0f} | {achieved:.0f} | {100 * achieved / peak[r['device']]:.0f}% |"
         )
     return "\n".join(lines)
+
+
+def row_name(r: dict) -> str:
+    model = "peer" if r["model"] == "segformer-b5" else "CICLD"
+    steps = "" if r["task"] == "train" or r["steps"] is None else f" S={r['steps']}"
+    return f"{r['device']} {model} {r['task']}{steps}"
 
 
 def round_ratios(rows: list[dict]) -> list[str]:
@@ -329,7 +347,7 @@ def print_rich(rows: list[dict], peak: dict[str, float]) -> None:
             "SegFormer-B5" if r["model"] == "segformer-b5" else f"CICLD {r['preset']}",
             r["task"],
             "" if r["model"] == "segformer-b5" or r["task"] == "train" else str(r["steps"]),
-            f"{r['seconds']:.2f}",
+            f"{r['seconds']:.4g}",
             f"{r['seconds'] / peers[(r['device'], r['task'])]:.2f}",
             f"{r['memory_mib']:.0f}",
             f"{r['gflops']:.0f}",
@@ -390,8 +408,8 @@ def main() -> None:
                 spec.update(run_child("profile", spec))
             print(f"timing {len(specs)} {specs[0]['task']} rows interleaved, {args.repeats} rounds", file=sys.stderr, flush=True)
             timed = run_child("time", {"specs": specs, "repeats": args.repeats})
-            for spec, seconds, all_seconds in zip(specs, timed["seconds"], timed["all_seconds"]):
-                rows.append({**spec, "seconds": seconds, "all_seconds": all_seconds})
+            for spec, seconds, all_seconds, calls in zip(specs, timed["seconds"], timed["all_seconds"], timed["calls"]):
+                rows.append({**spec, "seconds": seconds, "all_seconds": all_seconds, "calls": calls})
             loads[(device, specs[0]["task"])] = timed["load"]
 
     # Measured again at the end; the higher figure is the machine's peak (a shared machine may be
@@ -408,6 +426,8 @@ def main() -> None:
         *[f"- load average (1 min) during the {task} timing rounds on {device}: "
           + " → ".join(f"{x:.1f}" for x in load) for (device, task), load in loads.items()],
         *round_ratios(rows),
+        "- calls per timed sample (back to back, about "
+        f"{MIN_SAMPLE_SECONDS} s): " + ", ".join(f"{row_name(r)} {r['calls']}" for r in rows),
         "",
         markdown_table(rows, peak),
     ]

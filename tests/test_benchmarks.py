@@ -200,3 +200,28 @@ def test_the_speed_benchmark_refuses_to_measure_nothing():
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nothing to measure" in result.stderr.splitlines()[-1]
+
+
+def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone(monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    counts = {"fast": 0, "slow": 0}
+
+    def make_runner(spec, models):
+        def run():
+            counts[spec["name"]] += 1
+            if spec["name"] == "slow":
+                busy_until = speed.time.perf_counter() + speed.MIN_SAMPLE_SECONDS
+                while speed.time.perf_counter() < busy_until:
+                    pass
+        return run
+
+    monkeypatch.setattr(speed, "make_runner", make_runner)
+    timed = speed.time_rows([{"name": "fast"}, {"name": "slow"}], repeats=2)
+    fast_calls, slow_calls = timed["calls"]
+    assert fast_calls > 1 and slow_calls == 1
+    assert counts == {"fast": 2 + 2 * fast_calls, "slow": 2 + 2}  # two warm-up calls each, then the rounds
+    assert timed["seconds"][0] < timed["seconds"][1]
