@@ -213,7 +213,7 @@ def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone
     def make_runner(spec, models):
         def run():
             counts[spec["name"]] += 1
-            if spec["name"] == "slow":
+            if spec["name"] == "slow":  # about a sample's length: warmed up twice, then one call a sample
                 busy_until = speed.time.perf_counter() + speed.MIN_SAMPLE_SECONDS
                 while speed.time.perf_counter() < busy_until:
                     pass
@@ -223,5 +223,27 @@ def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone
     timed = speed.time_rows([{"name": "fast"}, {"name": "slow"}], repeats=2)
     fast_calls, slow_calls = timed["calls"]
     assert fast_calls > 1 and slow_calls == 1
-    assert counts == {"fast": 2 + 2 * fast_calls, "slow": 2 + 2}  # two warm-up calls each, then the rounds
+    assert counts == {"fast": 2 + 2 * fast_calls, "slow": 2 + 2}  # two warm-up calls, then the rounds
     assert timed["seconds"][0] < timed["seconds"][1]
+
+
+def test_the_speed_benchmark_times_a_call_of_seconds_once_per_sample_after_one_warm_up(monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setattr(speed, "MIN_SAMPLE_SECONDS", 0.01)  # so 0.06 s counts as a slow (CPU-like) call
+    counts = {"calls": 0}
+
+    def make_runner(spec, models):
+        def run():
+            counts["calls"] += 1
+            busy_until = speed.time.perf_counter() + 0.06
+            while speed.time.perf_counter() < busy_until:
+                pass
+        return run
+
+    monkeypatch.setattr(speed, "make_runner", make_runner)
+    timed = speed.time_rows([{"name": "slow"}], repeats=3)
+    assert timed["calls"] == [1] and counts["calls"] == 1 + 3
