@@ -247,23 +247,25 @@ MIN_SAMPLE_SECONDS = 0.2
 
 
 def time_rows(specs: list[dict], repeats: int) -> dict:
-    """Times rows *interleaved*: a warm-up call each, then ``repeats`` rounds over all rows.
+    """Times rows *interleaved*: warm-up calls for each row, then ``repeats`` rounds over all rows.
 
     On a shared machine the load changes over minutes; timing the rows one after another would
     compare a quiet minute with a busy one. Interleaving exposes every row to the same moments,
     and the best of the rounds estimates each row's unloaded time. Each sample is the mean of
-    enough back-to-back calls to last about ``MIN_SAMPLE_SECONDS`` (one call on a CPU)."""
+    enough back-to-back calls to last about ``MIN_SAMPLE_SECONDS``, sized by a second, timed
+    warm-up call; a row whose first call takes over a second (every CPU row at full size) times
+    one call per sample and skips that second call."""
     models: dict = {}
     runners = [make_runner(spec, models) for spec in specs]
     calls = []
     for run in runners:
         start = time.perf_counter()
         run()
-        if time.perf_counter() - start > 5 * MIN_SAMPLE_SECONDS:  # a CPU row: one call is a sample
+        if time.perf_counter() - start > 5 * MIN_SAMPLE_SECONDS:  # over a second: one call is a sample
             calls.append(1)
             continue
         start = time.perf_counter()
-        run()  # a second warm-up call, timed, sizes the samples
+        run()  # the second warm-up call, timed, sizes the samples
         calls.append(max(1, math.ceil(MIN_SAMPLE_SECONDS / max(time.perf_counter() - start, 1e-6))))
     times = [[] for _ in runners]
     load = [os.getloadavg()[0]]

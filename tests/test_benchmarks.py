@@ -7,6 +7,7 @@ report whose every number comes from a scores file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -18,6 +19,15 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (the folder is no package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def run_benchmark(out: Path) -> subprocess.CompletedProcess:
@@ -70,11 +80,7 @@ def first_command(runner, job) -> tuple[str, ...]:
 
 
 def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import uda_toy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    uda_toy = benchmark_module("uda_toy")
     one = {job.name: job for job in uda_toy.plan([0, 1], {"table1", "table2"}, table_seeds=1)}
     two = {job.name: job for job in uda_toy.plan([0, 1], {"table1", "table2"}, table_seeds=2)}
     # The first seed's table jobs keep their names, so a benchmark folder from before is reused.
@@ -92,11 +98,7 @@ def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models(
 
 
 def test_the_synthia_format_benchmark_trains_every_stage_on_the_synthia_copy_and_scores_mIoU16(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import uda_toy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    uda_toy = benchmark_module("uda_toy")
     runner = uda_toy.Runner(tmp_path / "out", tmp_path / "pair", quick=False, source_format="synthia")
     command = first_command(runner, uda_toy.Job("ae-s0", "pretrain-ae", ["--seed=0"]))
     assert command[:3] == ("pretrain-ae", "--source=synthia", "--recipe=toy")
@@ -105,11 +107,7 @@ def test_the_synthia_format_benchmark_trains_every_stage_on_the_synthia_copy_and
 
 
 def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tunes(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import uda_toy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    uda_toy = benchmark_module("uda_toy")
     jobs = {job.name: job for job in uda_toy.with_prior(uda_toy.plan([0], set()), steps=1500, finetune_lr=1e-4)}
     assert jobs["ldm-s0"].data == "generic" and "--steps=1500" in jobs["ldm-s0"].flags
     assert jobs["ae-s0"].data is None and jobs["ae-s0"].flags == ["--seed=0"]  # the autoencoder stays on the source
@@ -124,17 +122,8 @@ def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tu
 
 
 # ---------------------------------------------------------------- benchmarks/pseudo_label_ladder.py
-def _ladder():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import pseudo_label_ladder
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return pseudo_label_ladder
-
-
 def test_the_ladder_swaps_the_teachers_labels_for_the_truth_as_asked():
-    ladder = _ladder()
+    ladder = benchmark_module("pseudo_label_ladder")
     pseudo, truth = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 2, 255]])
     weight = torch.full((1, 4), 0.1)
     labels, weights = ladder.swap_labels("correct", "teacher", pseudo, weight, truth)
@@ -150,7 +139,7 @@ def test_the_ladder_without_classmix_trains_on_the_target_and_puts_adapts_parts_
     import cicld.training.objectives as objectives_module
     from cicld.models.losses import segmentation_loss
 
-    ladder = _ladder()
+    ladder = benchmark_module("pseudo_label_ladder")
     shipped = adapt_module.mix, adapt_module.target_dataset, objectives_module.segmentation_loss
     config = type("Config", (), {"mix_jitter_p": 0.0, "mix_blur_p": 0.0})()
     source = {"image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, 4, 4, dtype=torch.long)}
@@ -178,7 +167,7 @@ def test_the_ladder_runs_the_real_adapt_on_the_truth(toy_root, pretrained_runs, 
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     flags = [str(f) for f in stage_flags(toy_root, runs)]
-    code = _ladder().main(["adapt", "--labels", "truth", "--weight", "one", "--class-weighted-mix", "--", *flags, "--method", "self-training"])
+    code = benchmark_module("pseudo_label_ladder").main(["adapt", "--labels", "truth", "--weight", "one", "--class-weighted-mix", "--", *flags, "--method", "self-training"])
     assert code == 0
     (run,) = stage_runs(runs, "adapt")
     assert (run / "final" / "model.safetensors").is_file()
@@ -186,7 +175,7 @@ def test_the_ladder_runs_the_real_adapt_on_the_truth(toy_root, pretrained_runs, 
 
 def test_the_ladders_stats_score_a_models_pseudo_labels_per_class(toy_root, pretrained_runs, tmp_path, capsys):
     out = tmp_path / "stats.json"
-    assert _ladder().main(["stats", str(pretrained_runs / "latest"), "--data", str(toy_root / "cityscapes"), "--frames", "2", "--json", str(out)]) == 0
+    assert benchmark_module("pseudo_label_ladder").main(["stats", str(pretrained_runs / "latest"), "--data", str(toy_root / "cityscapes"), "--frames", "2", "--json", str(out)]) == 0
     stats = json.loads(out.read_text())
     assert 0.0 <= stats["confident_share"] <= 1.0 and 0.0 <= stats["pixel_accuracy"] <= 1.0
     shares = [c["share"] for c in stats["classes"].values()]
@@ -203,11 +192,7 @@ def test_the_speed_benchmark_refuses_to_measure_nothing():
 
 
 def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone(monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import speed
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    speed = benchmark_module("speed")
     counts = {"fast": 0, "slow": 0}
 
     def make_runner(spec, models):
@@ -228,11 +213,7 @@ def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone
 
 
 def test_the_speed_benchmark_times_a_call_of_seconds_once_per_sample_after_one_warm_up(monkeypatch):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import speed
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    speed = benchmark_module("speed")
     monkeypatch.setattr(speed, "MIN_SAMPLE_SECONDS", 0.01)  # so 0.06 s counts as a slow (CPU-like) call
     counts = {"calls": 0}
 
