@@ -16,7 +16,9 @@ one-line :class:`~cicld.errors.CicldError` the command line shows: ``cannot writ
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +65,32 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Binar
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> CPU tensor) to the safetensors file ``path``, atomically.
+
+    The one way cicld writes weights: plain data, never a pickle. A failed write is the
+    ``OSError`` the system gave (safetensors reports it as its own error type, with the system's
+    error number in the text), so that :func:`writing` turns a full disk into one line.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with replacing(path) as temporary:
+        try:
+            save_file(tensors, str(temporary), metadata=metadata)
+        except SafetensorError as exc:
+            code = re.search(r"\(os error (\d+)\)", str(exc))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number), str(path)) from None
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """Whether a failed write failed for want of space (or of quota)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextmanager

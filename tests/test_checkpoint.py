@@ -3,21 +3,33 @@
 import itertools
 import json
 import os
+import pickle
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
-from cicld.training import runs
-from cicld.training.checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from cicld.training import checkpoint, runs
+from cicld.training.checkpoint import (
+    TrainingState,
+    checkpoint_root,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cicld.training.config import make_config
 from cicld.training.locate import newest_finished_run, resolve_model_dir
-from cicld.training.runs import mark_latest, new_run_dir, recover_replaced
+from cicld.training.runs import mark_latest, new_run_dir, recover_replaced, stage_runs
 from cicld.training.session import Session
+
+from conftest import REPO, stage_flags
 
 
 def _setup(seed=0):
@@ -26,7 +38,7 @@ def _setup(seed=0):
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return accelerator, model, optimizer
+    return accelerator, model, optimizer, TrainingState({"model": model}, optimizer)
 
 
 def _train_step(model, optimizer):
@@ -37,55 +49,55 @@ def _train_step(model, optimizer):
 
 
 def test_a_checkpoint_restores_weights_and_optimizer_state_exactly(tmp_path):
-    accelerator, model, optimizer = _setup()
+    accelerator, model, optimizer, training = _setup()
     _train_step(model, optimizer)
-    save_checkpoint(accelerator, tmp_path, step=1, state={"epoch": 0})
+    save_checkpoint(accelerator, tmp_path, step=1, training=training, state={"epoch": 0})
     _train_step(model, optimizer)
     expected = model.weight.detach().clone()
 
-    accelerator, model, optimizer = _setup(seed=123)  # different init: must be overwritten
-    state = load_checkpoint(accelerator, latest_checkpoint(tmp_path))
+    accelerator, model, optimizer, training = _setup(seed=123)  # different init: must be overwritten
+    state = load_checkpoint(accelerator, latest_checkpoint(tmp_path), training)
     assert state == {"step": 1, "epoch": 0}
     _train_step(model, optimizer)
     assert torch.equal(model.weight.detach(), expected)
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
-    accelerator, model, optimizer = _setup()
+    accelerator, model, optimizer, training = _setup()
     for step in (10, 20, 30):
-        save_checkpoint(accelerator, tmp_path, step=step, state={}, keep=2)
+        save_checkpoint(accelerator, tmp_path, step=step, training=training, state={}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000020", "step-00000030"]
 
 
 def test_saving_a_step_drops_the_later_checkpoints_of_an_abandoned_continuation(tmp_path):
-    accelerator, model, optimizer = _setup()
+    accelerator, model, optimizer, training = _setup()
     for step in (10, 20, 30):
-        save_checkpoint(accelerator, tmp_path, step=step, state={}, keep=5)
-    save_checkpoint(accelerator, tmp_path, step=20, state={"again": True}, keep=5)  # resumed from step 10
+        save_checkpoint(accelerator, tmp_path, step=step, training=training, state={}, keep=5)
+    save_checkpoint(accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=5)  # resumed from step 10
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000010", "step-00000020"]
-    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path)) == {"step": 20, "again": True}
+    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path), training) == {"step": 20, "again": True}
 
 
 def test_a_crash_during_a_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
-    accelerator, model, optimizer = _setup()
-    save_checkpoint(accelerator, tmp_path, step=5, state={})
+    accelerator, model, optimizer, training = _setup()
+    save_checkpoint(accelerator, tmp_path, step=5, training=training, state={})
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # e.g. the job is killed while writing
 
-    monkeypatch.setattr(accelerator, "save_state", crash)
+    monkeypatch.setattr(checkpoint, "save_tensors", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(accelerator, tmp_path, step=6, state={})
+        save_checkpoint(accelerator, tmp_path, step=6, training=training, state={})
     assert latest_checkpoint(tmp_path).name == "step-00000005"
     monkeypatch.undo()
-    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path))["step"] == 5
+    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path), training)["step"] == 5
 
 
 def test_an_incomplete_checkpoint_folder_is_refused_with_a_clear_error(tmp_path):
-    accelerator, _, _ = _setup()
+    accelerator, _, _, training = _setup()
     (tmp_path / "step-00000001").mkdir()
     with pytest.raises(CicldError, match="not a complete cicld checkpoint"):
-        load_checkpoint(accelerator, tmp_path / "step-00000001")
+        load_checkpoint(accelerator, tmp_path / "step-00000001", training)
 
 
 def test_latest_points_at_the_newest_finished_run_and_resolves_as_the_default_model(tmp_path):
@@ -190,19 +202,125 @@ def test_a_crash_at_any_point_of_an_export_leaves_a_loadable_final(tmp_path, mon
 @pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "rename-aside"])
 def test_a_crash_at_any_point_of_a_checkpoint_save_leaves_only_complete_checkpoints(tmp_path, monkeypatch, exchange):
     _without_exchange(monkeypatch, exchange)
-    accelerator, model, optimizer = _setup()
+    accelerator, model, optimizer, training = _setup()
     for step in (10, 20):
-        save_checkpoint(accelerator, tmp_path, step=step, state={}, keep=2)
+        save_checkpoint(accelerator, tmp_path, step=step, training=training, state={}, keep=2)
 
     def all_checkpoints_load():
         if not exchange:  # what the next save does first
             recover_replaced(checkpoint_root(tmp_path))
         assert "step-00000020" in [p.name for p in list_checkpoints(tmp_path)]
         for checkpoint in list_checkpoints(tmp_path):
-            assert load_checkpoint(accelerator, checkpoint)["step"] in (10, 20)
+            assert load_checkpoint(accelerator, checkpoint, training)["step"] in (10, 20)
 
     # Step 20 again (a run resumed from step 10), pruning step 10 afterwards.
-    _every_crash(monkeypatch, lambda: save_checkpoint(accelerator, tmp_path, step=20, state={"again": True}, keep=1), all_checkpoints_load)
+    _every_crash(monkeypatch, lambda: save_checkpoint(accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=1), all_checkpoints_load)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000020"]
-    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path)) == {"step": 20, "again": True}
+    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path), training) == {"step": 20, "again": True}
     assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000020"]  # no leftovers
+
+
+# ---------------------------------------------------------------- a checkpoint never runs code
+class _Payload:
+    """A pickle that creates the file ``marker`` when it is loaded: what an attacker's code would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def _adapt_run_with_checkpoints(cli, toy_root, pretrained_runs, tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    result = cli("adapt", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 0, result.stderr
+    (run,) = stage_runs(runs, "adapt")
+    return run
+
+
+#: The pickles Accelerate's save_state writes and load_state reads (earlier cicld checkpoints).
+ACCELERATE_PICKLES = ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scaler.pt")
+
+
+@pytest.mark.parametrize("planted", [*ACCELERATE_PICKLES, "all"])
+def test_resuming_a_checkpoint_with_a_pickle_planted_in_it_runs_no_code_and_resumes(
+    cli, toy_root, pretrained_runs, tmp_path, planted
+):
+    run = _adapt_run_with_checkpoints(cli, toy_root, pretrained_runs, tmp_path)
+    checkpoint, marker = run / "checkpoints" / "step-00000002", tmp_path / "PWNED"
+    for name in ACCELERATE_PICKLES if planted == "all" else [planted]:
+        (checkpoint / name).write_bytes(pickle.dumps(_Payload(marker)))
+    result = cli("adapt", "--resume", checkpoint)
+    assert not marker.exists()
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_checkpoint_in_the_old_pickled_format_is_refused_in_one_line_without_being_unpickled(
+    cli, toy_root, pretrained_runs, tmp_path
+):
+    run = _adapt_run_with_checkpoints(cli, toy_root, pretrained_runs, tmp_path)
+    checkpoint, marker = run / "checkpoints" / "step-00000002", tmp_path / "PWNED"
+    for name in ("optimizer.safetensors", "optimizer.json", "ema_model.safetensors"):
+        (checkpoint / name).unlink(missing_ok=True)  # what Accelerate's save_state wrote instead: pickles
+    for name in ACCELERATE_PICKLES:
+        (checkpoint / name).write_bytes(pickle.dumps(_Payload(marker)))
+    result = cli("adapt", "--resume", checkpoint)
+    assert not marker.exists()
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot resume from {checkpoint}: an earlier cicld wrote it with pickles")
+
+
+def test_every_stages_checkpoints_hold_only_safetensors_and_json(cli, toy_root, pretrained_runs, tmp_path):
+    run = _adapt_run_with_checkpoints(cli, toy_root, pretrained_runs, tmp_path)
+    checkpoints = [c for stage in ("pretrain-ae", "pretrain-ldm", "adapt") for r in stage_runs(run.parent.parent, stage) for c in list_checkpoints(r)]
+    assert {c.parent.parent.parent.name for c in checkpoints} == {"pretrain-ae", "pretrain-ldm", "adapt"}
+    for checkpoint in checkpoints:
+        for file in checkpoint.iterdir():
+            assert file.suffix in (".safetensors", ".json"), file
+            head = file.read_bytes()[:2]
+            assert head[:1] != b"\x80" and head != b"PK", f"{file} looks like a pickle or a torch.save archive"
+    ema = load_file(run / "checkpoints" / "step-00000004" / "ema_model.safetensors")
+    exported = load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(ema[k], exported[k]) for k in exported)  # the EMA model is what adapt exports
+
+
+def test_no_code_loads_a_torch_file_without_weights_only():
+    loader = "torch" + ".load("  # split, so that this test does not find itself
+    offenders = []
+    for folder in ("cicld", "benchmarks", "tests", "examples"):
+        for path in (REPO / folder).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if loader in line and "weights_only=True" not in line:
+                    offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert offenders == []
+
+
+def test_the_optimizer_state_round_trips_through_json_and_safetensors_with_its_types(tmp_path):
+    accelerator, model, optimizer, training = _setup()
+    _train_step(model, optimizer)
+    before = optimizer.state_dict()
+    save_checkpoint(accelerator, tmp_path, step=1, training=training)
+    accelerator, model, optimizer, training = _setup(seed=5)
+    load_checkpoint(accelerator, latest_checkpoint(tmp_path), training)
+    after = optimizer.state_dict()
+    assert after["param_groups"] == before["param_groups"]  # betas a tuple again, None and bools kept
+    assert isinstance(after["param_groups"][0]["betas"], tuple)
+    assert after["state"].keys() == before["state"].keys()  # integer parameter ids
+    for key, state in before["state"].items():
+        assert all(torch.equal(after["state"][key][name], value) for name, value in state.items())
+
+
+def test_the_fp16_loss_scaler_is_checkpointed_and_restored(tmp_path):
+    accelerator, model, optimizer, training = _setup()
+    training.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    training.scaler.scale(torch.ones(()))  # a step's loss
+    training.scaler.update(new_scale=256.0)  # as after overflows
+    save_checkpoint(accelerator, tmp_path, step=1, training=training)
+    assert json.loads((latest_checkpoint(tmp_path) / "scaler.json").read_text())["scale"] == 256.0
+    accelerator, model, optimizer, training = _setup()
+    training.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    load_checkpoint(accelerator, latest_checkpoint(tmp_path), training)
+    assert training.scaler.get_scale() == 256.0 and training.scaler.get_growth_interval() == 3

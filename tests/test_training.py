@@ -1002,10 +1002,11 @@ def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
     "damaged, content, message",
     [
         ("model.safetensors", b"\x00" * 50, "the checkpoint is corrupt or does not fit this run (SafetensorError"),
-        ("optimizer.bin", b"not a zip archive", "the checkpoint is corrupt or does not fit this run"),
+        ("optimizer.safetensors", b"not a safetensors file", "the checkpoint is corrupt or does not fit this run (SafetensorError"),
+        ("optimizer.json", b'{"dict": [', "the checkpoint is corrupt or does not fit this run (JSONDecodeError"),
         ("trainer_state.json", b'{"step": ', "trainer_state.json is corrupt"),
     ],
-    ids=["weights", "optimizer", "trainer-state"],
+    ids=["weights", "optimizer-tensors", "optimizer-state", "trainer-state"],
 )
 def test_resuming_a_corrupt_checkpoint_is_a_one_line_error(cli, pretrained_runs, tmp_path, damaged, content, message):
     checkpoint = _checkpoint_to_damage(pretrained_runs, tmp_path)

@@ -1,13 +1,27 @@
-"""Atomic, pruned training checkpoints on top of Accelerate's ``save_state``.
+"""Atomic, pruned training checkpoints in safetensors and JSON only: loading one never runs code.
 
-A checkpoint is ``<run>/checkpoints/step-00001000/``: what ``Accelerator.save_state`` writes
-(model weights as safetensors, optimizer, scheduler, RNG states), ``model_config.json`` (the
-trained model's config, as ``save_pretrained`` writes it: a resumed run builds its model from
-it, so a checkpoint needs nothing outside its run) and ``trainer_state.json`` (the step and
-anything else the loop needs to continue). It is written into a hidden temporary
-folder and renamed into place only when complete, so a kill during a write never breaks the
-newest good checkpoint; unfinished temporaries are ignored and cleaned up by the next save.
-Checkpoints written again or pruned never leave a half-deleted folder that looks complete.
+A checkpoint is ``<run>/checkpoints/step-00001000/``::
+
+    model.safetensors       the objective's weights (the network it trains, and what it adds)
+    ema_model.safetensors   adapt's EMA model (one file per module of the TrainingState)
+    optimizer.safetensors   the optimizer's tensors (AdamW's moments and step counts) ...
+    optimizer.json          ... and the rest of its state (param groups), naming those tensors
+    scaler.json             the fp16 loss scaler's state (--mixed-precision fp16 only)
+    model_config.json       the trained model's config, as save_pretrained writes it
+    trainer_state.json      the step, and anything else the loop needs to continue
+
+Not Accelerate's ``save_state``: it pickles what is registered with it and the random-number
+states, and unpickling a file someone hands you can run any code. Nothing here is a pickle, and
+no random-number state is needed: every step seeds the generators from (seed, step, rank)
+(:func:`cicld.training.session.seed_step`), so a resumed run replays the same draws.
+``model_config.json`` lets a resumed run build its model from the checkpoint alone; its name is
+not ``config.json`` so that the folder does not look like a model folder.
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when
+complete, so a kill during a write never breaks the newest good checkpoint; a failed write (a
+full disk) removes the temporary folder and says how much space a checkpoint takes. Unfinished
+temporaries are ignored and cleaned up by the next save. Checkpoints written again or pruned
+never leave a half-deleted folder that looks complete.
 """
 
 from __future__ import annotations
@@ -16,18 +30,39 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from cicld.errors import CicldError
-from cicld.files import atomic_write
+from cicld.files import atomic_write, is_disk_full, save_tensors
 from cicld.models.config import CICLDConfig
+from cicld.models.state import load_state_dict_strict
 from cicld.training.runs import recover_replaced, replace_directory
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 #: The trained model's config.json, under another name: the checkpoint's model.safetensors is
-#: Accelerate's (the objective's weights), so the folder must not look like a model folder.
+#: the objective's weights, so the folder must not look like a model folder.
 MODEL_CONFIG_FILE = "model_config.json"
+OPTIMIZER = "optimizer"
+SCALER_FILE = "scaler.json"
+#: What Accelerate's save_state wrote, which earlier cicld versions used: pickles, never read.
+_PICKLED = ("optimizer.bin", "scheduler.bin", "scaler.pt", "custom_checkpoint_*.pkl", "random_states_*.pkl")
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides ``trainer_state.json``: the modules by file name
+    (``{"model": objective, "ema_model": ema_model}``: ``model.safetensors``, ...), the
+    optimizer and, with fp16, the loss scaler. Wrapped modules (DDP) are saved unwrapped."""
+
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: Any = None  # a torch.amp.GradScaler: --mixed-precision fp16
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -55,37 +90,154 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(
-    accelerator, run_dir: Path, step: int, state: dict, keep: int = 2, model_config: CICLDConfig | None = None
+    accelerator,
+    run_dir: Path,
+    step: int,
+    training: TrainingState,
+    state: dict | None = None,
+    keep: int = 2,
+    model_config: CICLDConfig | None = None,
 ) -> Path:
-    """Save the full training state at ``step`` atomically; keep the newest ``keep`` checkpoints.
-    ``model_config``, the trained model's config, is saved with it (:func:`checkpoint_model_config`).
+    """Save ``training`` at ``step`` atomically, with ``state`` in ``trainer_state.json``; keep
+    the newest ``keep`` checkpoints. ``model_config``, the trained model's config, is saved with
+    it (:func:`checkpoint_model_config`).
 
-    Every process must call this (Accelerate saves per-process RNG states); only the main
-    process renames and prunes.
+    Every process must call this; the main process writes (the processes hold the same weights),
+    renames and prunes. A failed write is a one-line :class:`CicldError` in every process, with
+    the temporary folder removed and the earlier checkpoints untouched.
     """
     root = checkpoint_root(run_dir)
     final = root / f"step-{step:08d}"
-    temporary = root / f".step-{step:08d}.tmp"
+    error = None
     if accelerator.is_main_process:
         if root.is_dir():  # what a crash in an earlier save left behind
             recover_replaced(root)
             for stale in root.glob(".step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
-        temporary.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
+        files = _checkpoint_files(accelerator, training, {"step": step, **(state or {})}, model_config)
+        try:
+            _write_folder(root, final, files)
+        except OSError as exc:
+            error = _write_error(final, files, exc)
+    if not _everywhere(accelerator, error is None):
+        raise error or CicldError(f"checkpoint {final.name} could not be written by the main process")
     if accelerator.is_main_process:
-        if model_config is not None:
-            atomic_write(temporary / MODEL_CONFIG_FILE, json.dumps(model_config.to_dict(), indent=2) + "\n")
-        atomic_write(temporary / STATE_FILE, json.dumps({"step": step, **state}, indent=2))
-        _fsync_dir(temporary)
-        replace_directory(temporary, final)  # written again after resuming an earlier checkpoint
-        _fsync_dir(root)
         for old in _outdated(list_checkpoints(run_dir), step, keep):
             _delete(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _checkpoint_files(accelerator, training: TrainingState, state: dict, model_config: CICLDConfig | None) -> dict:
+    """File name -> content: a dict of CPU tensors (a safetensors file) or a JSON-able value.
+    ``trainer_state.json`` comes last: it is what makes a folder a checkpoint."""
+    files: dict[str, Any] = {}
+    for name, module in training.modules.items():
+        files[f"{name}.safetensors"] = _exclusive(accelerator.unwrap_model(module).state_dict())
+    if training.optimizer is not None:
+        tensors: dict[str, torch.Tensor] = {}
+        files[f"{OPTIMIZER}.json"] = _encode(training.optimizer.state_dict(), tensors)
+        files[f"{OPTIMIZER}.safetensors"] = tensors
+    if training.scaler is not None:
+        files[SCALER_FILE] = training.scaler.state_dict()
+    if model_config is not None:
+        files[MODEL_CONFIG_FILE] = model_config.to_dict()
+    files[STATE_FILE] = state
+    return files
+
+
+def _write_folder(root: Path, final: Path, files: dict) -> None:
+    """Write ``files`` into a temporary folder beside ``final``, then swap it into place. A write
+    that fails removes the temporary folder."""
+    temporary = root / f".{final.name}.tmp"
+    temporary.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, content in files.items():
+            if name.endswith(".safetensors"):
+                save_tensors(temporary / name, content)
+            else:
+                atomic_write(temporary / name, json.dumps(content, indent=2) + "\n")
+        _fsync_dir(temporary)
+        replace_directory(temporary, final)  # written again after resuming an earlier checkpoint
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _write_error(final: Path, files: dict, exc: OSError) -> CicldError:
+    reason = exc.strerror or str(exc)
+    if is_disk_full(exc):
+        needed = sum(t.numel() * t.element_size() for c in files.values() if _is_tensors(c) for t in c.values())
+        free = shutil.disk_usage(final.parent).free
+        reason += f" (a checkpoint takes about {_megabytes(needed)}; {_megabytes(free)} free)"
+    return CicldError(f"cannot write checkpoint {final}: {reason}")
+
+
+def _is_tensors(content: Any) -> bool:
+    return isinstance(content, dict) and bool(content) and all(isinstance(v, torch.Tensor) for v in content.values())
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _everywhere(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds in every process (one all-reduce with several; also their barrier)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="min").item())
+
+
+def _exclusive(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as CPU tensors that share no memory (safetensors refuses shared tensors)."""
+    seen, tensors = set(), {}
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if pointer in seen and tensor.numel() else tensor
+        seen.add(pointer)
+    return tensors
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` (an optimizer's state dict: dicts, lists, tuples, numbers, strings, tensors) as
+    JSON, each tensor moved into ``tensors`` under a number and named by it. A dict becomes its
+    list of [key, value] pairs, so that integer keys stay integers; a tuple stays a tuple."""
+    if isinstance(value, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {"tensor": key}
+    if isinstance(value, dict):
+        if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in value):
+            raise TypeError(f"cannot save a dict with keys {list(value)[:3]} in a checkpoint")
+        return {"dict": [[k, _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save a {type(value).__name__} in a checkpoint")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`_encode`."""
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise ValueError(f"unexpected object with keys {sorted(value)[:3]}")
+        ((kind, body),) = value.items()
+        if kind == "tensor":
+            return tensors[body]
+        if kind == "tuple":
+            return tuple(_decode(v, tensors) for v in body)
+        if kind == "dict":
+            return {key: _decode(v, tensors) for key, v in body}
+        raise ValueError(f"unexpected object kind {kind!r}")
+    return value
 
 
 def _outdated(checkpoints: list[Path], step: int, keep: int) -> list[Path]:
@@ -109,8 +261,10 @@ def _step(checkpoint: Path) -> int:
     return int(_CHECKPOINT.match(checkpoint.name).group(1))
 
 
-def load_checkpoint(accelerator, checkpoint: Path) -> dict:
-    """Restore the state saved by :func:`save_checkpoint`; returns its ``trainer_state.json``."""
+def load_checkpoint(accelerator, checkpoint: Path, training: TrainingState) -> dict:
+    """Restore ``training`` from the checkpoint :func:`save_checkpoint` wrote; returns its
+    ``trainer_state.json``. Only safetensors and JSON files are read: a checkpoint of an earlier
+    cicld, which held pickles, is refused in one line without opening them."""
     checkpoint = Path(checkpoint)
     state_file = checkpoint / STATE_FILE
     if not state_file.is_file():
@@ -122,14 +276,36 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
             raise ValueError(f"step {step!r}")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise CicldError(f"cannot resume from {checkpoint}: {STATE_FILE} is corrupt ({_first_line(exc)})") from None
+    pickled = sorted(p.name for pattern in _PICKLED for p in checkpoint.glob(pattern))
+    if pickled and not (checkpoint / f"{OPTIMIZER}.safetensors").is_file():
+        raise CicldError(
+            f"cannot resume from {checkpoint}: an earlier cicld wrote it with pickles ({pickled[0]}), which cicld no "
+            "longer loads since a pickle can run code; start the stage again (a finished run's final/ still loads)"
+        )
     try:
-        accelerator.load_state(str(checkpoint))
-    except Exception as exc:  # torch, safetensors and pickle each raise their own kinds for a damaged file
+        for name, module in training.modules.items():
+            weights = _read_tensors(checkpoint / f"{name}.safetensors")
+            load_state_dict_strict(accelerator.unwrap_model(module), weights, what=f"the weights in {name}.safetensors")
+        if training.optimizer is not None:
+            tensors = _read_tensors(checkpoint / f"{OPTIMIZER}.safetensors")
+            encoded = json.loads((checkpoint / f"{OPTIMIZER}.json").read_text())
+            training.optimizer.load_state_dict(_decode(encoded, tensors))
+        if training.scaler is not None:
+            training.scaler.load_state_dict(json.loads((checkpoint / SCALER_FILE).read_text()))
+    except CicldError as exc:
+        raise CicldError(f"cannot resume from {checkpoint}: {exc}") from None
+    except Exception as exc:  # safetensors, json and torch each raise their own kinds for a damaged file
         raise CicldError(
             f"cannot resume from {checkpoint}: the checkpoint is corrupt or does not fit this run "
             f"({type(exc).__name__}: {_first_line(exc)}); resume an earlier checkpoint of the run by naming its folder"
         ) from None
     return state
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def checkpoint_model_config(checkpoint: Path) -> CICLDConfig | None:

@@ -32,7 +32,7 @@ from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write
 from cicld.models import CICLD, CICLDConfig
-from cicld.training.checkpoint import checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
 from cicld.training.locate import is_model_folder, resolve_init_from, resolve_resume
 from cicld.training.runs import FINAL, RUN_CONFIG, RunLock, mark_latest, new_run_dir, read_run_config, recover_replaced, replace_directory
@@ -166,7 +166,8 @@ class Session:
         self.steps_done = 0
         self._log_fields: list[str] | None = None
         self._trackers_started = False
-        self._guarded: tuple[torch.nn.Module, ...] = ()
+        #: What the checkpoints hold (:meth:`prepare`); their weights are also what is checked for NaN.
+        self._training = TrainingState()
         self._model: CICLD | None = None  # the network being trained, whose config the checkpoints hold
         self._lock: RunLock | None = None
 
@@ -245,17 +246,15 @@ class Session:
 
     def prepare(self, objective: torch.nn.Module, optimizer, ema_model: torch.nn.Module | None = None):
         """Hand a stage's ``objective`` and ``optimizer`` to Accelerate, put the ``ema_model`` (if
-        any) on the device and in the checkpoints, guard their weights (:meth:`guard_weights`) and
-        load the checkpoint being resumed. Returns the prepared objective and optimizer and the
-        first step to run."""
+        any) on the device, name all three (and fp16's loss scaler) as what the checkpoints hold
+        and whose weights are checked before each one, and load the checkpoint being resumed.
+        Returns the prepared objective and optimizer and the first step to run."""
         objective, optimizer = self.accelerator.prepare(objective, optimizer)
         self._model = self.accelerator.unwrap_model(objective).model
-        guarded = [objective]
+        modules = {"model": objective}
         if ema_model is not None:
-            ema_model.to(self.accelerator.device)
-            self.accelerator.register_for_checkpointing(ema_model)
-            guarded.append(ema_model)
-        self.guard_weights(*guarded)
+            modules["ema_model"] = ema_model.to(self.accelerator.device)
+        self._training = TrainingState(modules, optimizer, self.accelerator.scaler)
         return objective, optimizer, self.restore()
 
     def restore(self) -> int:
@@ -264,7 +263,7 @@ class Session:
             if self.accelerator.is_main_process:
                 self._take_lock()  # a second process resuming the same run is refused here
             try:
-                state = load_checkpoint(self.accelerator, self.resume_from)
+                state = load_checkpoint(self.accelerator, self.resume_from, self._training)
                 self.start_step = self.steps_done = int(state["step"])
                 if self.accelerator.is_main_process:
                     truncate_log(self.run_dir / LOG_FILE, self.start_step)
@@ -282,12 +281,6 @@ class Session:
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return self.config.lr * factor
-
-    def guard_weights(self, *modules: torch.nn.Module) -> None:
-        """Name what the checkpoints hold (the prepared objective, an EMA copy): their weights are
-        checked before every checkpoint, so that no checkpoint holds NaN or inf and the last one
-        is always a good one to resume from."""
-        self._guarded = modules
 
     def check_finite(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """The ``losses`` as numbers; stops with a clear message (keeping the last good checkpoint)
@@ -393,9 +386,11 @@ class Session:
     def maybe_checkpoint(self, step_done: int, **state) -> None:
         """Checkpoint after ``step_done`` optimizer steps when due (and never twice for one step)."""
         if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
-            self.check_weights(self._guarded, f"after step {step_done}: not checkpointed")
+            self.check_weights(self._training.modules.values(), f"after step {step_done}: not checkpointed")
             model_config = self._model.config if self._model is not None else None
-            save_checkpoint(self.accelerator, self.run_dir, step_done, state, self.config.keep_checkpoints, model_config)
+            save_checkpoint(
+                self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints, model_config
+            )
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
