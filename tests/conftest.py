@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never download: transformers and huggingface_hub read these when they are imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 import subprocess
 import sys
 from dataclasses import dataclass

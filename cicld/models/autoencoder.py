@@ -72,8 +72,63 @@ class LatentEncoder(Encoder):
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
         return self.quant_conv(hidden), features
 
+    def forward_with_backbone(self, images: torch.Tensor):
+        """:meth:`forward`, and None for the backbone features it does not have (see :class:`BackboneEncoder`)."""
+        return (*self(images), None)
+
     def posterior(self, images: torch.Tensor) -> DiagonalGaussianDistribution:
         return DiagonalGaussianDistribution(self(images)[0])
+
+    def encoder_channels(self) -> tuple[int, ...]:
+        """The channels of :meth:`forward`'s features, by scale."""
+        return tuple(block.resnets[-1].out_channels for block in self.down_blocks)
+
+
+class BackboneEncoder(nn.Module):
+    """E on a pretrained backbone (``--backbone``): the backbone's 1/8, 1/16 and 1/32 features,
+    each projected to ``width`` and added at 1/8 (an FPN's top-down sum), make E's 1/8 feature;
+    a moments head on it gives the posterior over the latent, as :class:`LatentEncoder`'s tail
+    does (norm, SiLU, 3×3 conv, ``quant_conv``). So z0 and everything after it are unchanged, and
+    the inter-coder connection reads the backbone at every scale: 1/8 (with 1/16 and 1/32 in it)
+    and its 1/4 feature as it is."""
+
+    def __init__(self, backbone: nn.Module, width: int, latent_channels: int, norm_num_groups: int):
+        super().__init__()
+        self.backbone = backbone
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in backbone.channels[1:]])
+        self.fuse_norm = nn.GroupNorm(_groups(width, norm_num_groups), width, eps=1e-6)
+        self.fuse_conv = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_norm_out = nn.GroupNorm(_groups(width, norm_num_groups), width, eps=1e-6)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
+        self.width = width
+
+    def forward_with_backbone(self, images: torch.Tensor):
+        """(moments, features, backbone features): the features by scale as :class:`LatentEncoder`
+        gives them (None at the two finest scales, which the segmentation path does not read) and
+        the backbone's own raw feature maps (what feature distance compares)."""
+        raw = self.backbone.raw_features(images)
+        pyramid = self.backbone.pyramid(raw) if self.backbone.pyramid is not None else raw
+        eighth = pyramid[1]
+        size = eighth.shape[-2:]
+        hidden = sum(
+            F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else lateral(f)
+            for lateral, f in zip(self.lateral, pyramid[1:])
+        )
+        hidden = hidden + self.fuse_conv(self.conv_act(self.fuse_norm(hidden)))
+        moments = self.quant_conv(self.conv_out(self.conv_act(self.conv_norm_out(hidden))))
+        return moments, [None, None, pyramid[0], hidden], raw
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        moments, features, _ = self.forward_with_backbone(images)
+        return moments, features
+
+    def posterior(self, images: torch.Tensor) -> DiagonalGaussianDistribution:
+        return DiagonalGaussianDistribution(self(images)[0])
+
+    def encoder_channels(self) -> tuple[int | None, ...]:
+        return (None, None, self.backbone.channels[0], self.width)
 
 
 class InterCoderFusion(nn.Module):
@@ -149,6 +204,7 @@ class LatentDecoder(Decoder):
         cls_hidden_channels: int = 128,
         cls_dropout: float = 0.1,
         inter_coder: bool = True,
+        encoder_channels: tuple[int | None, ...] | None = None,
     ):
         super().__init__(
             in_channels=latent_channels,
@@ -167,12 +223,14 @@ class LatentDecoder(Decoder):
         # Encoder scales whose features f_cls adds, coarse to fine: strides scale_factor/2 .. cls_stride.
         self.skip_scales = [k for k in reversed(range(num_scales - 1)) if 2**k >= cls_stride]
         width = block_out_channels[-1]  # D's width at the latent's scale
+        # E's channels by scale: the mirror of D's widths, unless E is a pretrained backbone.
+        encoder_channels = tuple(block_out_channels) if encoder_channels is None else tuple(encoder_channels)
         if inter_coder:
             # fusions[0]: E's feature at the latent's scale into D, before D's first up block;
             # fusions[1:]: E's features at the finer scales f_cls reads, added to its map.
             self.fusions = nn.ModuleList(
-                [InterCoderFusion(width, block_out_channels[-1])]
-                + [InterCoderSkip(block_out_channels[k], cls_hidden_channels, norm_num_groups) for k in self.skip_scales]
+                [InterCoderFusion(width, encoder_channels[-1])]
+                + [InterCoderSkip(encoder_channels[k], cls_hidden_channels, norm_num_groups) for k in self.skip_scales]
             )
         else:
             self.fusions = None
@@ -204,16 +262,19 @@ class LatentDecoder(Decoder):
 
 
 def use_batch_norm(module: nn.Module) -> None:
-    """Replace every GroupNorm under ``module`` by a BatchNorm2d of the same width (in place).
+    """Replace every GroupNorm under ``module`` by a BatchNorm2d of the same width (in place),
+    except inside a pretrained backbone, whose norms its weights were trained with.
 
     GroupNorm is what diffusers' blocks (and an SD-VAE's weights) use. BatchNorm learns faster and
     transfers better across the toy domain gap at CPU batch sizes (``docs/benchmarks.md``); its
     statistics are per process (no SyncBatchNorm), so it suits single-device training.
     """
+    from cicld.models.backbone import PretrainedBackbone
+
     for name, child in module.named_children():
         if isinstance(child, nn.GroupNorm):
             setattr(module, name, nn.BatchNorm2d(child.num_channels))
-        else:
+        elif not isinstance(child, PretrainedBackbone):
             use_batch_norm(child)
 
 

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from cicld.errors import CicldError
 from cicld.files import atomic_write, replacing
-from cicld.models.autoencoder import LatentDecoder, LatentEncoder, use_batch_norm
+from cicld.models.autoencoder import BackboneEncoder, LatentDecoder, LatentEncoder, use_batch_norm
 from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
 from cicld.models.config import CICLDConfig
 from cicld.models.diffusion import LatentDiffusion
@@ -60,14 +60,24 @@ class CICLD(nn.Module):
         config = CICLDConfig() if config is None else config
         config.validate()
         self.config = config
-        self.encoder = LatentEncoder(
-            in_channels=config.in_channels,
-            latent_channels=config.latent_channels,
-            block_out_channels=config.ae_block_out_channels,
-            layers_per_block=config.ae_layers_per_block,
-            norm_num_groups=config.ae_norm_num_groups,
-            mid_block_attention=config.ae_mid_block_attention,
-        )
+        if config.backbone is not None:
+            from cicld.models.backbone import PretrainedBackbone
+
+            self.encoder = BackboneEncoder(
+                PretrainedBackbone(config.backbone),
+                width=config.ae_block_out_channels[-1],
+                latent_channels=config.latent_channels,
+                norm_num_groups=config.ae_norm_num_groups,
+            )
+        else:
+            self.encoder = LatentEncoder(
+                in_channels=config.in_channels,
+                latent_channels=config.latent_channels,
+                block_out_channels=config.ae_block_out_channels,
+                layers_per_block=config.ae_layers_per_block,
+                norm_num_groups=config.ae_norm_num_groups,
+                mid_block_attention=config.ae_mid_block_attention,
+            )
         self.decoder = LatentDecoder(
             latent_channels=config.latent_channels,
             out_channels=config.in_channels,
@@ -80,6 +90,7 @@ class CICLD(nn.Module):
             cls_hidden_channels=config.cls_hidden_channels,
             cls_dropout=config.cls_dropout,
             inter_coder=config.inter_coder,
+            encoder_channels=self.encoder.encoder_channels(),
         )
         if config.ae_norm == "batch":
             use_batch_norm(self.encoder)
@@ -132,11 +143,17 @@ class CICLD(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """z0 (scaled posterior mean, (B, latent_channels, H/8, W/8)) and E's per-scale features."""
-        moments, features = self.encoder(images)
+        z0, features, _ = self.encode_with_backbone(images)
+        return z0, features
+
+    def encode_with_backbone(self, images: torch.Tensor):
+        """:meth:`encode`, and the pretrained backbone's own feature maps (None without one): what
+        ``--feature-distance`` compares with the starting backbone's."""
+        moments, features, backbone_features = self.encoder.forward_with_backbone(images)
         mean = moments[:, : self.config.latent_channels]
-        return mean * self.config.scaling_factor, features
+        return mean * self.config.scaling_factor, features, backbone_features
 
     def encode_posterior(self, images: torch.Tensor) -> DiagonalGaussianDistribution:
         """E's posterior over the *unscaled* latent (for the KL term of ``pretrain-ae``)."""
@@ -201,7 +218,8 @@ class CICLD(nn.Module):
         """One training pass: everything the losses need.
 
         Returns ``z0``, ``t`` (B,), ``noise``, ``z_t``, ``noise_pred`` (ε̂), ``z0_hat`` (one-step ẑ0),
-        ``condition`` (c or None) and ``logits`` (N, K, H, W) at the input resolution for the first
+        ``condition`` (c or None), ``backbone_features`` (the pretrained backbone's own feature
+        maps, or None) and ``logits`` (N, K, H, W) at the input resolution for the first
         N = ``num_segmented`` images (default all): images that only need the latent losses
         (``adapt``'s target batch) skip D and f_cls.
         ``labels`` become the condition (dropped per sample with ``condition_dropout``,
@@ -209,7 +227,7 @@ class CICLD(nn.Module):
         label is all ignore, or ``labels=None``, get the null condition.
         """
         self._check_size(images)
-        z0, features = self.encode(images)
+        z0, features, backbone_features = self.encode_with_backbone(images)
         batch = images.shape[0]
         t = self.diffusion.sample_timesteps(batch, z0.device, generator)
         noise = self.diffusion.draw_noise(tuple(z0.shape), generator, z0.device, z0.dtype)
@@ -220,7 +238,7 @@ class CICLD(nn.Module):
         noise_pred = self.predict_noise(z_t.detach(), t, condition)
         z0_hat = self.diffusion.predict_z0(z_t, noise_pred, t)
         segmented = slice(0, batch if num_segmented is None else num_segmented)
-        features = [f[segmented] for f in features] if use_inter_coder else None
+        features = [f[segmented] if f is not None else None for f in features] if use_inter_coder else None
         logits = self.segment(z0_hat[segmented], features, images.shape[-2:])
         return {
             "z0": z0,
@@ -230,6 +248,7 @@ class CICLD(nn.Module):
             "noise_pred": noise_pred,
             "z0_hat": z0_hat,
             "condition": condition,
+            "backbone_features": backbone_features,
             "logits": logits,
         }
 
@@ -377,12 +396,15 @@ class CICLD(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per top-level part (E, D's RGB/shared part, fusions, f_cls, ε_θ, f_mask, f_dis)."""
+        """Parameters per top-level part (the pretrained backbone, the rest of E, D's RGB/shared
+        part, fusions, f_cls, ε_θ, f_mask, f_dis)."""
         decoder = self.decoder
         fusions = sum(p.numel() for p in decoder.fusions.parameters()) if decoder.fusions is not None else 0
         f_cls = sum(p.numel() for p in decoder.f_cls.parameters())
+        backbone = sum(p.numel() for p in self.backbone_parameters())
         counts = {
-            "encoder": sum(p.numel() for p in self.encoder.parameters()),
+            "backbone": backbone,
+            "encoder": sum(p.numel() for p in self.encoder.parameters()) - backbone,
             "decoder": sum(p.numel() for p in decoder.parameters()) - fusions - f_cls,
             "inter_coder": fusions,
             "f_cls": f_cls,
@@ -393,9 +415,14 @@ class CICLD(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The pretrained backbone's own weights (none without ``--backbone``)."""
+        return list(self.encoder.backbone.model.parameters()) if isinstance(self.encoder, BackboneEncoder) else []
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trainable parameters by where they come from, for the optimizer's learning rates.
 
+        ``backbone``: the pretrained backbone's weights (``--backbone``), at ``backbone_lr_mult`` ×.
         ``pretrained``: E, D's body and ε_θ, loaded from an earlier stage or an autoencoder.
         ``heads``: f_cls, the inter-coder fusions, f_mask and f_dis, freshly initialised, which get
         ``head_lr_mult`` × the learning rate (DAFormer's decode-head rule). Grouped by module, not
@@ -404,9 +431,12 @@ class CICLD(nn.Module):
         """
         heads = [m for m in (self.decoder.f_cls, self.decoder.fusions, self.mask_encoder, self.discriminator) if m is not None]
         head_ids = {id(p) for m in heads for p in m.parameters()}
+        backbone_ids = {id(p) for p in self.backbone_parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
         return {
-            "pretrained": [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids],
-            "heads": [p for p in self.parameters() if p.requires_grad and id(p) in head_ids],
+            "backbone": [p for p in trainable if id(p) in backbone_ids],
+            "pretrained": [p for p in trainable if id(p) not in head_ids and id(p) not in backbone_ids],
+            "heads": [p for p in trainable if id(p) in head_ids],
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -476,6 +506,8 @@ class CICLD(nn.Module):
         """
         from diffusers import AutoencoderKL
 
+        if self.config.backbone is not None:
+            raise CicldError("this model's encoder is a pretrained backbone (--backbone): an AutoencoderKL cannot initialise it")
         if self.config.ae_norm != "group":
             raise CicldError(f"an AutoencoderKL uses GroupNorm; this model has ae_norm {self.config.ae_norm!r}")
         path = Path(path)

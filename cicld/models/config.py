@@ -2,7 +2,7 @@
 
 Every number that changes a parameter shape or the inference path lives here, so that
 ``config.json`` next to ``model.safetensors`` is enough to rebuild the network exactly.
-Three presets are built in (see ``docs/model.md`` for parameter counts and timings):
+Four presets are built in (see ``docs/model.md`` for parameter counts and timings):
 
 - ``tiny``: tests (well under 1 M parameters, 64×128 in milliseconds);
 - ``small``: the toy recipe and the CPU demo (about 1.4 M parameters);
@@ -15,6 +15,7 @@ Three presets are built in (see ``docs/model.md`` for parameter counts and timin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -37,6 +38,14 @@ class CICLDConfig:
     # Output
     num_classes: int = NUM_CLASSES
     in_channels: int = 3
+
+    # Pretrained backbone (``--backbone``, cicld/models/backbone.py): E's features come from a
+    # transformers image model instead of E's own blocks. Its transformers config (so that the model
+    # rebuilds with no network), where its weights came from (a hub id or a folder) and their
+    # SHA-256 (backbone.state_hash). None: E is the autoencoder's own encoder.
+    backbone: dict[str, Any] | None = None
+    backbone_source: str | None = None
+    backbone_sha256: str | None = None
 
     # Autoencoder E / D (diffusers AutoencoderKL layout: one DownEncoderBlock2D per width)
     latent_channels: int = 4
@@ -112,8 +121,10 @@ class CICLDConfig:
 
     @property
     def size_divisor(self) -> int:
-        """Image sides must be multiples of this for the autoencoder *and* the UNet to tile evenly."""
-        return self.vae_scale_factor * 2 ** (len(self.unet_block_out_channels) - 1)
+        """Image sides must be multiples of this for the autoencoder *and* the UNet to tile evenly
+        (and for a backbone's 1/32 features)."""
+        divisor = self.vae_scale_factor * 2 ** (len(self.unet_block_out_channels) - 1)
+        return math.lcm(divisor, 32) if self.backbone is not None else divisor
 
     @property
     def t_star_step(self) -> int:
@@ -131,6 +142,13 @@ class CICLDConfig:
 
         if self.num_classes < 1:
             fail(f"num_classes must be positive, got {self.num_classes}")
+        if self.backbone is not None:
+            if not isinstance(self.backbone.get("model_type"), str):
+                fail("backbone must be a transformers config with a model_type")
+            if not (isinstance(self.backbone_source, str) and isinstance(self.backbone_sha256, str)):
+                fail("a backbone needs its backbone_source and backbone_sha256")
+            if len(self.ae_block_out_channels) != 4:
+                fail(f"a backbone gives a latent at 1/8: ae_block_out_channels needs 4 widths, got {len(self.ae_block_out_channels)}")
         if len(self.ae_block_out_channels) < 2:
             fail("ae_block_out_channels needs at least two widths")
         for name, widths, groups in (
@@ -176,7 +194,10 @@ class CICLDConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else copy.deepcopy(v)
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CICLDConfig":
@@ -237,6 +258,8 @@ def _as_type(value: Any, hint: Any) -> Any:
             return _WRONG
         items = tuple(_as_type(v, k) for v, k in zip(value, kinds))
         return _WRONG if any(i is _WRONG for i in items) else items
+    if origin is dict:  # a JSON object with string keys (a backbone's transformers config)
+        return copy.deepcopy(value) if isinstance(value, dict) and all(isinstance(k, str) for k in value) else _WRONG
     if hint is bool:
         return value if isinstance(value, bool) else _WRONG
     if hint is int:
@@ -254,6 +277,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in args)
     if hint is type(None):
         return "null"
+    if origin is dict:
+        return "a JSON object"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}

@@ -11,6 +11,7 @@ loss                              reaches
 :func:`discriminator_loss`        f_dis only: the latents are detached
 :func:`confusion_loss`            E and ε_θ; never f_dis, whose parameters enter detached
 :func:`generator_loss`            as confusion_loss (2-class, ADDA-style)
+:func:`feature_distance`          the pretrained backbone (and nothing of its frozen reference)
 ================================  =============================================
 """
 
@@ -148,3 +149,40 @@ def _labels_at(labels: torch.Tensor, shape_hw: tuple[int, int] | torch.Size) -> 
     if tuple(labels.shape[-2:]) == tuple(shape_hw):
         return labels.long()
     return F.interpolate(labels[:, None].float(), size=tuple(shape_hw), mode="nearest")[:, 0].long()
+
+
+#: DAFormer's feature-distance classes, Cityscapes trainIds of the "things": traffic light, traffic
+#: sign, person, rider, car, truck, bus, train, motorcycle, bicycle.
+THING_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+
+
+def feature_distance(
+    features: torch.Tensor,
+    reference: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    classes: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    min_ratio: float = 0.75,
+) -> torch.Tensor:
+    """DAFormer's feature distance: the mean over feature pixels of ‖features − reference‖₂ along
+    channels (the reference detached), counted only where the label, pooled to the features'
+    resolution, is one of ``classes`` for at least ``min_ratio`` of the pixels
+    (:func:`downscale_labels`). No ``classes``: every pixel. 0 where no pixel counts."""
+    distance = torch.linalg.vector_norm(features.float() - reference.detach().float(), dim=1)
+    if classes is None:
+        return distance.mean()
+    pooled = downscale_labels(labels, tuple(features.shape[-2:]), min_ratio, num_classes)
+    mask = torch.isin(pooled, torch.tensor(classes, device=pooled.device))
+    if not mask.any():
+        return 0.0 * distance.sum()  # still a tensor in the graph: DDP sees the same parameters used
+    return distance[mask].mean()
+
+
+def downscale_labels(labels: torch.Tensor, size: tuple[int, int], min_ratio: float, num_classes: int) -> torch.Tensor:
+    """(B, H, W) labels at ``size`` by majority over each pooled window; ignore where the majority
+    class covers less than ``min_ratio`` of it (DAFormer's ``downscale_label_ratio``)."""
+    ignore = labels == IGNORE_INDEX
+    one_hot = F.one_hot(torch.where(ignore, num_classes, labels.long()), num_classes + 1).permute(0, 3, 1, 2)
+    ratio, pooled = F.adaptive_avg_pool2d(one_hot.float(), size).max(dim=1)
+    pooled[(pooled == num_classes) | (ratio < min_ratio)] = IGNORE_INDEX
+    return pooled

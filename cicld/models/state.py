@@ -17,6 +17,11 @@ def state_dict_problems(expected: Mapping[str, torch.Tensor], given: Mapping[str
     mismatched = [
         f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in given and given[k].shape != v.shape
     ]
+    return key_problems(missing, unexpected, mismatched)
+
+
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """One phrase per kind of problem, naming its first three keys."""
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
         if keys:

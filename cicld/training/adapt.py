@@ -25,6 +25,8 @@ import torch
 from cicld.training.batches import step_batches
 from cicld.training.common import (
     build_optimizer,
+    feature_distance_for,
+    freeze_backbone_stages,
     load_model,
     loss_class_weights,
     oracle_dataset,
@@ -58,13 +60,16 @@ def build(session: Session) -> Stage:
     if config.method == "self-training":  # no ε_θ: pseudo-labels, validation and the export use S = 0
         model.config = model.config.replace(inference_steps=0)
     ema_model = copy.deepcopy(model).requires_grad_(False)
+    freeze_backbone_stages(model, config.freeze_backbone_stages)
+    model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)
     class_weight = loss_class_weights(config, labelled)
+    feature_distance = feature_distance_for(config, model, accelerator.device)
     if config.method == "self-training":
-        objective = SelfTrainingObjective(model, class_weight)
+        objective = SelfTrainingObjective(model, class_weight, feature_distance)
     elif target is not None:
-        objective = UDAObjective(model, config, class_weight)
+        objective = UDAObjective(model, config, class_weight, feature_distance)
     else:
-        objective = SegmentationObjective(model, config.lambda_dif, class_weight)
+        objective = SegmentationObjective(model, config.lambda_dif, class_weight, feature_distance)
     optimizer = build_optimizer(objective, config)
     objective, optimizer, start = session.prepare(objective, optimizer, ema_model)
 

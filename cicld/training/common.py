@@ -15,7 +15,10 @@ from cicld.errors import CicldError, DataError
 from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.models import CICLD
+from cicld.models.backbone import load_starting_backbone
+from cicld.models.losses import THING_CLASSES
 from cicld.training.config import CommonConfig
+from cicld.training.objectives import FeatureDistance
 
 def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     """One-line hint when a dataset folder is missing or not prepared yet."""
@@ -79,16 +82,38 @@ def loss_class_weights(config, dataset) -> torch.Tensor | None:
 
 
 def build_optimizer(objective: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: the model's fresh heads at ``lr × head_lr_mult``, everything else the
-    objective trains at ``lr`` (the pre-trained parts, and modules the objective adds, such as
-    pretrain-ae's patch discriminator: they are not heads of the exported model)."""
+    """AdamW with up to three groups: the model's fresh heads at ``lr × head_lr_mult``, a
+    pretrained backbone at ``lr × backbone_lr_mult``, everything else the objective trains at
+    ``lr`` (the pre-trained parts, and modules the objective adds, such as pretrain-ae's patch
+    discriminator: they are not heads of the exported model)."""
     model_groups, model_ids = objective.model.parameter_groups(), {id(p) for p in objective.model.parameters()}
     added = [p for p in objective.parameters() if p.requires_grad and id(p) not in model_ids]
-    groups = [
-        {"params": model_groups["pretrained"] + added, "lr": config.lr, "initial_lr": config.lr},
-        {"params": model_groups["heads"], "lr": config.lr * config.head_lr_mult, "initial_lr": config.lr * config.head_lr_mult},
-    ]
+    rates = {
+        "pretrained": config.lr,
+        "heads": config.lr * config.head_lr_mult,
+        # pretrain-ae, which has no such flag, never trains the backbone.
+        "backbone": config.lr * getattr(config, "backbone_lr_mult", 1.0),
+    }
+    params = {**model_groups, "pretrained": model_groups["pretrained"] + added}
+    groups = [{"params": params[name], "lr": rate, "initial_lr": rate} for name, rate in rates.items()]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
+
+
+def freeze_backbone_stages(model: CICLD, stages: int) -> None:
+    """Freeze the pretrained backbone's stem and first ``stages`` stages (``--freeze-backbone-stages``)."""
+    if stages and model.config.backbone is not None:
+        for module in model.encoder.backbone.stages()[: stages + 1]:
+            module.requires_grad_(False)
+
+
+def feature_distance_for(config, model: CICLD, device: torch.device) -> FeatureDistance | None:
+    """``--feature-distance`` for a model whose pretrained backbone trains; None where it is off,
+    where the model has no backbone, or where nothing of the backbone trains."""
+    if config.feature_distance == 0 or not any(p.requires_grad for p in model.backbone_parameters()):
+        return None
+    reference = load_starting_backbone(model.config, "--feature-distance needs the backbone the model started from,")
+    classes = THING_CLASSES if config.feature_distance_classes == "things" else None
+    return FeatureDistance(reference.to(device), config.feature_distance, classes, model.config.num_classes)
 
 
 @torch.no_grad()

@@ -36,6 +36,8 @@ RECIPES = ("default", "toy")
 #: Accelerate's experiment trackers (``Accelerator(log_with=...)``), as diffusers' ``--report_to``.
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 REPORT_TO = ("none", "all", *TRACKERS)
+#: Where --feature-distance counts: DAFormer's thing classes, or every labelled pixel.
+FEATURE_DISTANCE_CLASSES = ("things", "all")
 
 
 def _help(
@@ -198,6 +200,12 @@ class AutoencoderConfig(CommonConfig):
 
     stage = "pretrain-ae"
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
+    backbone: str = _help(
+        "pretrained image model for E's features: a local folder as transformers' save_pretrained writes it, or a "
+        "hub id (transformers' download and cache; HF_HUB_OFFLINE=1 respected); none: E's own blocks, from random "
+        "weights. The later stages inherit it; this stage keeps its weights frozen",
+        "none",
+    )
     # Half of each batch comes from the source, half from the target (at least one image of each).
     batch_size: int = _help("images per process and step, half source and half target (at least one of each)", 2, low=1)
     l1_weight: float = _help("weight of the L1 reconstruction loss", 1.0, low=0)
@@ -212,6 +220,10 @@ class AutoencoderConfig(CommonConfig):
         super().validate()
         if self.init_from is not None:
             raise CicldError("pretrain-ae builds a new model from --preset (E/D from --init-autoencoder); --init-from is for pretrain-ldm and adapt")
+        if not self.backbone.strip():
+            raise CicldError("--backbone must name a folder or a hub id, or be none")
+        if self.backbone != "none" and self.init_autoencoder is not None:
+            raise CicldError("--init-autoencoder initialises E's own blocks, which --backbone replaces; give one of them")
 
 
 @dataclass(frozen=True)
@@ -233,6 +245,27 @@ class SegmentationStageConfig(CommonConfig):
     class_weights: bool = _help(
         "weight the cross-entropy by √(median frequency / class frequency) of the labelled data (clipped to 5)", False
     )
+    backbone_lr_mult: float = _help("learning-rate multiplier of the pretrained backbone (a model with one)", 1.0, positive=True)
+    freeze_backbone_stages: int = _help(
+        "keep the pretrained backbone's stem and first N of its 4 stages frozen (0: train it all)", 0, low=0, high=4
+    )
+    feature_distance: float = _help(
+        "weight of the feature distance (DAFormer's FD) between the backbone's deepest features on the labelled images "
+        "and those of the pretrained backbone it started from (a frozen copy, loaded from where it came from); 0: off",
+        0.005,
+        low=0,
+    )
+    feature_distance_classes: str = _help(
+        "where the feature distance counts: things (DAFormer's: pixels of the 10 thing classes) or all (every labelled pixel)",
+        "things",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.feature_distance_classes not in FEATURE_DISTANCE_CLASSES:
+            raise CicldError(
+                f"--feature-distance-classes must be one of {', '.join(FEATURE_DISTANCE_CLASSES)}, got {self.feature_distance_classes!r}"
+            )
 
     @property
     def architecture_switches(self) -> dict[str, bool]:

@@ -18,6 +18,7 @@ from cicld.models.losses import (
     confusion_loss,
     diffusion_loss,
     discriminator_loss,
+    feature_distance,
     frozen_forward,
     generator_loss,
     mmd_loss,
@@ -28,6 +29,26 @@ from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.models.perceptual import PerceptualLoss
 
 SOURCE, MIXED, TARGET = 0, 1, 2  # f_dis classes (DESIGN §3)
+
+
+class FeatureDistance:
+    """``--feature-distance``: DAFormer's distance between the backbone's deepest features on the
+    labelled images and those of a frozen copy of the pretrained backbone it started from
+    (:func:`cicld.models.losses.feature_distance`), which keeps what pre-training taught it.
+
+    A plain object, not a submodule of the objective: the frozen copy is neither trained, nor
+    checkpointed (it is loaded again from where it came from), nor synchronised by DDP.
+    """
+
+    def __init__(self, reference: nn.Module, weight: float, classes: tuple[int, ...] | None, num_classes: int):
+        self.reference = reference.eval().requires_grad_(False)
+        self.weight, self.classes, self.num_classes = weight, classes, num_classes
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, backbone_features: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            reference = self.reference.raw_features(images)[-1]
+        distance = feature_distance(backbone_features[-1], reference, labels, self.classes, self.num_classes)
+        return self.weight * distance
 
 
 class AutoencoderObjective(nn.Module):
@@ -63,18 +84,28 @@ class AutoencoderObjective(nn.Module):
 class SegmentationObjective(nn.Module):
     """``pretrain-ldm`` and the source-only/oracle bounds: CE on labelled images + diffusion loss."""
 
-    def __init__(self, model: CICLD, lambda_dif: float, class_weight: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: CICLD,
+        lambda_dif: float,
+        class_weight: torch.Tensor | None = None,
+        feature_distance: FeatureDistance | None = None,
+    ):
         super().__init__()
         self.model = model
         self.lambda_dif = lambda_dif
+        self.feature_distance = feature_distance
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model.forward_train(images, labels)
-        return {
+        losses = {
             "ce_source": segmentation_loss(out["logits"], labels, class_weight=self.class_weight),
             "diffusion": self.lambda_dif * diffusion_loss(out["noise_pred"], out["noise"]),
         }
+        if self.feature_distance is not None:
+            losses["feature_distance"] = self.feature_distance(images, labels, out["backbone_features"])
+        return losses
 
 
 class UDAObjective(nn.Module):
@@ -84,10 +115,13 @@ class UDAObjective(nn.Module):
     label gives it the null condition. f_dis learns on detached ẑ0; E and ε_θ see it frozen.
     """
 
-    def __init__(self, model: CICLD, config, class_weight: torch.Tensor | None = None):
+    def __init__(
+        self, model: CICLD, config, class_weight: torch.Tensor | None = None, feature_distance: FeatureDistance | None = None
+    ):
         super().__init__()
         self.model = model
         self.config = config
+        self.feature_distance = feature_distance
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(
@@ -131,6 +165,9 @@ class UDAObjective(nn.Module):
             losses["cl"] = config.lambda_cl * prototype_contrastive_loss(z0_hat[mixed], mixed_labels, prototypes, present)
         if config.mmd:
             losses["mmd"] = config.lambda_mmd * mmd_loss(_positions(z0_hat[source]), _positions(z0_hat[target]))
+        if self.feature_distance is not None:
+            features = [f[source] for f in out["backbone_features"]]
+            losses["feature_distance"] = self.feature_distance(source_images, source_labels, features)
         return losses
 
 
@@ -141,9 +178,12 @@ class SelfTrainingObjective(nn.Module):
     (S = 0), CE on source and mixed images only: no diffusion loss, no f_dis, no target pass.
     """
 
-    def __init__(self, model: CICLD, class_weight: torch.Tensor | None = None):
+    def __init__(
+        self, model: CICLD, class_weight: torch.Tensor | None = None, feature_distance: FeatureDistance | None = None
+    ):
         super().__init__()
         self.model = model
+        self.feature_distance = feature_distance
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(
@@ -152,12 +192,16 @@ class SelfTrainingObjective(nn.Module):
     ) -> dict[str, torch.Tensor]:  # fmt: skip
         b = source_images.shape[0]
         images = torch.cat([source_images, mixed_images])
-        z0, features = self.model.encode(images)
+        z0, features, backbone_features = self.model.encode_with_backbone(images)
         logits = self.model.segment(z0, features, images.shape[-2:])
-        return {
+        losses = {
             "ce_source": segmentation_loss(logits[:b], source_labels, class_weight=self.class_weight),
             "ce_mixed": segmentation_loss(logits[b:], mixed_labels, pixel_weight=mixed_weights),
         }
+        if self.feature_distance is not None:
+            features = [f[:b] for f in backbone_features]
+            losses["feature_distance"] = self.feature_distance(source_images, source_labels, features)
+        return losses
 
 
 def _positions(latents: torch.Tensor, limit: int = 256) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from cicld.models import CICLD, CICLDConfig
+from cicld.models.backbone import load_backbone
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.models.perceptual import PerceptualLoss
 from cicld.training.batches import step_batches
@@ -22,8 +23,10 @@ from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import AutoencoderObjective
 from cicld.training.session import Session, TrainResult
 
-# Modules that pretrain-ae does not train (they are exported untouched for the next stage).
-FROZEN = ("unet", "mask_encoder", "discriminator", "decoder.f_cls", "decoder.fusions")
+# Modules that pretrain-ae does not train (they are exported untouched for the next stage). A
+# pretrained backbone is one of them: reconstruction would teach it colours and textures, the
+# opposite of what it was chosen for; the layers around it learn to make the latent from it.
+FROZEN = ("unet", "mask_encoder", "discriminator", "decoder.f_cls", "decoder.fusions", "encoder.backbone.model.")
 
 
 def pretrain_ae(
@@ -35,10 +38,17 @@ def pretrain_ae(
 
 def new_model(config: AutoencoderConfig) -> CICLD:
     """A new model of ``--preset`` (its initial weights drawn from ``--seed``: see
-    :meth:`Session.starting_model`), with E/D from ``--init-autoencoder`` if given."""
-    model = CICLD(CICLDConfig.preset(config.preset))
-    if config.init_autoencoder is not None:
-        model.load_autoencoder_kl(config.init_autoencoder)
+    :meth:`Session.starting_model`): E on the pretrained ``--backbone`` if one is named, E/D from
+    ``--init-autoencoder`` if given."""
+    model_config = CICLDConfig.preset(config.preset)
+    if config.backbone == "none":
+        model = CICLD(model_config)
+        if config.init_autoencoder is not None:
+            model.load_autoencoder_kl(config.init_autoencoder)
+        return model
+    backbone, record = load_backbone(config.backbone)
+    model = CICLD(model_config.replace(backbone=record.config, backbone_source=record.source, backbone_sha256=record.sha256))
+    model.encoder.backbone.model.load_state_dict(backbone.model.state_dict(), strict=True)
     return model
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from cicld.training.batches import step_batches
-from cicld.training.common import build_optimizer, load_model, loss_class_weights, source_dataset, val_dataset
+from cicld.training.common import (
+    build_optimizer,
+    feature_distance_for,
+    freeze_backbone_stages,
+    load_model,
+    loss_class_weights,
+    source_dataset,
+    val_dataset,
+)
 from cicld.training.config import LatentDiffusionConfig
 from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import SegmentationObjective
@@ -34,9 +42,11 @@ def build(session: Session) -> Stage:
     source, val = source_dataset(config), val_dataset(config)
     config, model = session.starting_model(lambda c: load_model(Path(c.init_from), c.architecture_switches), "pretrain-ae")
     model.encoder.requires_grad_(config.train_encoder)
+    freeze_backbone_stages(model, config.freeze_backbone_stages)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
     model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)
-    objective = SegmentationObjective(model, config.lambda_dif, loss_class_weights(config, source))
+    feature_distance = feature_distance_for(config, model, accelerator.device)
+    objective = SegmentationObjective(model, config.lambda_dif, loss_class_weights(config, source), feature_distance)
     optimizer = build_optimizer(objective, config)
     objective, optimizer, start = session.prepare(objective, optimizer)
 
