@@ -15,6 +15,12 @@ Every number comes from the real commands (`cicld pretrain-ae`, `pretrain-ldm`, 
   CE only (`--adversarial none`: ClassMix self-training + diffusion loss), 2-class adversarial,
   3-class adversarial (the main run), 3-class + contrastive, 3-class + MMD.
 
+With `--backbone PATH` every `pretrain-ae` builds its model on that pretrained backbone (`{seed}` in
+PATH is replaced by the job's seed: `benchmarks/toy_backbone.py` writes one per seed), and the
+report adds the backbone's own zero-shot score from the `report.json` beside it, if there is one;
+`--ldm-flags` and `--adapt-flags` add flags to every `pretrain-ldm` and `adapt` job (the
+feature distance, the backbone's learning rate...).
+
 With `--prior N` every model starts from a *toy prior*, the toy's stand-in for the pre-trained
 weights real UDA starts from: the pair gets N generic-world frames (`prepare-data toy --generic N`:
 random colours, half photographed, neither domain), each `pretrain-ldm` trains on them instead of
@@ -35,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -73,6 +80,32 @@ def with_prior(jobs: list[Job], steps: int, finetune_lr: float) -> list[Job]:
             job = replace(job, flags=[*job.flags, f"--lr={finetune_lr}"])
         changed.append(job)
     return changed
+
+
+def with_backbone(jobs: list[Job], backbone: str | None, ldm_flags: list[str], adapt_flags: list[str]) -> list[Job]:
+    """The same jobs on a pretrained backbone (``{seed}`` in ``backbone`` becomes each job's seed),
+    with extra flags for every pretrain-ldm and adapt job."""
+    changed = []
+    for job in jobs:
+        if job.stage == "pretrain-ae" and backbone is not None:
+            seed = next(f.split("=", 1)[1] for f in job.flags if f.startswith("--seed="))
+            job = replace(job, flags=[*job.flags, f"--backbone={backbone.replace('{seed}', seed)}"])
+        elif job.stage == "pretrain-ldm":
+            job = replace(job, flags=[*job.flags, *ldm_flags])
+        elif job.stage == "adapt":
+            job = replace(job, flags=[*job.flags, *adapt_flags])
+        changed.append(job)
+    return changed
+
+
+def backbone_zero_shot(backbone: str | None, seeds: list[int]) -> dict[int, float]:
+    """The zero-shot mIoU19 that benchmarks/toy_backbone.py recorded beside each seed's backbone."""
+    found = {}
+    for seed in seeds:
+        report = Path(str(backbone).replace("{seed}", str(seed))).parent / "report.json"
+        if backbone is not None and report.is_file():
+            found[seed] = json.loads(report.read_text())["zero_shot_target_val"]["miou19"]
+    return found
 
 
 def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
@@ -200,7 +233,16 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wall: float, table_seeds: int = 1, prior: bool = False) -> str:
+def report(
+    runner: Runner,
+    seeds: list[int],
+    tables: set[str],
+    command: str,
+    wall: float,
+    table_seeds: int = 1,
+    prior: bool = False,
+    zero_shot: dict[int, float] | None = None,
+) -> str:
     metric = runner.metric
     miou = {name: 100 * s[metric] for name, s in runner.scores.items()}
     lines = [
@@ -216,6 +258,9 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
     methods = ("source-only", "self-training", "cicld", "oracle")
     if prior:
         methods = ("ldm", *methods)  # the prior itself, before any adaptation
+    if zero_shot and all(s in zero_shot for s in seeds):
+        values = [zero_shot[s] for s in seeds]
+        lines.append(f"| zero-shot (the pretrained backbone and its own head) | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
     for method in methods:
         values = [miou[f"{method}-s{s}"] for s in seeds]
         label = "zero-shot (the prior's pretrain-ldm)" if method == "ldm" else method
@@ -225,6 +270,9 @@ def report(runner: Runner, seeds: list[int], tables: set[str], command: str, wal
         gains = [miou[f"{method}-s{s}"] - miou[f"source-only-s{s}"] for s in seeds]
         ratios = [100 * miou[f"{method}-s{s}"] / miou[f"oracle-s{s}"] for s in seeds]
         lines.append(f"{method} − source-only: {mean_std(gains)} mIoU; {method} / oracle: {mean_std(ratios)} %.  ")
+        if zero_shot and all(s in zero_shot for s in seeds):
+            above = [miou[f"{method}-s{s}"] - zero_shot[s] for s in seeds]
+            lines.append(f"{method} − zero-shot: {mean_std(above)} mIoU.  ")
     lines.append("")
     sweep = [steps for steps in runner.steps_sweep if all(f"cicld-s{s}-S{steps}" in miou for s in seeds)]
     if sweep:
@@ -287,6 +335,9 @@ def main() -> None:
                         help="start from a toy prior: pretrain-ldm on this many generic-world frames (0: from the source, as shipped)")
     parser.add_argument("--prior-steps", type=int, default=1500, help="pretrain-ldm steps on the generic world (with --prior)")
     parser.add_argument("--finetune-lr", type=float, default=1e-4, help="adapt's learning rate from the prior, the oracle's excepted (with --prior)")
+    parser.add_argument("--backbone", help="pretrain-ae's --backbone (a folder or a hub id; {seed} becomes each seed)")
+    parser.add_argument("--ldm-flags", default="", help="extra flags for every pretrain-ldm job, as one string")
+    parser.add_argument("--adapt-flags", default="", help="extra flags for every adapt job, as one string")
     args = parser.parse_args()
     if args.prior and args.source_format != "gta5":
         parser.error("--prior writes the generic world in the GTA5 format: use it with --source-format gta5")
@@ -305,9 +356,11 @@ def main() -> None:
     if args.prior:
         steps = 3 if args.quick else args.prior_steps
         jobs = with_prior(jobs, steps, args.finetune_lr)
+    jobs = with_backbone(jobs, args.backbone, shlex.split(args.ldm_flags), shlex.split(args.adapt_flags))
     run_all(runner, jobs, args.jobs)
-    command = "PYTHONPATH=. python benchmarks/uda_toy.py " + " ".join(sys.argv[1:])
-    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds, prior=bool(args.prior))
+    command = "PYTHONPATH=. python benchmarks/uda_toy.py " + shlex.join(sys.argv[1:])
+    zero_shot = backbone_zero_shot(args.backbone, args.seeds)
+    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds, bool(args.prior), zero_shot)
     markdown = args.markdown or args.out / "uda_toy.md"
     markdown.write_text(text)
     (args.out / "results.json").write_text(json.dumps({"scores": runner.scores, "seconds": runner.seconds}, indent=2))

@@ -329,3 +329,11 @@ def test_no_thing_pixel_gives_a_zero_feature_distance_that_stays_in_the_graph():
     features = torch.ones(1, 2, 2, 2, requires_grad=True)
     distance = feature_distance(features, torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long), THING_CLASSES, 19)
     assert distance.item() == 0.0 and distance.requires_grad
+
+
+def test_a_backbone_whose_features_are_not_at_strides_4_to_32_is_refused_in_one_line(tmp_path):
+    config = _convnext_config()
+    config.patch_size = 2  # a stem of stride 2: features at 1/2 ... 1/16
+    folder = _save(ConvNextForImageClassification(config), tmp_path / "stride2")
+    with pytest.raises(CicldError, match=r"its four feature maps are at strides \[2, 4, 8, 16\]; cicld needs \[4, 8, 16, 32\]"):
+        load_backbone(str(folder))

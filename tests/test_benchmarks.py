@@ -121,6 +121,25 @@ def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tu
     assert f"--target-root={tmp_path / 'pair' / 'cityscapes'}" in command
 
 
+def test_on_a_backbone_each_seeds_autoencoder_loads_its_own_and_the_later_stages_get_their_flags(tmp_path):
+    uda_toy = benchmark_module("uda_toy")
+    plan = uda_toy.plan([0, 1], set())
+    jobs = {j.name: j for j in uda_toy.with_backbone(plan, "bb/s{seed}", ["--feature-distance=0.1"], ["--backbone-lr-mult=0.1"])}
+    assert jobs["ae-s1"].flags == ["--seed=1", "--backbone=bb/s1"]
+    assert jobs["ldm-s0"].flags == ["--seed=0", "--feature-distance=0.1"]
+    for method in ("source-only", "self-training", "cicld", "oracle"):
+        assert jobs[f"{method}-s1"].flags[-1] == "--backbone-lr-mult=0.1"
+    assert uda_toy.with_backbone(plan, None, [], []) == plan  # nothing asked, nothing changed
+
+
+def test_the_backbones_zero_shot_score_is_read_from_the_report_beside_it(tmp_path):
+    uda_toy = benchmark_module("uda_toy")
+    for seed, score in ((0, 31.5), (1, 29.0)):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "report.json").write_text(json.dumps({"zero_shot_target_val": {"miou19": score}}))
+    assert uda_toy.backbone_zero_shot(str(tmp_path / "s{seed}" / "backbone"), [0, 1, 2]) == {0: 31.5, 1: 29.0}
+
+
 # ---------------------------------------------------------------- benchmarks/pseudo_label_ladder.py
 def test_the_ladder_swaps_the_teachers_labels_for_the_truth_as_asked():
     ladder = benchmark_module("pseudo_label_ladder")

@@ -234,9 +234,21 @@ def load_backbone(source: str, what: str = "--backbone") -> tuple[PretrainedBack
     problems = _loading_problems(info, model)
     if problems:
         raise CicldError(f"{shown}: the weights do not fit its config: {'; '.join(problems)}")
-    backbone = PretrainedBackbone(config, model.train())
+    backbone = PretrainedBackbone(config, model.float().train())
+    _check_strides(backbone, shown)
     record = BackboneRecord(config=config, source=location, sha256=state_hash(backbone.model))
     return backbone, record
+
+
+def _check_strides(backbone: PretrainedBackbone, shown: str) -> None:
+    """The four feature maps must be at 1/4, 1/8, 1/16 and 1/32 of the image, as E reads them."""
+    side = 4 * FEATURE_STRIDES[-1]
+    with torch.no_grad():
+        sizes = [f.shape[-1] for f in backbone.eval()(torch.zeros(1, backbone.model.config.num_channels, side, side))]
+    backbone.train()
+    strides = [side // size if size else 0 for size in sizes]
+    if strides != list(FEATURE_STRIDES):
+        raise CicldError(f"{shown}: its four feature maps are at strides {strides}; cicld needs {list(FEATURE_STRIDES)}")
 
 
 def load_starting_backbone(config, what: str) -> PretrainedBackbone:
