@@ -460,6 +460,24 @@ def _unfinished_run(toy_root, pretrained_runs, runs) -> Path:
     return max(stage_runs(runs, "pretrain-ldm"))
 
 
+@pytest.mark.parametrize("stopped", ["interrupted", "diverged"])
+def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(cli, toy_root, pretrained_runs, tmp_path, monkeypatch, stopped):
+    runs = tmp_path / "runs"
+    resumable = _unfinished_run(toy_root, pretrained_runs, runs)  # its checkpoint is step 2
+    if stopped == "interrupted":
+        _interrupt_at(monkeypatch, 1)  # in step 2, before the checkpoint of step 2
+    else:
+        _poison_the_weights_after(monkeypatch, poisoned_step=0)  # step 2's loss is NaN
+    assert cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4)).exit_code in (2, 130)
+    monkeypatch.undo()
+    newer = stage_runs(runs, "pretrain-ldm")[0]
+    assert newer != resumable and (newer / "config.json").is_file() and not (newer / "checkpoints").exists()
+
+    result = cli("pretrain-ldm", "--resume", "latest", "--source", "toy", "--runs-root", runs)
+    assert result.exit_code == 0, result.stderr
+    assert (resumable / "final" / "model.safetensors").is_file() and not (newer / "final").exists()
+
+
 def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
     run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
     holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
@@ -734,7 +752,9 @@ def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
 def test_resume_latest_without_an_unfinished_run_is_a_one_line_error(cli, tmp_path):
     result = cli("adapt", "--source", "toy", "--runs-root", tmp_path / "runs", "--resume", "latest")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"error: --resume latest: no unfinished adapt run for --source toy in {tmp_path / 'runs'}/"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume latest: no unfinished adapt run for --source toy with a checkpoint in {tmp_path / 'runs'}/"
+    ]
 
 
 def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):

@@ -54,10 +54,17 @@ def newest_finished_run(runs_root: Path, stage: str, **match) -> Path | None:
     return None
 
 
-def newest_unfinished_run(runs_root: Path, stage: str, **match) -> Path | None:
-    """The newest run of ``stage`` that has not exported ``final/`` (what ``--resume latest`` continues)."""
+def is_resumable(run_dir: Path) -> bool:
+    """Whether the run ``run_dir`` can be continued: unfinished, with a checkpoint. A run stopped
+    before its first checkpoint (it diverged, was interrupted, or its start failed) cannot."""
+    return not is_finished(run_dir) and latest_checkpoint(run_dir) is not None
+
+
+def newest_resumable_run(runs_root: Path, stage: str, **match) -> Path | None:
+    """The newest resumable run of ``stage`` whose config has the given values (what ``--resume
+    latest`` continues): runs without a checkpoint are skipped, so they never hide an older one."""
     for run in stage_runs(runs_root, stage):
-        if not is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
+        if is_resumable(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
             return run
     return None
 
@@ -116,14 +123,14 @@ def resolve_init_from(init_from: str | None, runs_root: Path, previous_stage: st
 
 
 def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tuple[Path, Path]:
-    """The run and the checkpoint that ``--resume`` names: ``latest`` (the newest unfinished run of
+    """The run and the checkpoint that ``--resume`` names: ``latest`` (the newest resumable run of
     ``stage`` and ``source``, its newest checkpoint), a run folder (its newest checkpoint) or one of
     its checkpoint folders (exactly that one)."""
     checkpoint = None
     if resume == "latest":
-        run_dir = newest_unfinished_run(Path(runs_root), stage, source=source)
+        run_dir = newest_resumable_run(Path(runs_root), stage, source=source)
         if run_dir is None:
-            raise CicldError(f"--resume latest: no unfinished {stage} run for --source {source} in {runs_root}/")
+            raise CicldError(f"--resume latest: no unfinished {stage} run for --source {source} with a checkpoint in {runs_root}/")
     else:
         run_dir = Path(resume)
         if run_dir.exists() and not run_dir.is_dir():
