@@ -478,6 +478,28 @@ def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(cl
     assert (resumable / "final" / "model.safetensors").is_file() and not (newer / "final").exists()
 
 
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits_in(cli, toy_root, pretrained_runs, tmp_path, how):
+    original = tmp_path / "runs"
+    run = _unfinished_run(toy_root, pretrained_runs, original)
+    latest_before = (original / "latest").resolve()
+    there = tmp_path / "elsewhere" / "pretrain-ldm" / run.name
+    there.parent.mkdir(parents=True)
+    if how == "moved":
+        shutil.move(run, there)
+        shutil.rmtree(original)  # the runs folder it was started in is gone
+    else:
+        shutil.copytree(run, there)
+
+    result = cli("pretrain-ldm", "--resume", there)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "elsewhere" / "latest").resolve() == (there / "final").resolve()
+    if how == "moved":
+        assert not original.exists()
+    else:
+        assert (original / "latest").resolve() == latest_before and not (run / "final").exists()
+
+
 def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
     run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
     holder = subprocess.Popen(  # another process training the run (it holds the run's lock)

@@ -35,7 +35,17 @@ from cicld.models import CICLD, CICLDConfig
 from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
 from cicld.training.locate import is_model_folder, resolve_init_from, resolve_resume
-from cicld.training.runs import FINAL, RUN_CONFIG, RunLock, mark_latest, new_run_dir, read_run_config, recover_replaced, replace_directory
+from cicld.training.runs import (
+    FINAL,
+    RUN_CONFIG,
+    RunLock,
+    mark_latest,
+    new_run_dir,
+    read_run_config,
+    recover_replaced,
+    replace_directory,
+    runs_root_of,
+)
 
 
 @dataclass
@@ -394,7 +404,8 @@ class Session:
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
-        """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it.
+        """Write ``final/`` (config.json + safetensors) atomically; optionally point ``latest`` of the
+        runs folder the run sits in at it.
         A model with NaN or inf weights is refused (the last line of defence: see check_weights).
 
         The model's inference settings are written into its own config first (``input_size``: the
@@ -410,8 +421,9 @@ class Session:
             shutil.rmtree(temporary, ignore_errors=True)
             model.save_pretrained(temporary)
             replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
-            if update_latest:
-                mark_latest(Path(self.config.runs_root), final)
+            runs_root = runs_root_of(self.run_dir, self.config.stage)  # not the config's: the run may have moved
+            if update_latest and runs_root is not None:
+                mark_latest(runs_root, final)
         self.accelerator.wait_for_everyone()
         return final
 
