@@ -435,11 +435,48 @@ def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exi
     run = max(stage_runs(runs, "pretrain-ldm"))
     assert result.stderr.strip().splitlines() == [
         f"error: pretrain-ldm interrupted in step 3; the last checkpoint is {run / 'checkpoints' / 'step-00000002'}: "
-        f"continue with `cicld pretrain-ldm --resume {run}` (or --resume latest)"
+        f"continue with `cicld pretrain-ldm --resume {run}` (or `cicld pretrain-ldm --resume latest --runs-root {runs}`)"
     ]
     monkeypatch.undo()
     result = cli("pretrain-ldm", "--resume", run)
     assert result.exit_code == 0, result.stderr
+
+
+def _typed_latest_command(hint: str) -> list[str]:
+    """The arguments of the ``(or `cicld ... --resume latest ...`)`` command a Ctrl-C hint prints."""
+    import re
+    import shlex
+
+    found = re.search(r"\(or `cicld ([^`]*--resume latest[^`]*)`\)$", hint)
+    assert found, f"no `cicld ... --resume latest` command in {hint!r}"
+    return shlex.split(found.group(1))
+
+
+@pytest.mark.parametrize("runs_folder", ["default", "elsewhere"])
+def test_the_resume_latest_command_the_ctrl_c_hint_prints_works_as_typed(cli, toy_root, pretrained_runs, tmp_path, monkeypatch, runs_folder):
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs") if runs_folder == "default" else tmp_path / "elsewhere"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with monkeypatch.context() as patched:
+        _interrupt_at(patched, 2)  # after the checkpoint of step 2, in a --source toy run
+        (hint,) = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4)).stderr.strip().splitlines()
+    run = max(stage_runs(runs, "pretrain-ldm"))
+
+    typed = _typed_latest_command(hint)
+    assert ("--runs-root" in typed) == (runs_folder == "elsewhere")
+    result = cli(*typed)  # no --source: the newest resumable run of the stage, whatever its source
+    assert result.exit_code == 0, result.stderr
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_the_ctrl_c_hint_offers_resume_latest_only_where_it_names_the_interrupted_run(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    older = _unfinished_run(toy_root, pretrained_runs, runs)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=4), on_step=_crash_after(3))
+    _interrupt_at(monkeypatch, 2)
+    (hint,) = cli("pretrain-ldm", "--resume", older).stderr.strip().splitlines()
+    assert hint.endswith(f"continue with `cicld pretrain-ldm --resume {older}`")  # latest is the newer run
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
@@ -1031,7 +1068,7 @@ def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path
     assert len(lines) == 1, stderr
     (line,) = lines
     assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
-    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or --resume latest)")
+    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or `cicld pretrain-ae --resume latest --runs-root {runs}`)")
 
 
 def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:

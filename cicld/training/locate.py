@@ -122,15 +122,23 @@ def resolve_init_from(init_from: str | None, runs_root: Path, previous_stage: st
     return run / FINAL
 
 
+def latest_resumable_run(runs_root: Path, stage: str, source: str | None = None) -> Path:
+    """The run ``--resume latest`` names: the newest resumable run of ``stage`` in ``runs_root``, of
+    ``source`` where one is given (``--source``), else of any; a one-line error if there is none."""
+    run = newest_resumable_run(Path(runs_root), stage, **({} if source is None else {"source": source}))
+    if run is None:
+        of_source = "" if source is None else f" for --source {source}"
+        raise CicldError(f"--resume latest: no unfinished {stage} run{of_source} with a checkpoint in {runs_root}/")
+    return run
+
+
 def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tuple[Path, Path]:
     """The run and the checkpoint that ``--resume`` names: ``latest`` (the newest resumable run of
     ``stage`` and ``source``, its newest checkpoint), a run folder (its newest checkpoint) or one of
     its checkpoint folders (exactly that one)."""
     checkpoint = None
     if resume == "latest":
-        run_dir = newest_resumable_run(Path(runs_root), stage, source=source)
-        if run_dir is None:
-            raise CicldError(f"--resume latest: no unfinished {stage} run for --source {source} with a checkpoint in {runs_root}/")
+        run_dir = latest_resumable_run(Path(runs_root), stage, source)
     else:
         run_dir = Path(resume)
         if run_dir.exists() and not run_dir.is_dir():

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from cicld.files import atomic_write
 from cicld.models import CICLD, CICLDConfig
 from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
-from cicld.training.locate import is_model_folder, resolve_init_from, resolve_resume
+from cicld.training.locate import is_model_folder, newest_resumable_run, resolve_init_from, resolve_resume
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
+    RUNS_ROOT,
     RunLock,
     mark_latest,
     new_run_dir,
@@ -434,10 +436,20 @@ class Session:
         last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
         if last is None:
             return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
-        return TrainingInterrupted(
-            f"{stage} interrupted {where}; the last checkpoint is {last}: "
-            f"continue with `cicld {stage} --resume {self.run_dir}` (or --resume latest)"
-        )
+        return TrainingInterrupted(f"{stage} interrupted {where}; the last checkpoint is {last}: continue with {self._resume_command()}")
+
+    def _resume_command(self) -> str:
+        """The command that continues this run, as it works typed: ``cicld STAGE --resume RUN``, and
+        ``--resume latest`` too (with ``--runs-root`` where the run's folder is not the default)
+        where that names this run, not a newer one."""
+        stage = self.config.stage
+        command = f"`cicld {stage} --resume {shlex.quote(str(self.run_dir))}`"
+        runs_root = runs_root_of(self.run_dir, stage)
+        latest = newest_resumable_run(runs_root, stage) if runs_root is not None else None
+        if latest is not None and latest.resolve() == self.run_dir.resolve():
+            where = "" if runs_root.resolve() == RUNS_ROOT.resolve() else f" --runs-root {shlex.quote(str(runs_root))}"
+            command += f" (or `cicld {stage} --resume latest{where}`)"
+        return command
 
     def close(self) -> None:
         if self._lock is not None:
