@@ -81,7 +81,9 @@ def test_adapt_ablation_switches_run(cli, toy_root, pretrained_runs, tmp_path, a
     assert "cl" in header.split(",") and "mmd" in header.split(",")
 
 
-def test_self_training_baseline_trains_without_the_diffusion_model_and_predicts_with_s0(cli, toy_root, pretrained_runs, tmp_path):
+def test_self_training_baseline_trains_without_the_diffusion_model_and_predicts_with_s0(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     result = cli("adapt", *stage_flags(toy_root, runs), "--method", "self-training")
@@ -108,7 +110,9 @@ def test_adapt_with_2class_adversarial_trains_a_2_output_discriminator(cli, toy_
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
-def test_table1_flags_switch_the_inter_coder_connection_and_conditioning_off(cli, toy_root, pretrained_runs, tmp_path, stage):
+def test_table1_flags_switch_the_inter_coder_connection_and_conditioning_off(
+    cli, toy_root, pretrained_runs, tmp_path, stage
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     result = cli(stage, *stage_flags(toy_root, runs), "--no-inter-coder", "--no-conditioning")
@@ -243,7 +247,9 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
-def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(toy_root, pretrained_runs, tmp_path):
+def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(
+    toy_root, pretrained_runs, tmp_path
+):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
         shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -269,7 +275,9 @@ def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
         shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -317,7 +325,9 @@ def test_resuming_a_checkpoint_that_is_not_complete_is_a_clear_error(toy_root, p
     [("pretrain-ldm", "pretrain-ae", {"inter_coder": False}), ("adapt", "pretrain-ldm", {"adversarial": "2class"})],
     ids=["pretrain-ldm", "adapt"],
 )
-def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(toy_root, pretrained_runs, tmp_path, stage, previous, switch):
+def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(
+    toy_root, pretrained_runs, tmp_path, stage, previous, switch
+):
     train = {"pretrain-ldm": pretrain_ldm, "adapt": adapt}[stage]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
@@ -335,7 +345,9 @@ def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(toy
     assert json.loads((resumed.run_dir / "config.json").read_text())["init_from"] == str(started_from / "final")
 
 
-def test_a_part_a_switch_adds_starts_from_the_runs_seed_whatever_the_process_drew_before(toy_root, pretrained_runs, tmp_path):
+def test_a_part_a_switch_adds_starts_from_the_runs_seed_whatever_the_process_drew_before(
+    toy_root, pretrained_runs, tmp_path
+):
     finals = []
     for name in ("first", "second"):
         runs = tmp_path / name
@@ -371,7 +383,9 @@ def test_a_checkpoint_without_its_model_config_resumes_from_init_from_or_says_in
     assert _same_weights(expected.final, resumed.final)
 
 
-def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     from cicld.errors import CicldError
     from cicld.training import objectives
 
@@ -401,7 +415,9 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkp
         (["--crop", "24x24"], "multiples of 16"),  # fails in the first forward pass
     ],
 )
-def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(cli, toy_root, pretrained_runs, tmp_path, flags, message):
+def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(
+    cli, toy_root, pretrained_runs, tmp_path, flags, message
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     with pytest.raises(KeyboardInterrupt):
@@ -426,7 +442,9 @@ def _interrupt_at(monkeypatch, interrupted_step):
     monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
 
 
-def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     _interrupt_at(monkeypatch, 2)  # after the checkpoint of step 2
@@ -435,7 +453,8 @@ def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exi
     run = max(stage_runs(runs, "pretrain-ldm"))
     assert result.stderr.strip().splitlines() == [
         f"error: pretrain-ldm interrupted in step 3; the last checkpoint is {run / 'checkpoints' / 'step-00000002'}: "
-        f"continue with `cicld pretrain-ldm --resume {run}` (or `cicld pretrain-ldm --resume latest --runs-root {runs}`)"
+        f"continue with `cicld pretrain-ldm --resume {run}` "
+        f"(or `cicld pretrain-ldm --resume latest --runs-root {runs}`)"
     ]
     monkeypatch.undo()
     result = cli("pretrain-ldm", "--resume", run)
@@ -453,7 +472,9 @@ def _typed_latest_command(hint: str) -> list[str]:
 
 
 @pytest.mark.parametrize("runs_folder", ["default", "elsewhere"])
-def test_the_resume_latest_command_the_ctrl_c_hint_prints_works_as_typed(cli, toy_root, pretrained_runs, tmp_path, monkeypatch, runs_folder):
+def test_the_resume_latest_command_the_ctrl_c_hint_prints_works_as_typed(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch, runs_folder
+):
     monkeypatch.chdir(tmp_path)
     runs = Path("runs") if runs_folder == "default" else tmp_path / "elsewhere"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -469,7 +490,9 @@ def test_the_resume_latest_command_the_ctrl_c_hint_prints_works_as_typed(cli, to
     assert (run / "final" / "model.safetensors").is_file()
 
 
-def test_the_ctrl_c_hint_offers_resume_latest_only_where_it_names_the_interrupted_run(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_the_ctrl_c_hint_offers_resume_latest_only_where_it_names_the_interrupted_run(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     older = _unfinished_run(toy_root, pretrained_runs, runs)
     with pytest.raises(KeyboardInterrupt):
@@ -479,7 +502,9 @@ def test_the_ctrl_c_hint_offers_resume_latest_only_where_it_names_the_interrupte
     assert hint.endswith(f"continue with `cicld pretrain-ldm --resume {older}`")  # latest is the newer run
 
 
-def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     _interrupt_at(monkeypatch, 0)
@@ -498,7 +523,9 @@ def _unfinished_run(toy_root, pretrained_runs, runs) -> Path:
 
 
 @pytest.mark.parametrize("stopped", ["interrupted", "diverged"])
-def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(cli, toy_root, pretrained_runs, tmp_path, monkeypatch, stopped):
+def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch, stopped
+):
     runs = tmp_path / "runs"
     resumable = _unfinished_run(toy_root, pretrained_runs, runs)  # its checkpoint is step 2
     if stopped == "interrupted":
@@ -516,7 +543,9 @@ def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(cl
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])
-def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits_in(cli, toy_root, pretrained_runs, tmp_path, how):
+def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits_in(
+    cli, toy_root, pretrained_runs, tmp_path, how
+):
     original = tmp_path / "runs"
     run = _unfinished_run(toy_root, pretrained_runs, original)
     latest_before = (original / "latest").resolve()
@@ -537,7 +566,9 @@ def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits
         assert (original / "latest").resolve() == latest_before and not (run / "final").exists()
 
 
-def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
+def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
     holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
         [sys.executable, "-c", f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()"],
@@ -579,7 +610,9 @@ def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_run_folder(cli, toy_root, pretrained_runs, tmp_path):
+def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_run_folder(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     pytest.importorskip("torch.utils.tensorboard")
     import yaml  # an Accelerate dependency: its TensorBoard tracker writes the hyperparameters with it
 
@@ -642,7 +675,9 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_anything_is_
         ("all", "--report-to all: none of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive is installed"),
     ],
 )
-def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_before_anything_is_created(cli, toy_root, tmp_path, monkeypatch, report_to, message):
+def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_before_anything_is_created(
+    cli, toy_root, tmp_path, monkeypatch, report_to, message
+):
     import accelerate.tracking
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # a machine without any tracker
@@ -653,7 +688,9 @@ def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_befor
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_flat_hyperparameters(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_flat_hyperparameters(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     from accelerate import Accelerator
 
     started, logged = [], []
@@ -780,7 +817,9 @@ def _poison_the_weights_after(monkeypatch, poisoned_step):
     monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
 
 
-def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     latest = (runs / "latest").resolve()
@@ -883,7 +922,9 @@ def _adapt_config_file(toy_root, pretrained_runs, tmp_path) -> Path:
     return path
 
 
-def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings(cli, toy_root, pretrained_runs, tmp_path):
+def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     first = cli("adapt", *stage_flags(toy_root, runs), "--seed", "3", "--lambda-adv", "0.05", "--no-class-weights")
@@ -898,7 +939,9 @@ def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ae", "pretrain-ldm", "adapt"])
-def test_a_saved_config_gives_its_settings_and_only_the_flags_given_override_them(resolved, toy_root, pretrained_runs, tmp_path, stage):
+def test_a_saved_config_gives_its_settings_and_only_the_flags_given_override_them(
+    resolved, toy_root, pretrained_runs, tmp_path, stage
+):
     if stage == "adapt":
         path = _adapt_config_file(toy_root, pretrained_runs, tmp_path)
     else:
@@ -962,7 +1005,9 @@ def _write(path: Path, text: str) -> Path:
     ],
     ids=["missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type", "out-of-range", "with-recipe", "with-resume"],
 )
-def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(cli, pretrained_runs, tmp_path, make_file, extra, message):
+def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(
+    cli, pretrained_runs, tmp_path, make_file, extra, message
+):
     path = make_file(tmp_path, pretrained_runs)
     result = cli("adapt", "--config", path, "--runs-root", tmp_path / "runs", *extra)
     assert result.exit_code == 2
@@ -1009,7 +1054,9 @@ def test_oracle_is_refused_on_real_data(cli, toy_root, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(cli, toy_root, pretrained_runs, tmp_path):
+def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 
     pair = tmp_path / "pair"
@@ -1068,7 +1115,9 @@ def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path
     assert len(lines) == 1, stderr
     (line,) = lines
     assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
-    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or `cicld pretrain-ae --resume latest --runs-root {runs}`)")
+    assert line.endswith(
+        f"continue with `cicld pretrain-ae --resume {run}` (or `cicld pretrain-ae --resume latest --runs-root {runs}`)"
+    )
 
 
 def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
@@ -1175,7 +1224,9 @@ def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(
     assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())
 
 
-def test_a_data_loading_worker_prints_no_traceback_for_a_connection_the_interrupted_main_process_dropped(monkeypatch, capsys):
+def test_a_data_loading_worker_prints_no_traceback_for_a_connection_the_interrupted_main_process_dropped(
+    monkeypatch, capsys
+):
     from cicld.training.batches import quiet_dropped_connections
 
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # restored after the test

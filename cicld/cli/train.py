@@ -102,9 +102,9 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
             None,
-            help="continue a run: 'latest' (the newest unfinished run of this stage that has a checkpoint, of --source if "
-            "given, else of any source), a run (from its newest checkpoint) or a checkpoint folder (from exactly that "
-            "step; the run's later checkpoints are then replaced)",
+            help="continue a run: 'latest' (the newest unfinished run of this stage that has a checkpoint, of "
+            "--source if given, else of any source), a run (from its newest checkpoint) or a checkpoint folder (from "
+            "exactly that step; the run's later checkpoints are then replaced)",
         ),
         annotation=Optional[str],
     )

@@ -31,7 +31,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
-from cicld.files import atomic_write
+from cicld.files import atomic_write, disk_space_note, tensor_bytes
 from cicld.models import CICLD, CICLDConfig
 from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
@@ -400,9 +400,13 @@ class Session:
         if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
             self.check_weights(self._training.modules.values(), f"after step {step_done}: not checkpointed")
             model_config = self._model.config if self._model is not None else None
-            save_checkpoint(
-                self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints, model_config
-            )
+            try:
+                save_checkpoint(
+                    self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints,
+                    model_config,
+                )  # fmt: skip
+            except CicldError as exc:  # a failed write (a full disk), its temporary folder removed
+                raise self.write_failed(str(exc)) from None
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
@@ -416,27 +420,42 @@ class Session:
         self.check_weights([model], "in the model to export: final/ was not written, runs/latest not moved")
         model.config = model.config.replace(input_size=self.config.resolved_target_resize)
         self.accelerator.wait_for_everyone()
-        final = self.run_dir / FINAL
+        final, error = self.run_dir / FINAL, None
         if self.accelerator.is_main_process:
             temporary = self.run_dir / f".{FINAL}.tmp"
             recover_replaced(self.run_dir)  # what a crash in an earlier export left behind
             shutil.rmtree(temporary, ignore_errors=True)
-            model.save_pretrained(temporary)
-            replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
+            try:
+                model.save_pretrained(temporary)
+                replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
+            except OSError as exc:  # a full disk: one line, and no half-written temporary folder left
+                shutil.rmtree(temporary, ignore_errors=True)
+                space = disk_space_note(exc, "the model", tensor_bytes(model.state_dict().values()), self.run_dir)
+                error = self.write_failed(f"cannot write the model to {final}: {exc.strerror or exc}{space}")
             runs_root = runs_root_of(self.run_dir, self.config.stage)  # not the config's: the run may have moved
-            if update_latest and runs_root is not None:
+            if error is None and update_latest and runs_root is not None:
                 mark_latest(runs_root, final)
-        self.accelerator.wait_for_everyone()
+        if not self._everywhere(torch.tensor(error is None, device=self.accelerator.device)):  # all stop together
+            raise error or CicldError(f"{final} could not be written by the main process")
         return final
 
     def interrupted(self) -> TrainingInterrupted:
         """What to raise on Ctrl-C in the training loop: where the run stopped and how to resume it."""
         stage, done = self.config.stage, self.steps_done
         where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
-        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
-        if last is None:
+        advice = self._resume_advice()
+        if advice is None:
             return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
-        return TrainingInterrupted(f"{stage} interrupted {where}; the last checkpoint is {last}: continue with {self._resume_command()}")
+        return TrainingInterrupted(f"{stage} interrupted {where}; {advice}")
+
+    def write_failed(self, message: str) -> CicldError:
+        """``message``, the one line of a write of the run that failed (a full disk), with how to go on."""
+        return CicldError(f"{message}; {self._resume_advice() or 'no checkpoint was written yet: start the run again'}")
+
+    def _resume_advice(self) -> str | None:
+        """``the last checkpoint is CHECKPOINT: continue with `COMMAND```, or None before the first one."""
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        return None if last is None else f"the last checkpoint is {last}: continue with {self._resume_command()}"
 
     def _resume_command(self) -> str:
         """The command that continues this run, as it works typed: ``cicld STAGE --resume RUN``, and
