@@ -101,6 +101,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> Demo
         config = make_config(stage_name, **_stage_overrides(options, stage_name), **overrides)
         return stage(label, config.steps, lambda: _train_or_reuse(config, progress))
 
+    for stage_name in TRAIN:  # every stage's settings (the seed...) are checked before anything is created
+        make_config(stage_name, **_stage_overrides(options, stage_name))
     stage("toy pair", None, lambda: _make_toy_pair(options, progress))
     autoencoder = train("pretrain-ae", "pretrain-ae")
     latent_diffusion = train("pretrain-ldm", "pretrain-ldm", init_from=str(autoencoder))

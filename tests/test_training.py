@@ -566,6 +566,28 @@ def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits
         assert (original / "latest").resolve() == latest_before and not (run / "final").exists()
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("crop", [0, 0], "--crop 0x0 is too small; use at least 1x1"),
+        ("target_resize", [-5, 3], "--target-resize -5x3 is too small; use at least 1x1"),
+        ("seed", 2**70, f"--seed must be between 0 and 4294967295, got {2**70}"),
+        ("lr", -1, "--lr must be positive, got -1.0"),
+    ],
+)
+def test_a_value_edited_into_a_runs_config_is_refused_in_one_line_before_it_is_resumed(
+    cli, toy_root, pretrained_runs, tmp_path, key, value, message
+):
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, key: value}))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {run / 'config.json'}: {message}"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
 def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(
     cli, toy_root, pretrained_runs, tmp_path
 ):
@@ -774,11 +796,15 @@ def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
         (["--ema-alpha", "1.5"], "--ema-alpha must be between 0 and 1, got 1.5"),
         (["--mix-blur-p", "-0.5"], "--mix-blur-p must be between 0 and 1"),
         (["--lambda-adv", "inf"], "--lambda-adv must be a finite number"),
-        (["--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
         (["--num-workers", "-1"], "--num-workers must be at least 0"),
         (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
         (["--val-limit", "0"], "--val-limit must be at least 1, got 0"),
         (["--zoom-max", "0.5"], "--zoom-max must be at least 1, got 0.5"),
+        (["--seed", str(2**70)], f"--seed must be between 0 and 4294967295, got {2**70}"),
+        (["--crop", "0x0"], "--crop 0x0 is too small; use at least 1x1"),
+        (["--crop", "100000000000000000000x5"], "--crop 100000000000000000000x5 is too large; use at most 16384x16384"),
+        (["--target-resize", "20000x16"], "--target-resize 20000x16 is too large; use at most 16384x16384"),
     ],
 )
 def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli, toy_root, tmp_path, flags, message):
@@ -1000,10 +1026,22 @@ def _write(path: Path, text: str) -> Path:
         (lambda d, runs: _write(d / "extra.json", '{"stage": "adapt", "colour": "red"}'), [], "--config: unknown adapt config keys: colour"),
         (lambda d, runs: _write(d / "typed.json", '{"stage": "adapt", "steps": "many"}'), [], "--config: invalid adapt config: steps must be"),
         (lambda d, runs: _write(d / "range.json", '{"stage": "adapt", "source": "toy", "steps": 0}'), [], "--steps must be at least 1, got 0"),
+        (lambda d, runs: _write(d / "crop.json", '{"stage": "adapt", "crop": [0, 0]}'), [], "--crop 0x0 is too small"),
+        (
+            lambda d, runs: _write(d / "resize.json", '{"stage": "adapt", "target_resize": [-5, 3]}'), [],
+            "--target-resize -5x3 is too small; use at least 1x1",
+        ),
+        (
+            lambda d, runs: _write(d / "seed.json", f'{{"stage": "adapt", "seed": {2**70}}}'), [],
+            "--seed must be between 0 and 4294967295",
+        ),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--recipe", "toy"], "--config gives every setting, so no recipe fills any: drop --recipe"),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--resume", "latest"], "--resume continues a run with its saved settings; drop --config"),
     ],
-    ids=["missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type", "out-of-range", "with-recipe", "with-resume"],
+    ids=[
+        "missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type",
+        "out-of-range", "zero-crop", "negative-resize", "huge-seed", "with-recipe", "with-resume",
+    ],  # fmt: skip
 )
 def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(
     cli, pretrained_runs, tmp_path, make_file, extra, message

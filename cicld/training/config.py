@@ -23,6 +23,7 @@ from typing import Any
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
 from cicld.errors import CicldError
 from cicld.models.config import CICLDConfig, typed_config_value
+from cicld.sizes import check_size
 from cicld.training.runs import RUN_CONFIG, read_json
 
 SOURCES = ("gta5", "synthia", "toy")
@@ -104,7 +105,13 @@ class CommonConfig:
     grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1, low=1)
     max_grad_norm: float | None = _help("clip the gradient norm to this (None: no clipping)", None, positive=True)
     mixed_precision: str = _help("no, fp16 (GPU) or bf16", "no")
-    seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0, low=0)
+    # At most 2**32 - 1, the seeds numpy takes: every generator the run seeds from it can then take its seed.
+    seed: int = _help(
+        "random seed, 0 to 4294967295 (2^32 - 1): data order, augmentation, noise and initialisation",
+        0,
+        low=0,
+        high=2**32 - 1,
+    )
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
     keep_checkpoints: int = _help("how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1)
     log_every: int = _help("write a log row (log.csv and the --report-to trackers) every N steps", 50, low=1)
@@ -130,9 +137,12 @@ class CommonConfig:
             fail(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        for name in ("source_resize", "target_resize"):
-            if isinstance(getattr(self, name), str) and getattr(self, name) != PER_DATASET:
-                fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {getattr(self, name)!r}")
+        for name in ("crop", "source_resize", "target_resize"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):  # however it came: a flag, a --config file, a run's config.json
+                check_size(value, "--" + name.replace("_", "-"))
+            elif name != "crop" and isinstance(value, str) and value != PER_DATASET:
+                fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {value!r}")
         check_ranges(self)
 
     # ---------------------------------------------------------------- derived

@@ -167,8 +167,13 @@ class Session:
         self.resume_model_config: CICLDConfig | None = None
         if resume is not None:
             self.run_dir, self.resume_from = resolve_resume(resume, Path(config.runs_root), config.stage, config.source)
-            # The run's saved config wins, so that a resumed run continues exactly the run that was started.
+            # The run's saved config wins, so that a resumed run continues exactly the run that was started;
+            # its values are checked as the flags' are (a hand-edited file may hold any).
             config = type(config).from_dict(read_run_config(self.run_dir))
+            try:
+                config.validate()
+            except CicldError as exc:
+                raise CicldError(f"{self.run_dir / RUN_CONFIG}: {exc}") from None
             self.resume_model_config = checkpoint_model_config(self.resume_from)
         self.config = config
         # A new run's folder is made after its first step: until then the trackers' folder is
