@@ -1,5 +1,7 @@
 """cicld predict: right sizes, modes and values per output; bad inputs handled as documented."""
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -202,3 +204,18 @@ def test_the_model_folder_says_how_the_model_runs_and_flags_override_it(cli, ima
     (run / "final" / "config.json").write_text(json.dumps({**model_config, "input_size": None}))
     assert cli("predict", image, other, "--checkpoint", run / "final", "--outputs", "trainids").exit_code == 0
     assert (other / "b_trainIds.png").read_bytes() != (default / "b_trainIds.png").read_bytes()
+
+
+def test_a_height_whose_class_scores_cannot_fit_in_memory_is_refused_in_one_line_before_it_runs(
+    cli, images, pretrained_runs, tmp_path
+):
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--height", "100000")
+    assert time.perf_counter() - started < 30  # not minutes of allocating
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {images / 'a.png'} would be segmented at 200000x100000, ")
+    assert "whose class scores alone take 1,520 GB" in line
+    assert line.endswith("use a smaller --height")
+    assert not out.exists() or not any(out.iterdir())
