@@ -881,10 +881,23 @@ def test_resume_latest_without_an_unfinished_run_is_a_one_line_error(cli, tmp_pa
     ]
 
 
-def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):
+def test_pretrain_ae_offers_no_starting_model_and_refuses_one(cli, tmp_path):
+    # It builds a new model from --preset: --init-from is the later stages' only, in their help too.
+    assert "--init-from" not in cli("pretrain-ae", "--help").stdout
+    for stage in ("pretrain-ldm", "adapt"):
+        assert "--init-from" in cli(stage, "--help").stdout
     result = cli("pretrain-ae", "--source", "toy", "--init-from", tmp_path, "--runs-root", tmp_path / "runs")
-    assert result.exit_code == 2 and "--init-from is for pretrain-ldm and adapt" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: No such option: --init-from (see `cicld pretrain-ae --help`)"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_pretrain_ae_run_saved_with_init_from_still_loads(pretrained_runs):
+    from cicld.training.config import STAGE_CONFIGS
+
+    (run,) = stage_runs(pretrained_runs, "pretrain-ae")
+    saved = {**json.loads((run / "config.json").read_text()), "init_from": None}  # as earlier versions wrote it
+    assert "init_from" not in STAGE_CONFIGS["pretrain-ae"].from_dict(saved).to_dict()
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])

@@ -123,7 +123,6 @@ class CommonConfig:
         "none",
     )
     runs_root: str = _help("folder of all runs", "runs")
-    init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
 
     def validate(self) -> None:
         def fail(message: str) -> None:
@@ -207,6 +206,8 @@ class AutoencoderConfig(CommonConfig):
     """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
 
     stage = "pretrain-ae"
+    # It builds a new model from --preset: no --init-from (saved, always null, by runs before the flag went).
+    retired = ("init_from",)
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
     # Half of each batch comes from the source, half from the target (at least one image of each).
     batch_size: int = _help("images per process and step, half source and half target (at least one of each)", 2, low=1)
@@ -218,11 +219,6 @@ class AutoencoderConfig(CommonConfig):
     perceptual_weight: float = _help("weight of the perceptual loss", 1.0, low=0)
     init_autoencoder: str | None = _help("local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None)
 
-    def validate(self) -> None:
-        super().validate()
-        if self.init_from is not None:
-            raise CicldError("pretrain-ae builds a new model from --preset (E/D from --init-autoencoder); --init-from is for pretrain-ldm and adapt")
-
 
 @dataclass(frozen=True)
 class SegmentationStageConfig(CommonConfig):
@@ -233,6 +229,9 @@ class SegmentationStageConfig(CommonConfig):
 
     retired = ("preset",)  # saved (and ignored) by runs before the flag was removed here
 
+    init_from: str | None = _help(
+        "model folder or run to start from [default: the newest finished previous stage]", None
+    )
     inter_coder: bool | None = _help(
         "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
     )

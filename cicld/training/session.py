@@ -212,7 +212,7 @@ class Session:
                 self.config = config = dataclasses.replace(config, init_from=str(init_from))
         elif self.resume_model_config is not None:
             return config, CICLD(self.resume_model_config)
-        elif config.init_from is not None and not is_model_folder(Path(config.init_from)):
+        elif previous_stage is not None and config.init_from and not is_model_folder(Path(config.init_from)):
             raise CicldError(
                 f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, so it needs "
                 f"the model the run started from, {config.init_from}, which is no longer there; put that folder back to resume"
