@@ -77,8 +77,9 @@ def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_s
     out = tmp_path / "out"
     result = cli("predict", images, out, "--runs-root", pretrained_runs)
     assert result.exit_code == 1
-    assert "broken.png" in result.stdout
-    assert result.stderr.strip().splitlines() == ["error: 1 of 3 images could not be read (listed above); the others were written"]
+    failed, error = result.stderr.strip().splitlines()  # the failures are listed above the error line, on stderr
+    assert failed.startswith(f"failed: {images / 'broken.png'}: ")
+    assert error == "error: 1 of 3 images could not be read (listed above); the others were written"
     assert (out / "a_trainIds.png").is_file() and (out / "nested" / "b_trainIds.png").is_file()
 
 
@@ -106,7 +107,15 @@ def test_bad_inputs_are_one_line_errors(cli, pretrained_runs, tmp_path, monkeypa
 
 def test_unknown_output_kind_is_refused(cli, images, pretrained_runs, tmp_path):
     result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs, "--outputs", "color,depth")
-    assert result.exit_code == 2 and "--outputs must name some of" in result.stderr
+    assert result.exit_code == 2 and "--outputs must name some of trainIds, labelIds, color, overlay" in result.stderr
+
+
+def test_output_kinds_are_taken_in_any_case_as_the_file_names_spell_them(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    kinds = "trainIds,LabelIds,COLOR"
+    result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--outputs", kinds)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_labelIds.png", "a_trainIds.png"]
 
 
 def test_a_16_bit_greyscale_png_is_predicted_like_its_8_bit_twin(cli, pretrained_runs, tmp_path):

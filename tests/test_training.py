@@ -1048,12 +1048,16 @@ def _write(path: Path, text: str) -> Path:
             lambda d, runs: _write(d / "seed.json", f'{{"stage": "adapt", "seed": {2**70}}}'), [],
             "--seed must be between 0 and 4294967295",
         ),
+        (
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")), [],
+            "--config: {file} is a folder; give the config file itself: `--config {file}/config.json`",
+        ),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--recipe", "toy"], "--config gives every setting, so no recipe fills any: drop --recipe"),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--resume", "latest"], "--resume continues a run with its saved settings; drop --config"),
     ],
     ids=[
         "missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type",
-        "out-of-range", "zero-crop", "negative-resize", "huge-seed", "with-recipe", "with-resume",
+        "out-of-range", "zero-crop", "negative-resize", "huge-seed", "a-run-folder", "with-recipe", "with-resume",
     ],  # fmt: skip
 )
 def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(
@@ -1203,6 +1207,39 @@ def test_resume_naming_a_file_is_a_one_line_error(cli, pretrained_runs, tmp_path
     assert result.stderr.strip().splitlines() == [
         f"error: --resume {checkpoint / 'model.safetensors'} is a file; name a run folder, one of its checkpoint folders or latest"
     ]
+
+
+def test_resume_naming_an_empty_path_is_a_one_line_error_saying_what_it_takes(cli, tmp_path):
+    result = cli("adapt", "--resume", "", "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --resume needs a run folder, one of its checkpoint folders or latest; it was given nothing"
+    ]
+
+
+def test_a_run_of_another_stage_is_named_with_its_article(cli, toy_root, tmp_path):
+    run = tmp_path / "runs" / "adapt" / "toy-20261202-120000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"stage": "adapt"}')
+    resumed = cli("pretrain-ldm", "--resume", run)
+    assert resumed.stderr.strip().splitlines() == [f"error: {run} is an adapt run, not pretrain-ldm"]
+    evaluated = cli("evaluate", run, "--data", toy_root / "cityscapes", "--out", tmp_path / "pictures")
+    assert evaluated.stderr.strip().splitlines()[0].startswith(f"error: {run} is an adapt run that has not finished")
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ae", "adapt"])
+def test_a_crop_the_model_cannot_tile_is_one_line_naming_crop_before_anything_is_created(
+    cli, toy_root, pretrained_runs, tmp_path, stage
+):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    before = sorted(runs.rglob("*"))
+    result = cli(stage, *stage_flags(toy_root, runs), "--crop", "40x24")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --crop 40x24: this model needs sides that are multiples of 16, e.g. --crop 32x16"
+    ]
+    assert sorted(runs.rglob("*")) == before
 
 
 def test_resume_naming_nothing_that_exists_is_a_one_line_error(cli, tmp_path):

@@ -98,10 +98,19 @@ def output_paths(out: Path, entry: PredictionInput, kinds: tuple[str, ...]) -> d
     return {kind: folder / f"{entry.relative.name}_{OUTPUTS[kind]}.png" for kind in kinds}
 
 
+def output_kinds(text: str) -> tuple[str, ...]:
+    """``--outputs``: comma-separated kinds, in any case (``trainIds`` as the file names spell it,
+    ``trainids``), as the keys of :data:`OUTPUTS`; a one-line error for one that is not a kind."""
+    kinds = tuple(dict.fromkeys(kind.strip().lower() for kind in text.split(",") if kind.strip()))
+    check_output_kinds(kinds)
+    return kinds
+
+
 def check_output_kinds(kinds: tuple[str, ...]) -> None:
     unknown = sorted(set(kinds) - set(OUTPUTS))
     if unknown or not kinds:
-        raise CicldError(f"--outputs must name some of {', '.join(OUTPUTS)}; got {', '.join(kinds) or 'nothing'}")
+        names = ", ".join(OUTPUTS.values())
+        raise CicldError(f"--outputs must name some of {names}; got {', '.join(kinds) or 'nothing'}")
 
 
 def refuse_existing_outputs(out: Path, inputs: list[PredictionInput], kinds: tuple[str, ...]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
-from cicld.errors import CicldError
+from cicld.errors import CicldError, with_article
 from cicld.models.config import CICLDConfig, typed_config_value
 from cicld.sizes import check_size
 from cicld.training.runs import RUN_CONFIG, read_json
@@ -363,11 +363,18 @@ def read_config_file(path: Path, stage: str) -> dict[str, Any]:
     typed; a one-line error for a file that is unreadable, not JSON, not a config of ``stage``, or
     holds a key or value that ``stage`` does not take."""
     try:
+        if Path(path).is_dir():
+            run_config = Path(path) / RUN_CONFIG
+            hint = f"`--config {run_config}`" if run_config.is_file() else f"a run's <run>/{RUN_CONFIG}"
+            raise CicldError(f"{path} is a folder; give the config file itself: {hint}")
         data = read_json(path)
         if not isinstance(data, dict) or "stage" not in data:
             raise CicldError(f"{path} is not a training run's config (it has no \"stage\"; a run's is <run>/{RUN_CONFIG})")
         if data["stage"] != stage:
-            raise CicldError(f"{path} is a {data['stage']} config, not {stage}'s; use `cicld {data['stage']} --config {path}`")
+            other = data["stage"]
+            raise CicldError(
+                f"{path} is {with_article(str(other))} config, not {stage}'s; use `cicld {other} --config {path}`"
+            )
         return STAGE_CONFIGS[stage].typed_values(data)
     except CicldError as exc:
         raise CicldError(f"--config: {exc}") from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cicld.errors import CicldError
+from cicld.errors import CicldError, with_article
 from cicld.models import CONFIG_NAME, WEIGHTS_NAME
 from cicld.training.checkpoint import is_checkpoint, latest_checkpoint, list_checkpoints
 from cicld.training.runs import FINAL, RUN_CONFIG, RUNS_ROOT, STAGES, read_json, read_run_config, stage_runs
@@ -89,7 +89,7 @@ def find_model(path: Path, what: str = "") -> Path:
     stage = run_stage(path)
     if stage is not None:
         raise CicldError(
-            f"{what}{path} is a {stage} run that has not finished (no {FINAL}/); "
+            f"{what}{path} is {with_article(stage)} run that has not finished (no {FINAL}/); "
             f"finish it with `cicld {stage} --resume {path}`, or name a finished run"
         )
     if (path / CONFIG_NAME).is_file():
@@ -137,6 +137,8 @@ def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tup
     ``stage`` and ``source``, its newest checkpoint), a run folder (its newest checkpoint) or one of
     its checkpoint folders (exactly that one)."""
     checkpoint = None
+    if not resume.strip():  # Path("") would be the working folder
+        raise CicldError("--resume needs a run folder, one of its checkpoint folders or latest; it was given nothing")
     if resume == "latest":
         run_dir = latest_resumable_run(Path(runs_root), stage, source)
     else:
@@ -151,7 +153,7 @@ def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tup
             raise CicldError(f"--resume {resume} is a model folder, not a run; name the run folder it came from, or latest")
     saved = read_run_config(run_dir)
     if saved.get("stage") != stage:
-        raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {stage}")
+        raise CicldError(f"{run_dir} is {with_article(str(saved.get('stage')))} run, not {stage}")
     if checkpoint is None:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:

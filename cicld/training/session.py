@@ -211,14 +211,14 @@ class Session:
                 init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
                 self.config = config = dataclasses.replace(config, init_from=str(init_from))
         elif self.resume_model_config is not None:
-            return config, CICLD(self.resume_model_config)
+            return config, _fitting_the_crop(CICLD(self.resume_model_config), config.crop)
         elif previous_stage is not None and config.init_from and not is_model_folder(Path(config.init_from)):
             raise CicldError(
                 f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, so it needs "
                 f"the model the run started from, {config.init_from}, which is no longer there; put that folder back to resume"
             )
         torch.manual_seed(config.seed)  # the initial weights of what is new
-        return config, new_model(config)
+        return config, _fitting_the_crop(new_model(config), config.crop)
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done,
@@ -480,6 +480,19 @@ class Session:
             self._lock.release()
             self._lock = None
         self.accelerator.end_training()
+
+
+def _fitting_the_crop(model: CICLD, crop: tuple[int, int] | None) -> CICLD:
+    """``model``, once ``--crop`` is known to tile it (the range of a crop is the config's to check;
+    this, its fit, needs the model): else a line naming --crop, not a tensor shape at the first step."""
+    divisor = model.config.size_divisor
+    if crop is not None and (crop[0] % divisor or crop[1] % divisor):
+        width, height = (max(divisor, side // divisor * divisor) for side in crop)
+        raise CicldError(
+            f"--crop {crop[0]}x{crop[1]}: this model needs sides that are multiples of {divisor}, "
+            f"e.g. --crop {width}x{height}"
+        )
+    return model
 
 
 def truncate_log(path: Path, step: int) -> None:
