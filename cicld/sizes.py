@@ -11,9 +11,12 @@ MAX_SIDE = 16384
 
 
 def check_size(
-    size: tuple[int, int], name: str, low: tuple[int, int] = (1, 1), high: tuple[int, int] = (MAX_SIDE, MAX_SIDE),
+    size: tuple[int, int],
+    name: str,
+    low: tuple[int, int] = (1, 1),
+    high: tuple[int, int] = (MAX_SIDE, MAX_SIDE),
     error: type[CicldError] = CicldError,
-) -> None:  # fmt: skip
+) -> None:
     """A one-line ``error`` naming ``name`` (the flag) unless ``low`` ≤ ``size`` ≤ ``high``, side by side."""
     width, height = size
     if width < low[0] or height < low[1]:

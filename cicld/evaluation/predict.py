@@ -162,7 +162,7 @@ def predict_files(
 
     def flush() -> None:
         for size, group in _by_size(pending, target_height, model.config.size_divisor).items():
-            require_room(size, model.config.num_classes, device, group[0][0].path)
+            _require_room(size, model.config.num_classes, device, group[0][0].path)
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
                 batch = torch.stack([normalize(resize_image(image, size), mean, std) for _, image in chunk]).to(device)
@@ -189,11 +189,11 @@ def predict_files(
     return report
 
 
-def require_room(size: tuple[int, int], num_classes: int, device: torch.device, path: Path) -> None:
+def _require_room(size: tuple[int, int], num_classes: int, device: torch.device, path: Path) -> None:
     """Refuse, before the image ``path`` is resized, an inference ``size`` whose class scores alone
     (float32, the least any run at that size holds) take more than all of ``device``'s memory: it
     could only fail, after minutes of swapping or allocating."""
-    need, memory = num_classes * 4 * size[0] * size[1], device_memory(device)
+    need, memory = num_classes * 4 * size[0] * size[1], _device_memory(device)
     if memory is not None and need > memory:
         raise CicldError(
             f"{path} would be segmented at {size[0]}x{size[1]}, whose class scores alone take {need / 1e9:,.0f} GB, "
@@ -201,7 +201,7 @@ def require_room(size: tuple[int, int], num_classes: int, device: torch.device, 
         )
 
 
-def device_memory(device: torch.device) -> int | None:
+def _device_memory(device: torch.device) -> int | None:
     """All the memory of ``device``: a GPU's own, else the machine's; None where the system does not say."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory

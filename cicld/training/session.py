@@ -203,22 +203,28 @@ class Session:
 
         Whatever ``new_model`` initialises afresh (pretrain-ae's whole model, a part a switch adds
         such as adapt's 2-class f_dis) is drawn from ``--seed``, not from whatever the process
-        drew before. The config is not changed: ``self.config`` becomes the resolved copy.
+        drew before. The config is not changed: ``self.config`` becomes the resolved copy. A
+        ``--crop`` the model cannot tile is refused here, before anything is created.
         """
         config = self.config
         if self.resume_from is None:
             if previous_stage is not None:
                 init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
                 self.config = config = dataclasses.replace(config, init_from=str(init_from))
-        elif self.resume_model_config is not None:
-            return config, _fitting_the_crop(CICLD(self.resume_model_config), config.crop)
-        elif previous_stage is not None and config.init_from and not is_model_folder(Path(config.init_from)):
-            raise CicldError(
-                f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, so it needs "
-                f"the model the run started from, {config.init_from}, which is no longer there; put that folder back to resume"
-            )
-        torch.manual_seed(config.seed)  # the initial weights of what is new
-        return config, _fitting_the_crop(new_model(config), config.crop)
+        elif self.resume_model_config is None and previous_stage is not None and config.init_from:
+            if not is_model_folder(Path(config.init_from)):
+                raise CicldError(
+                    f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, "
+                    f"so it needs the model the run started from, {config.init_from}, which is no longer there; "
+                    "put that folder back to resume"
+                )
+        if self.resume_model_config is not None:
+            model = CICLD(self.resume_model_config)
+        else:
+            torch.manual_seed(config.seed)  # the initial weights of what is new
+            model = new_model(config)
+        _require_crop_to_fit(model, config.crop)
+        return config, model
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done,
@@ -482,9 +488,9 @@ class Session:
         self.accelerator.end_training()
 
 
-def _fitting_the_crop(model: CICLD, crop: tuple[int, int] | None) -> CICLD:
-    """``model``, once ``--crop`` is known to tile it (the range of a crop is the config's to check;
-    this, its fit, needs the model): else a line naming --crop, not a tensor shape at the first step."""
+def _require_crop_to_fit(model: CICLD, crop: tuple[int, int] | None) -> None:
+    """A line naming ``--crop`` where ``model`` cannot tile it, rather than a tensor shape at the first
+    step. (The config checks a crop's range; its fit needs the model, which only the stage builds.)"""
     divisor = model.config.size_divisor
     if crop is not None and (crop[0] % divisor or crop[1] % divisor):
         width, height = (max(divisor, side // divisor * divisor) for side in crop)
@@ -492,7 +498,6 @@ def _fitting_the_crop(model: CICLD, crop: tuple[int, int] | None) -> CICLD:
             f"--crop {crop[0]}x{crop[1]}: this model needs sides that are multiples of {divisor}, "
             f"e.g. --crop {width}x{height}"
         )
-    return model
 
 
 def truncate_log(path: Path, step: int) -> None:
