@@ -30,7 +30,7 @@ from cicld.training.adapt import adapt
 from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
 from cicld.training.pretrain_ae import pretrain_ae
 from cicld.training.pretrain_ldm import pretrain_ldm
-from cicld.training.locate import find_model, is_finished
+from cicld.training.locate import find_model, is_finished, is_resumable
 from cicld.training.runs import read_run_config, stage_runs
 from cicld.training.session import loss_summary
 
@@ -101,6 +101,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress | None = None) -> Demo
         config = make_config(stage_name, **_stage_overrides(options, stage_name), **overrides)
         return stage(label, config.steps, lambda: _train_or_reuse(config, progress))
 
+    for stage_name in TRAIN:  # every stage's settings (the seed...) are checked before anything is created
+        make_config(stage_name, **_stage_overrides(options, stage_name))
     stage("toy pair", None, lambda: _make_toy_pair(options, progress))
     autoencoder = train("pretrain-ae", "pretrain-ae")
     latent_diffusion = train("pretrain-ldm", "pretrain-ldm", init_from=str(autoencoder))
@@ -155,19 +157,20 @@ def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[str, 
     """Reuse a finished run with this exact config, resume an unfinished one, or start afresh.
     Returns a note for the user and the exported model folder."""
     runs_root, wanted = Path(config.runs_root), _comparable(config.to_dict())
-    finished = _run_with_config(runs_root, config.stage, wanted, finished=True)
+    finished = _run_with_config(runs_root, config.stage, wanted, is_finished)
     if finished is not None:
         return f"reused the finished run {finished}", find_model(finished)
-    resume = _run_with_config(runs_root, config.stage, wanted, finished=False)
+    resume = _run_with_config(runs_root, config.stage, wanted, is_resumable)  # a run without a checkpoint starts afresh
     on_step = lambda step, row: progress.advanced(step, loss_summary(row))  # noqa: E731
     result = TRAIN[config.stage](config, resume=str(resume) if resume else None, on_step=on_step)
     return f"run {result.run_dir}" + (" (resumed)" if resume else ""), result.final
 
 
-def _run_with_config(runs_root: Path, stage: str, wanted: dict, finished: bool) -> Path | None:
-    """The newest (un)finished run of ``stage`` whose recorded config equals ``wanted``."""
+def _run_with_config(runs_root: Path, stage: str, wanted: dict, kind: Callable[[Path], bool]) -> Path | None:
+    """The newest run of ``stage`` of a ``kind`` (``is_finished``, ``is_resumable``) whose recorded
+    config equals ``wanted``."""
     for run in stage_runs(runs_root, stage):
-        if is_finished(run) == finished and _comparable(read_run_config(run)) == wanted:
+        if kind(run) and _comparable(read_run_config(run)) == wanted:
             return run
     return None
 

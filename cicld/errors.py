@@ -32,6 +32,11 @@ def _unwrap_worker_message(message: str) -> str:
     return original if found else message
 
 
+def with_article(noun: str) -> str:
+    """``noun`` after its indefinite article, for messages: "an adapt run", "a pretrain-ae run"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 class DataError(CicldError):
     """A dataset folder or file that is missing, corrupt, or not what it claims to be."""
 

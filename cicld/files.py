@@ -19,8 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -91,6 +92,23 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str
 def is_disk_full(exc: OSError) -> bool:
     """Whether a failed write failed for want of space (or of quota)."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_space_note(exc: OSError, what: str, size: int, folder: str | os.PathLike) -> str:
+    """For a write ``exc`` that failed on a full disk: `` (WHAT takes about X MB; Y MB free)``, the
+    room it needs (``size`` bytes) beside the room left where ``folder`` is; "" for other failures."""
+    if not is_disk_full(exc):
+        return ""
+    return f" ({what} takes about {_megabytes(size)}; {_megabytes(shutil.disk_usage(folder).free)} free)"
+
+
+def tensor_bytes(tensors: Iterable) -> int:
+    """The bytes that ``tensors`` take in a safetensors file (give or take its header)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 @contextmanager

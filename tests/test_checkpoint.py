@@ -4,8 +4,11 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -324,3 +327,141 @@ def test_the_fp16_loss_scaler_is_checkpointed_and_restored(tmp_path):
     training.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
     load_checkpoint(accelerator, latest_checkpoint(tmp_path), training)
     assert training.scaler.get_scale() == 256.0 and training.scaler.get_growth_interval() == 3
+
+
+# ---------------------------------------------------------------- a full disk
+#: What safetensors' writer raises when the disk is full (seen on a full tmpfs).
+_FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _disk_full_for(monkeypatch, where: str) -> None:
+    """safetensors' writer fails as on a full disk for every file whose path holds ``where``."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if where in str(filename):
+            raise SafetensorError(_FULL_DISK)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+def _assert_room_and_resume(stderr: str, failed: str, what: str, last: Path, run: Path):
+    """One line: the write that failed, the room it takes and the room free, and how to resume."""
+    (line,) = stderr.strip().splitlines()
+    expected = (
+        rf"error: cannot write {re.escape(failed)}: No space left on device "
+        rf"\({what} takes about \d+\.\d MB; \d+\.\d MB free\); the last checkpoint is {re.escape(str(last))}: "
+        rf"continue with `cicld pretrain-ldm --resume {re.escape(str(run))}`.*"
+    )
+    assert re.fullmatch(expected, line), line
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "export"])
+def test_a_full_disk_at_a_checkpoint_or_the_export_is_one_line_saying_the_room_needed_and_how_to_resume(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch, full_at
+):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with monkeypatch.context() as patched:
+        _disk_full_for(patched, ".step-00000004.tmp" if full_at == "checkpoint" else ".final.tmp")
+        result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    assert result.exit_code == 2
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    checkpoints = run / "checkpoints"
+    if full_at == "checkpoint":
+        failed, last = checkpoints / "step-00000004", checkpoints / "step-00000002"
+        _assert_room_and_resume(result.stderr, f"checkpoint {failed}", "a checkpoint", last, run)
+    else:
+        failed, last = run / "final", checkpoints / "step-00000004"
+        _assert_room_and_resume(result.stderr, f"the model to {failed}", "the model", last, run)
+    assert not list(run.rglob("*.tmp")) and not failed.exists()  # no temporary folder or file is left behind
+
+    result = cli("pretrain-ldm", "--resume", run)  # once there is room again
+    assert result.exit_code == 0, result.stderr
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_a_full_disk_while_logging_is_one_line_saying_how_to_resume(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
+    import errno
+
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    log = Session.log
+
+    def log_on_a_full_disk(self, step, values):
+        if step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir / "log.csv"))
+        return log(self, step, values)
+
+    monkeypatch.setattr(Session, "log", log_on_a_full_disk)
+    result = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4))
+    run = max(stage_runs(runs, "pretrain-ldm"))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {run / 'log.csv'}: No space left on device; the last checkpoint is "
+        f"{run / 'checkpoints' / 'step-00000002'}: continue with `cicld pretrain-ldm --resume {run}` "
+        f"(or `cicld pretrain-ldm --resume latest --runs-root {runs}`)"
+    ]
+
+
+def _can_mount_a_tmpfs(folder: Path) -> bool:
+    """Whether this machine lets a user namespace mount a tmpfs (``unshare -rm``): a real full disk."""
+    folder.mkdir()
+    try:
+        mount = f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(folder))}"
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full_at", ["checkpoint", "export"])
+def test_a_real_full_disk_is_one_line_leaves_no_temporary_folder_and_the_run_resumes_once_there_is_room(
+    toy_root, tmp_path, full_at
+):
+    if not _can_mount_a_tmpfs(tmp_path / "probe"):
+        pytest.skip("this machine does not let `unshare -rm` mount a tmpfs, the small real disk this test fills")
+    # How much room a checkpoint and a model take, from a run on the ordinary disk.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "cicld", "pretrain-ae", *map(str, stage_flags(toy_root, tmp_path / "measured"))]
+    measured = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert measured.returncode == 0, measured.stderr
+    (run,) = stage_runs(tmp_path / "measured", "pretrain-ae")
+    checkpoint_size = sum(f.stat().st_size for f in (run / "checkpoints" / "step-00000002").iterdir())
+    model_size = (run / "final" / "model.safetensors").stat().st_size
+    if full_at == "checkpoint":  # room for the first checkpoint, not for the second beside it
+        disk, flags = checkpoint_size * 3 // 2, ["--steps", "4"]
+    else:  # room for the last checkpoint, not for the model beside it
+        disk, flags = checkpoint_size + model_size // 2, ["--steps", "2", "--keep-checkpoints", "1"]
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    runs.mkdir()
+    out.mkdir()
+    cicld = f"{shlex.quote(sys.executable)} -m cicld pretrain-ae"
+    train = " ".join(map(shlex.quote, [*map(str, stage_flags(toy_root, runs)), *flags]))
+    script = (
+        f"mount -t tmpfs -o size={disk} tmpfs {runs} && "
+        f"{{ {cicld} {train} >{out}/full.out 2>{out}/full.err; echo $? >{out}/full.rc; }} && "
+        f"find {runs} -name '*.tmp' >{out}/left && "
+        f"mount -o remount,size={4 * checkpoint_size} tmpfs {runs} && "  # room again
+        f"{{ {cicld} --resume latest --source toy --runs-root {runs} >{out}/resumed.out 2>{out}/resumed.err; "
+        f"echo $? >{out}/resumed.rc; }} && "
+        f"ls {runs}/pretrain-ae/*/final >{out}/final"
+    )
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "full.rc").read_text().strip() == "2"
+    (line,) = (out / "full.err").read_text().strip().splitlines()
+    what = "a checkpoint" if full_at == "checkpoint" else "the model"
+    assert f": No space left on device ({what} takes about" in line and "Traceback" not in line
+    assert re.search(r"the last checkpoint is \S+/step-00000002: continue with `cicld pretrain-ae --resume ", line)
+    assert (out / "left").read_text() == ""  # no .step-N.tmp or .final.tmp left behind
+    assert (out / "resumed.rc").read_text().strip() == "0", (out / "resumed.err").read_text()
+    assert "model.safetensors" in (out / "final").read_text()

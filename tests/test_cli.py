@@ -143,6 +143,25 @@ def test_a_negative_seed_is_a_one_line_error_before_anything_is_created(cli, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["adapt", "--runs-root", "{tmp}/runs"], ["demo", "--quick", "--out", "{tmp}/demo"]],
+    ids=["adapt", "demo"],
+)
+def test_a_seed_too_large_for_the_random_generators_is_a_one_line_error_before_anything_is_created(
+    cli, tmp_path, command
+):
+    result = cli(*[part.format(tmp=tmp_path) for part in command], "--seed", "1180591620717411303424")
+    assert_one_line_error(result, "--seed must be between 0 and 4294967295, got 1180591620717411303424")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_toy_size_too_large_to_render_is_a_one_line_error_before_anything_is_created(cli, tmp_path):
+    result = cli("prepare-data", "toy", tmp_path / "toy", "--size", "100000x100000")
+    assert_one_line_error(result, "toy image size 100000x100000 is too large; use at most 4096x4096")
+    assert list(tmp_path.iterdir()) == []  # no toy.json that would hold the folder for another size
+
+
 def test_ctrl_c_in_any_command_prints_one_line_and_exits_130(cli, tmp_path, monkeypatch):
     from cicld.data import toy
 

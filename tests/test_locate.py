@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from cicld.training.locate import find_model, resolve_init_from, resolve_model_dir, run_of
 from cicld.training.runs import stage_runs
@@ -95,3 +97,47 @@ def test_resume_naming_a_model_folder_says_it_is_not_a_run(cli, paths):
     assert result.stderr.strip().splitlines() == [
         f"error: --resume {paths['finished'] / 'final'} is a model folder, not a run; name the run folder it came from, or latest"
     ]
+
+
+def _model_with_a_weight(paths, tmp_path, value: float) -> tuple[Path, str]:
+    """A copy of a model folder whose first weight has one NaN or infinite value; and its key."""
+    folder = shutil.copytree(paths["copied"], tmp_path / f"weight-{value}")
+    weights = load_file(folder / "model.safetensors")
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key].view(-1)[0] = value
+    save_file(weights, folder / "model.safetensors")
+    return folder, key
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "init-from"])
+def test_a_model_with_a_nan_or_infinite_weight_is_refused_in_one_line_wherever_it_is_loaded(
+    cli, paths, toy_root, tmp_path, command, value
+):
+    model, key = _model_with_a_weight(paths, tmp_path, value)
+    out, runs = tmp_path / "out", tmp_path / "new-runs"
+    if command == "evaluate":
+        result = cli("evaluate", model, "--data", toy_root / "cityscapes", "--out", out)
+    elif command == "predict":
+        image = next((toy_root / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))
+        result = cli("predict", image, out, "--checkpoint", model)
+    else:
+        result = cli("adapt", *stage_flags(toy_root, runs), "--init-from", model)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: weights in {model / 'model.safetensors'} hold NaN or infinite values ({key}): the model diverged or "
+        "the file is damaged; cicld does not load it"
+    ]
+    assert not out.exists() and not runs.exists()  # nothing scored, written or trained
+
+
+def test_a_checkpoint_with_a_nan_weight_is_refused_in_one_line(cli, paths):
+    checkpoint = paths["checkpoint"]
+    weights = load_file(checkpoint / "model.safetensors")
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key].view(-1)[0] = float("nan")
+    save_file(weights, checkpoint / "model.safetensors")
+    result = cli("pretrain-ldm", "--resume", checkpoint)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot resume from {checkpoint}: the weights in model.safetensors hold NaN or inf")

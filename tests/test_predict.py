@@ -1,5 +1,7 @@
 """cicld predict: right sizes, modes and values per output; bad inputs handled as documented."""
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -75,8 +77,9 @@ def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_s
     out = tmp_path / "out"
     result = cli("predict", images, out, "--runs-root", pretrained_runs)
     assert result.exit_code == 1
-    assert "broken.png" in result.stdout
-    assert result.stderr.strip().splitlines() == ["error: 1 of 3 images could not be read (listed above); the others were written"]
+    failed, error = result.stderr.strip().splitlines()  # the failures are listed above the error line, on stderr
+    assert failed.startswith(f"failed: {images / 'broken.png'}: ")
+    assert error == "error: 1 of 3 images could not be read (listed above); the others were written"
     assert (out / "a_trainIds.png").is_file() and (out / "nested" / "b_trainIds.png").is_file()
 
 
@@ -104,7 +107,15 @@ def test_bad_inputs_are_one_line_errors(cli, pretrained_runs, tmp_path, monkeypa
 
 def test_unknown_output_kind_is_refused(cli, images, pretrained_runs, tmp_path):
     result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs, "--outputs", "color,depth")
-    assert result.exit_code == 2 and "--outputs must name some of" in result.stderr
+    assert result.exit_code == 2 and "--outputs must name some of trainIds, labelIds, color, overlay" in result.stderr
+
+
+def test_output_kinds_are_taken_in_any_case_as_the_file_names_spell_them(cli, images, pretrained_runs, tmp_path):
+    out = tmp_path / "out"
+    kinds = "trainIds,LabelIds,COLOR"
+    result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--outputs", kinds)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_labelIds.png", "a_trainIds.png"]
 
 
 def test_a_16_bit_greyscale_png_is_predicted_like_its_8_bit_twin(cli, pretrained_runs, tmp_path):
@@ -202,3 +213,18 @@ def test_the_model_folder_says_how_the_model_runs_and_flags_override_it(cli, ima
     (run / "final" / "config.json").write_text(json.dumps({**model_config, "input_size": None}))
     assert cli("predict", image, other, "--checkpoint", run / "final", "--outputs", "trainids").exit_code == 0
     assert (other / "b_trainIds.png").read_bytes() != (default / "b_trainIds.png").read_bytes()
+
+
+def test_a_height_whose_class_scores_cannot_fit_in_memory_is_refused_in_one_line_before_it_runs(
+    cli, images, pretrained_runs, tmp_path
+):
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    result = cli("predict", images / "a.png", out, "--runs-root", pretrained_runs, "--height", "100000")
+    assert time.perf_counter() - started < 30  # not minutes of allocating
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {images / 'a.png'} would be segmented at 200000x100000, ")
+    assert "whose class scores alone take 1,520 GB" in line
+    assert line.endswith("use a smaller --height")
+    assert not out.exists() or not any(out.iterdir())

@@ -81,7 +81,9 @@ def test_adapt_ablation_switches_run(cli, toy_root, pretrained_runs, tmp_path, a
     assert "cl" in header.split(",") and "mmd" in header.split(",")
 
 
-def test_self_training_baseline_trains_without_the_diffusion_model_and_predicts_with_s0(cli, toy_root, pretrained_runs, tmp_path):
+def test_self_training_baseline_trains_without_the_diffusion_model_and_predicts_with_s0(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     result = cli("adapt", *stage_flags(toy_root, runs), "--method", "self-training")
@@ -108,7 +110,9 @@ def test_adapt_with_2class_adversarial_trains_a_2_output_discriminator(cli, toy_
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
-def test_table1_flags_switch_the_inter_coder_connection_and_conditioning_off(cli, toy_root, pretrained_runs, tmp_path, stage):
+def test_table1_flags_switch_the_inter_coder_connection_and_conditioning_off(
+    cli, toy_root, pretrained_runs, tmp_path, stage
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     result = cli(stage, *stage_flags(toy_root, runs), "--no-inter-coder", "--no-conditioning")
@@ -243,7 +247,9 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
-def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(toy_root, pretrained_runs, tmp_path):
+def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(
+    toy_root, pretrained_runs, tmp_path
+):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
         shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -269,7 +275,9 @@ def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_resuming_a_run_stopped_while_exporting_logs_its_final_validation_once(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
         shutil.copytree(pretrained_runs, runs, symlinks=True)
@@ -317,7 +325,9 @@ def test_resuming_a_checkpoint_that_is_not_complete_is_a_clear_error(toy_root, p
     [("pretrain-ldm", "pretrain-ae", {"inter_coder": False}), ("adapt", "pretrain-ldm", {"adversarial": "2class"})],
     ids=["pretrain-ldm", "adapt"],
 )
-def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(toy_root, pretrained_runs, tmp_path, stage, previous, switch):
+def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(
+    toy_root, pretrained_runs, tmp_path, stage, previous, switch
+):
     train = {"pretrain-ldm": pretrain_ldm, "adapt": adapt}[stage]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for runs in (straight, interrupted):
@@ -335,7 +345,9 @@ def test_a_run_resumes_bit_identical_when_the_previous_stages_folder_is_gone(toy
     assert json.loads((resumed.run_dir / "config.json").read_text())["init_from"] == str(started_from / "final")
 
 
-def test_a_part_a_switch_adds_starts_from_the_runs_seed_whatever_the_process_drew_before(toy_root, pretrained_runs, tmp_path):
+def test_a_part_a_switch_adds_starts_from_the_runs_seed_whatever_the_process_drew_before(
+    toy_root, pretrained_runs, tmp_path
+):
     finals = []
     for name in ("first", "second"):
         runs = tmp_path / name
@@ -371,7 +383,9 @@ def test_a_checkpoint_without_its_model_config_resumes_from_init_from_or_says_in
     assert _same_weights(expected.final, resumed.final)
 
 
-def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     from cicld.errors import CicldError
     from cicld.training import objectives
 
@@ -401,7 +415,9 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkp
         (["--crop", "24x24"], "multiples of 16"),  # fails in the first forward pass
     ],
 )
-def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(cli, toy_root, pretrained_runs, tmp_path, flags, message):
+def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(
+    cli, toy_root, pretrained_runs, tmp_path, flags, message
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     with pytest.raises(KeyboardInterrupt):
@@ -426,7 +442,9 @@ def _interrupt_at(monkeypatch, interrupted_step):
     monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
 
 
-def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     _interrupt_at(monkeypatch, 2)  # after the checkpoint of step 2
@@ -435,14 +453,58 @@ def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exi
     run = max(stage_runs(runs, "pretrain-ldm"))
     assert result.stderr.strip().splitlines() == [
         f"error: pretrain-ldm interrupted in step 3; the last checkpoint is {run / 'checkpoints' / 'step-00000002'}: "
-        f"continue with `cicld pretrain-ldm --resume {run}` (or --resume latest)"
+        f"continue with `cicld pretrain-ldm --resume {run}` "
+        f"(or `cicld pretrain-ldm --resume latest --runs-root {runs}`)"
     ]
     monkeypatch.undo()
     result = cli("pretrain-ldm", "--resume", run)
     assert result.exit_code == 0, result.stderr
 
 
-def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def _typed_latest_command(hint: str) -> list[str]:
+    """The arguments of the ``(or `cicld ... --resume latest ...`)`` command a Ctrl-C hint prints."""
+    import re
+    import shlex
+
+    found = re.search(r"\(or `cicld ([^`]*--resume latest[^`]*)`\)$", hint)
+    assert found, f"no `cicld ... --resume latest` command in {hint!r}"
+    return shlex.split(found.group(1))
+
+
+@pytest.mark.parametrize("runs_folder", ["default", "elsewhere"])
+def test_the_resume_latest_command_the_ctrl_c_hint_prints_works_as_typed(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch, runs_folder
+):
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs") if runs_folder == "default" else tmp_path / "elsewhere"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    with monkeypatch.context() as patched:
+        _interrupt_at(patched, 2)  # after the checkpoint of step 2, in a --source toy run
+        (hint,) = cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4)).stderr.strip().splitlines()
+    run = max(stage_runs(runs, "pretrain-ldm"))
+
+    typed = _typed_latest_command(hint)
+    assert ("--runs-root" in typed) == (runs_folder == "elsewhere")
+    result = cli(*typed)  # no --source: the newest resumable run of the stage, whatever its source
+    assert result.exit_code == 0, result.stderr
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_the_ctrl_c_hint_offers_resume_latest_only_where_it_names_the_interrupted_run(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    older = _unfinished_run(toy_root, pretrained_runs, runs)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=4), on_step=_crash_after(3))
+    _interrupt_at(monkeypatch, 2)
+    (hint,) = cli("pretrain-ldm", "--resume", older).stderr.strip().splitlines()
+    assert hint.endswith(f"continue with `cicld pretrain-ldm --resume {older}`")  # latest is the newer run
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     _interrupt_at(monkeypatch, 0)
@@ -460,7 +522,75 @@ def _unfinished_run(toy_root, pretrained_runs, runs) -> Path:
     return max(stage_runs(runs, "pretrain-ldm"))
 
 
-def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(cli, toy_root, pretrained_runs, tmp_path):
+@pytest.mark.parametrize("stopped", ["interrupted", "diverged"])
+def test_resume_latest_skips_newer_runs_stopped_before_their_first_checkpoint(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch, stopped
+):
+    runs = tmp_path / "runs"
+    resumable = _unfinished_run(toy_root, pretrained_runs, runs)  # its checkpoint is step 2
+    if stopped == "interrupted":
+        _interrupt_at(monkeypatch, 1)  # in step 2, before the checkpoint of step 2
+    else:
+        _poison_the_weights_after(monkeypatch, poisoned_step=0)  # step 2's loss is NaN
+    assert cli("pretrain-ldm", *stage_flags(toy_root, runs, steps=4)).exit_code in (2, 130)
+    monkeypatch.undo()
+    newer = stage_runs(runs, "pretrain-ldm")[0]
+    assert newer != resumable and (newer / "config.json").is_file() and not (newer / "checkpoints").exists()
+
+    result = cli("pretrain-ldm", "--resume", "latest", "--source", "toy", "--runs-root", runs)
+    assert result.exit_code == 0, result.stderr
+    assert (resumable / "final" / "model.safetensors").is_file() and not (newer / "final").exists()
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_run_updates_the_latest_of_the_runs_folder_it_now_sits_in(
+    cli, toy_root, pretrained_runs, tmp_path, how
+):
+    original = tmp_path / "runs"
+    run = _unfinished_run(toy_root, pretrained_runs, original)
+    latest_before = (original / "latest").resolve()
+    there = tmp_path / "elsewhere" / "pretrain-ldm" / run.name
+    there.parent.mkdir(parents=True)
+    if how == "moved":
+        shutil.move(run, there)
+        shutil.rmtree(original)  # the runs folder it was started in is gone
+    else:
+        shutil.copytree(run, there)
+
+    result = cli("pretrain-ldm", "--resume", there)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "elsewhere" / "latest").resolve() == (there / "final").resolve()
+    if how == "moved":
+        assert not original.exists()
+    else:
+        assert (original / "latest").resolve() == latest_before and not (run / "final").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("crop", [0, 0], "--crop 0x0 is too small; use at least 1x1"),
+        ("target_resize", [-5, 3], "--target-resize -5x3 is too small; use at least 1x1"),
+        ("seed", 2**70, f"--seed must be between 0 and 4294967295, got {2**70}"),
+        ("lr", -1, "--lr must be positive, got -1.0"),
+    ],
+)
+def test_a_value_edited_into_a_runs_config_is_refused_in_one_line_before_it_is_resumed(
+    cli, toy_root, pretrained_runs, tmp_path, key, value, message
+):
+    run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, key: value}))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = cli("pretrain-ldm", "--resume", run)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {run / 'config.json'}: {message}"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is_taken_over(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
     holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
         [sys.executable, "-c", f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()"],
@@ -502,7 +632,9 @@ def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_run_folder(cli, toy_root, pretrained_runs, tmp_path):
+def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_run_folder(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     pytest.importorskip("torch.utils.tensorboard")
     import yaml  # an Accelerate dependency: its TensorBoard tracker writes the hyperparameters with it
 
@@ -565,7 +697,9 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_anything_is_
         ("all", "--report-to all: none of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive is installed"),
     ],
 )
-def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_before_anything_is_created(cli, toy_root, tmp_path, monkeypatch, report_to, message):
+def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_before_anything_is_created(
+    cli, toy_root, tmp_path, monkeypatch, report_to, message
+):
     import accelerate.tracking
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # a machine without any tracker
@@ -576,7 +710,9 @@ def test_an_unknown_tracker_or_all_with_none_installed_is_a_one_line_error_befor
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_flat_hyperparameters(toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_flat_hyperparameters(
+    toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     from accelerate import Accelerator
 
     started, logged = [], []
@@ -660,11 +796,15 @@ def test_bad_flags_are_one_line_errors(cli, toy_root, tmp_path, flags, message):
         (["--ema-alpha", "1.5"], "--ema-alpha must be between 0 and 1, got 1.5"),
         (["--mix-blur-p", "-0.5"], "--mix-blur-p must be between 0 and 1"),
         (["--lambda-adv", "inf"], "--lambda-adv must be a finite number"),
-        (["--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
         (["--num-workers", "-1"], "--num-workers must be at least 0"),
         (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1, got 0"),
         (["--val-limit", "0"], "--val-limit must be at least 1, got 0"),
         (["--zoom-max", "0.5"], "--zoom-max must be at least 1, got 0.5"),
+        (["--seed", str(2**70)], f"--seed must be between 0 and 4294967295, got {2**70}"),
+        (["--crop", "0x0"], "--crop 0x0 is too small; use at least 1x1"),
+        (["--crop", "100000000000000000000x5"], "--crop 100000000000000000000x5 is too large; use at most 16384x16384"),
+        (["--target-resize", "20000x16"], "--target-resize 20000x16 is too large; use at most 16384x16384"),
     ],
 )
 def test_numbers_out_of_range_are_one_line_errors_before_anything_is_created(cli, toy_root, tmp_path, flags, message):
@@ -703,7 +843,9 @@ def _poison_the_weights_after(monkeypatch, poisoned_step):
     monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
 
 
-def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(cli, toy_root, pretrained_runs, tmp_path, monkeypatch):
+def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(
+    cli, toy_root, pretrained_runs, tmp_path, monkeypatch
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     latest = (runs / "latest").resolve()
@@ -734,13 +876,28 @@ def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
 def test_resume_latest_without_an_unfinished_run_is_a_one_line_error(cli, tmp_path):
     result = cli("adapt", "--source", "toy", "--runs-root", tmp_path / "runs", "--resume", "latest")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"error: --resume latest: no unfinished adapt run for --source toy in {tmp_path / 'runs'}/"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume latest: no unfinished adapt run for --source toy with a checkpoint in {tmp_path / 'runs'}/"
+    ]
 
 
-def test_pretrain_ae_refuses_a_starting_model_it_would_ignore(cli, tmp_path):
+def test_pretrain_ae_offers_no_starting_model_and_refuses_one(cli, tmp_path):
+    # It builds a new model from --preset: --init-from is the later stages' only, in their help too.
+    assert "--init-from" not in cli("pretrain-ae", "--help").stdout
+    for stage in ("pretrain-ldm", "adapt"):
+        assert "--init-from" in cli(stage, "--help").stdout
     result = cli("pretrain-ae", "--source", "toy", "--init-from", tmp_path, "--runs-root", tmp_path / "runs")
-    assert result.exit_code == 2 and "--init-from is for pretrain-ldm and adapt" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: No such option: --init-from (see `cicld pretrain-ae --help`)"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_pretrain_ae_run_saved_with_init_from_still_loads(pretrained_runs):
+    from cicld.training.config import STAGE_CONFIGS
+
+    (run,) = stage_runs(pretrained_runs, "pretrain-ae")
+    saved = {**json.loads((run / "config.json").read_text()), "init_from": None}  # as earlier versions wrote it
+    assert "init_from" not in STAGE_CONFIGS["pretrain-ae"].from_dict(saved).to_dict()
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ldm", "adapt"])
@@ -804,7 +961,9 @@ def _adapt_config_file(toy_root, pretrained_runs, tmp_path) -> Path:
     return path
 
 
-def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings(cli, toy_root, pretrained_runs, tmp_path):
+def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     first = cli("adapt", *stage_flags(toy_root, runs), "--seed", "3", "--lambda-adv", "0.05", "--no-class-weights")
@@ -819,7 +978,9 @@ def test_adapt_with_the_config_of_a_run_trains_a_new_run_with_that_runs_settings
 
 
 @pytest.mark.parametrize("stage", ["pretrain-ae", "pretrain-ldm", "adapt"])
-def test_a_saved_config_gives_its_settings_and_only_the_flags_given_override_them(resolved, toy_root, pretrained_runs, tmp_path, stage):
+def test_a_saved_config_gives_its_settings_and_only_the_flags_given_override_them(
+    resolved, toy_root, pretrained_runs, tmp_path, stage
+):
     if stage == "adapt":
         path = _adapt_config_file(toy_root, pretrained_runs, tmp_path)
     else:
@@ -878,12 +1039,30 @@ def _write(path: Path, text: str) -> Path:
         (lambda d, runs: _write(d / "extra.json", '{"stage": "adapt", "colour": "red"}'), [], "--config: unknown adapt config keys: colour"),
         (lambda d, runs: _write(d / "typed.json", '{"stage": "adapt", "steps": "many"}'), [], "--config: invalid adapt config: steps must be"),
         (lambda d, runs: _write(d / "range.json", '{"stage": "adapt", "source": "toy", "steps": 0}'), [], "--steps must be at least 1, got 0"),
+        (lambda d, runs: _write(d / "crop.json", '{"stage": "adapt", "crop": [0, 0]}'), [], "--crop 0x0 is too small"),
+        (
+            lambda d, runs: _write(d / "resize.json", '{"stage": "adapt", "target_resize": [-5, 3]}'), [],
+            "--target-resize -5x3 is too small; use at least 1x1",
+        ),
+        (
+            lambda d, runs: _write(d / "seed.json", f'{{"stage": "adapt", "seed": {2**70}}}'), [],
+            "--seed must be between 0 and 4294967295",
+        ),
+        (
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")), [],
+            "--config: {file} is a folder; give the config file itself: `--config {file}/config.json`",
+        ),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--recipe", "toy"], "--config gives every setting, so no recipe fills any: drop --recipe"),
         (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--resume", "latest"], "--resume continues a run with its saved settings; drop --config"),
     ],
-    ids=["missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type", "out-of-range", "with-recipe", "with-resume"],
+    ids=[
+        "missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type",
+        "out-of-range", "zero-crop", "negative-resize", "huge-seed", "a-run-folder", "with-recipe", "with-resume",
+    ],  # fmt: skip
 )
-def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(cli, pretrained_runs, tmp_path, make_file, extra, message):
+def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(
+    cli, pretrained_runs, tmp_path, make_file, extra, message
+):
     path = make_file(tmp_path, pretrained_runs)
     result = cli("adapt", "--config", path, "--runs-root", tmp_path / "runs", *extra)
     assert result.exit_code == 2
@@ -930,7 +1109,9 @@ def test_oracle_is_refused_on_real_data(cli, toy_root, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(cli, toy_root, pretrained_runs, tmp_path):
+def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(
+    cli, toy_root, pretrained_runs, tmp_path
+):
     from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 
     pair = tmp_path / "pair"
@@ -989,7 +1170,9 @@ def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path
     assert len(lines) == 1, stderr
     (line,) = lines
     assert line.startswith("error: pretrain-ae interrupted in step ") and "Traceback" not in stderr
-    assert line.endswith(f"continue with `cicld pretrain-ae --resume {run}` (or --resume latest)")
+    assert line.endswith(
+        f"continue with `cicld pretrain-ae --resume {run}` (or `cicld pretrain-ae --resume latest --runs-root {runs}`)"
+    )
 
 
 def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
@@ -1024,6 +1207,39 @@ def test_resume_naming_a_file_is_a_one_line_error(cli, pretrained_runs, tmp_path
     assert result.stderr.strip().splitlines() == [
         f"error: --resume {checkpoint / 'model.safetensors'} is a file; name a run folder, one of its checkpoint folders or latest"
     ]
+
+
+def test_resume_naming_an_empty_path_is_a_one_line_error_saying_what_it_takes(cli, tmp_path):
+    result = cli("adapt", "--resume", "", "--runs-root", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --resume needs a run folder, one of its checkpoint folders or latest; it was given nothing"
+    ]
+
+
+def test_a_run_of_another_stage_is_named_with_its_article(cli, toy_root, tmp_path):
+    run = tmp_path / "runs" / "adapt" / "toy-20261202-120000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"stage": "adapt"}')
+    resumed = cli("pretrain-ldm", "--resume", run)
+    assert resumed.stderr.strip().splitlines() == [f"error: {run} is an adapt run, not pretrain-ldm"]
+    evaluated = cli("evaluate", run, "--data", toy_root / "cityscapes", "--out", tmp_path / "pictures")
+    assert evaluated.stderr.strip().splitlines()[0].startswith(f"error: {run} is an adapt run that has not finished")
+
+
+@pytest.mark.parametrize("stage", ["pretrain-ae", "adapt"])
+def test_a_crop_the_model_cannot_tile_is_one_line_naming_crop_before_anything_is_created(
+    cli, toy_root, pretrained_runs, tmp_path, stage
+):
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    before = sorted(runs.rglob("*"))
+    result = cli(stage, *stage_flags(toy_root, runs), "--crop", "40x24")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --crop 40x24: this model needs sides that are multiples of 16, e.g. --crop 32x16"
+    ]
+    assert sorted(runs.rglob("*")) == before
 
 
 def test_resume_naming_nothing_that_exists_is_a_one_line_error(cli, tmp_path):
@@ -1096,7 +1312,9 @@ def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(
     assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())
 
 
-def test_a_data_loading_worker_prints_no_traceback_for_a_connection_the_interrupted_main_process_dropped(monkeypatch, capsys):
+def test_a_data_loading_worker_prints_no_traceback_for_a_connection_the_interrupted_main_process_dropped(
+    monkeypatch, capsys
+):
     from cicld.training.batches import quiet_dropped_connections
 
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # restored after the test

@@ -69,9 +69,10 @@ def human_count(n: int) -> str:
     return f"{n:,}"
 
 
-def parse_size(text: str | None, flag: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int] | None:
+def parse_size(text: str | None, flag: str) -> tuple[int, int] | None:
     """``"512x256"`` -> (512, 256), (width, height); ``"none"`` or None (not given) -> None;
-    anything else is a one-line CicldError."""
+    anything else is a one-line CicldError. The range is checked where the value is used
+    (:func:`cicld.sizes.check_size`, a config's ``validate``), wherever it came from."""
     from cicld.errors import CicldError
 
     if text is None or text.lower() == "none":
@@ -80,6 +81,4 @@ def parse_size(text: str | None, flag: str, minimum: tuple[int, int] = (1, 1)) -
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise CicldError(f"{flag} must look like WIDTHxHEIGHT (e.g. 512x256) or none, got {text!r}") from None
-    if width < minimum[0] or height < minimum[1]:
-        raise CicldError(f"{flag} {text} is too small; use at least {minimum[0]}x{minimum[1]}")
     return width, height

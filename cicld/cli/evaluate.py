@@ -16,6 +16,7 @@ from cicld.cli._console import console, parse_size, progress_bar, require_writab
 from cicld.data.labels import CLASSES
 from cicld.errors import CicldError
 from cicld.files import atomic_write, writing
+from cicld.sizes import check_size
 
 
 def _scores_table(scores, title: str) -> Table:
@@ -78,6 +79,8 @@ def evaluate(
     # How the model runs comes from its own folder (config.json), never from where it lies.
     if resize is not None:
         size = parse_size(resize, "--resize")
+        if size is not None:
+            check_size(size, "--resize")
     elif dataset == "cityscapes":
         size = model.config.input_size
     else:

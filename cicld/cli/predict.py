@@ -11,7 +11,7 @@ import typer
 from rich.progress import TextColumn
 
 from cicld.cli import app
-from cicld.cli._console import console, parse_size, progress_bar, require_writable_folder
+from cicld.cli._console import console, error_console, parse_size, progress_bar, require_writable_folder
 from cicld.errors import CicldError, PartialFailure
 
 
@@ -19,7 +19,9 @@ from cicld.errors import CicldError, PartialFailure
 def predict(
     paths: list[Path] = typer.Argument(..., help="Input files, folders (recursive) or globs, then the output folder OUT."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model folder or finished run. [default: runs/latest]"),
-    outputs: str = typer.Option("trainids,labelids,color,overlay", help="Which files to write per image (comma-separated)."),
+    outputs: str = typer.Option(
+        "trainIds,labelIds,color,overlay", help="Which files to write per image (comma-separated, in any case)."
+    ),
     height: Optional[int] = typer.Option(None, min=16, help="Run the model at this image height, keeping the aspect ratio. [default: the model's input height, else the image's]"),
     window: Optional[str] = typer.Option(None, help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window. [default: the model's]"),
     overlap: Optional[str] = typer.Option(None, help="Sliding-window overlap WIDTHxHEIGHT. [default: the model's]"),
@@ -36,7 +38,7 @@ def predict(
     import torch
 
     from cicld.evaluation.evaluate import InferenceOptions
-    from cicld.evaluation.predict import check_output_kinds, collect_inputs, predict_files, refuse_existing_outputs
+    from cicld.evaluation.predict import collect_inputs, output_kinds, predict_files, refuse_existing_outputs
     from cicld.models import CICLD
     from cicld.training.locate import resolve_model_dir
 
@@ -59,8 +61,7 @@ def predict(
     win = parse_size(window, "--window")
     over = parse_size(overlap, "--overlap")
     options = InferenceOptions(steps=steps, sliding=True, window=win, overlap=over, window_batch=window_batch)
-    kinds = tuple(k.strip() for k in outputs.split(",") if k.strip())
-    check_output_kinds(kinds)
+    kinds = output_kinds(outputs)
     if not overwrite:
         refuse_existing_outputs(out, entries, kinds)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,7 +79,7 @@ def predict(
             batch_size=batch_size, overwrite=overwrite, on_image=on_image,
         )  # fmt: skip
     console.print(f"{report.images} images segmented into {out} ({len(report.written)} files, {time.perf_counter() - started:.1f} s)")
-    for path, reason in report.failed:
-        console.print(f"[red]failed:[/] {path}: {reason}")
+    for path, reason in report.failed:  # on stderr, above the error line that counts them
+        error_console.print(f"failed: {path}: {reason}", markup=False)
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(entries)} images could not be read (listed above); the others were written")

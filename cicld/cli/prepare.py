@@ -69,7 +69,7 @@ def prepare_data(
             raise CicldError(f"{', '.join(given)} only apply to `prepare-data toy`")
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
         return
-    size_wh = parse_size(size or "256x128", "--size", minimum=(32, 16))
+    size_wh = parse_size(size or "256x128", "--size")
     pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite), generic)
     for folder, dataset in pair.datasets.items():
         _prepare_and_report(root / folder, dataset, workers, on_size_mismatch, verify_images, label=folder)

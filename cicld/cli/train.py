@@ -79,6 +79,12 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
                 raise CicldError("--config gives every setting, so no recipe fills any: drop --recipe (or --config)")
             values = {**read_config_file(config_file, config_class.stage), **values}
         config = make_config(config_class.stage, **values)
+        if resume == "latest" and "source" not in values:
+            # `--resume latest` alone continues the stage's newest resumable run whatever its source,
+            # as the Ctrl-C hint prints it; --source narrows it to that source's runs.
+            from cicld.training.locate import latest_resumable_run
+
+            resume = str(latest_resumable_run(Path(config.runs_root), config.stage))
         _run_stage(train, config, resume)
 
     config_file = inspect.Parameter(
@@ -96,8 +102,9 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
             None,
-            help="continue a run: 'latest' (the newest unfinished run of this stage and source), a run (from its newest "
-            "checkpoint) or a checkpoint folder (from exactly that step; the run's later checkpoints are then replaced)",
+            help="continue a run: 'latest' (the newest unfinished run of this stage that has a checkpoint, of "
+            "--source if given, else of any source), a run (from its newest checkpoint) or a checkpoint folder (from "
+            "exactly that step; the run's later checkpoints are then replaced)",
         ),
         annotation=Optional[str],
     )

@@ -9,6 +9,7 @@ atomically, so an interrupted run leaves only complete files.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +98,19 @@ def output_paths(out: Path, entry: PredictionInput, kinds: tuple[str, ...]) -> d
     return {kind: folder / f"{entry.relative.name}_{OUTPUTS[kind]}.png" for kind in kinds}
 
 
+def output_kinds(text: str) -> tuple[str, ...]:
+    """``--outputs``: comma-separated kinds, in any case (``trainIds`` as the file names spell it,
+    ``trainids``), as the keys of :data:`OUTPUTS`; a one-line error for one that is not a kind."""
+    kinds = tuple(dict.fromkeys(kind.strip().lower() for kind in text.split(",") if kind.strip()))
+    check_output_kinds(kinds)
+    return kinds
+
+
 def check_output_kinds(kinds: tuple[str, ...]) -> None:
     unknown = sorted(set(kinds) - set(OUTPUTS))
     if unknown or not kinds:
-        raise CicldError(f"--outputs must name some of {', '.join(OUTPUTS)}; got {', '.join(kinds) or 'nothing'}")
+        names = ", ".join(OUTPUTS.values())
+        raise CicldError(f"--outputs must name some of {names}; got {', '.join(kinds) or 'nothing'}")
 
 
 def refuse_existing_outputs(out: Path, inputs: list[PredictionInput], kinds: tuple[str, ...]) -> None:
@@ -152,6 +162,7 @@ def predict_files(
 
     def flush() -> None:
         for size, group in _by_size(pending, target_height, model.config.size_divisor).items():
+            _require_room(size, model.config.num_classes, device, group[0][0].path)
             for start in range(0, len(group), batch_size):
                 chunk = group[start : start + batch_size]
                 batch = torch.stack([normalize(resize_image(image, size), mean, std) for _, image in chunk]).to(device)
@@ -176,6 +187,28 @@ def predict_files(
             flush()
     flush()
     return report
+
+
+def _require_room(size: tuple[int, int], num_classes: int, device: torch.device, path: Path) -> None:
+    """Refuse, before the image ``path`` is resized, an inference ``size`` whose class scores alone
+    (float32, the least any run at that size holds) take more than all of ``device``'s memory: it
+    could only fail, after minutes of swapping or allocating."""
+    need, memory = num_classes * 4 * size[0] * size[1], _device_memory(device)
+    if memory is not None and need > memory:
+        raise CicldError(
+            f"{path} would be segmented at {size[0]}x{size[1]}, whose class scores alone take {need / 1e9:,.0f} GB, "
+            f"more than the {memory / 1e9:,.0f} GB of memory of this {device.type}; use a smaller --height"
+        )
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """All the memory of ``device``: a GPU's own, else the machine's; None where the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
 
 
 def _by_size(pending, target_height, divisor) -> dict[tuple[int, int], list]:

@@ -33,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from cicld.errors import CicldError
-from cicld.files import atomic_write, replacing
+from cicld.files import atomic_write, save_tensors
 from cicld.models.autoencoder import BackboneEncoder, LatentDecoder, LatentEncoder, use_batch_norm
 from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
 from cicld.models.config import CICLDConfig
@@ -440,13 +440,12 @@ class CICLD(nn.Module):
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickles) into ``directory``."""
+        """Write ``config.json`` and ``model.safetensors`` (no pickles) into ``directory``, each
+        atomically. A failed write (a full disk) is the system's ``OSError``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        # Write-then-rename: a crash never leaves a half-written file under the final name.
-        with replacing(directory / WEIGHTS_NAME) as temporary:
-            save_file(state, str(temporary), metadata={"format": "pt"})
+        save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
         atomic_write(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
         return directory
 

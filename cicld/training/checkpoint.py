@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from cicld.errors import CicldError
-from cicld.files import atomic_write, is_disk_full, save_tensors
+from cicld.files import atomic_write, disk_space_note, save_tensors, tensor_bytes
 from cicld.models.config import CICLDConfig
 from cicld.models.state import load_state_dict_strict
 from cicld.training.runs import recover_replaced, replace_directory
@@ -166,20 +166,13 @@ def _write_folder(root: Path, final: Path, files: dict) -> None:
 
 
 def _write_error(final: Path, files: dict, exc: OSError) -> CicldError:
-    reason = exc.strerror or str(exc)
-    if is_disk_full(exc):
-        needed = sum(t.numel() * t.element_size() for c in files.values() if _is_tensors(c) for t in c.values())
-        free = shutil.disk_usage(final.parent).free
-        reason += f" (a checkpoint takes about {_megabytes(needed)}; {_megabytes(free)} free)"
-    return CicldError(f"cannot write checkpoint {final}: {reason}")
+    size = tensor_bytes(t for content in files.values() if _is_tensors(content) for t in content.values())
+    space = disk_space_note(exc, "a checkpoint", size, final.parent)
+    return CicldError(f"cannot write checkpoint {final}: {exc.strerror or exc}{space}")
 
 
 def _is_tensors(content: Any) -> bool:
     return isinstance(content, dict) and bool(content) and all(isinstance(v, torch.Tensor) for v in content.values())
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
 
 
 def _everywhere(accelerator, flag: bool) -> bool:

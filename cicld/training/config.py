@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
-from cicld.errors import CicldError
+from cicld.errors import CicldError, with_article
 from cicld.models.config import CICLDConfig, typed_config_value
+from cicld.sizes import check_size
 from cicld.training.runs import RUN_CONFIG, read_json
 
 SOURCES = ("gta5", "synthia", "toy")
@@ -106,7 +107,13 @@ class CommonConfig:
     grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1, low=1)
     max_grad_norm: float | None = _help("clip the gradient norm to this (None: no clipping)", None, positive=True)
     mixed_precision: str = _help("no, fp16 (GPU) or bf16", "no")
-    seed: int = _help("random seed: data order, augmentation, noise and initialisation", 0, low=0)
+    # At most 2**32 - 1, the seeds numpy takes: every generator the run seeds from it can then take its seed.
+    seed: int = _help(
+        "random seed, 0 to 4294967295 (2^32 - 1): data order, augmentation, noise and initialisation",
+        0,
+        low=0,
+        high=2**32 - 1,
+    )
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
     keep_checkpoints: int = _help("how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1)
     log_every: int = _help("write a log row (log.csv and the --report-to trackers) every N steps", 50, low=1)
@@ -118,7 +125,6 @@ class CommonConfig:
         "none",
     )
     runs_root: str = _help("folder of all runs", "runs")
-    init_from: str | None = _help("model folder or run to start from [default: the newest finished previous stage]", None)
 
     def validate(self) -> None:
         def fail(message: str) -> None:
@@ -132,9 +138,12 @@ class CommonConfig:
             fail(f"--report-to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        for name in ("source_resize", "target_resize"):
-            if isinstance(getattr(self, name), str) and getattr(self, name) != PER_DATASET:
-                fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {getattr(self, name)!r}")
+        for name in ("crop", "source_resize", "target_resize"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):  # however it came: a flag, a --config file, a run's config.json
+                check_size(value, "--" + name.replace("_", "-"))
+            elif name != "crop" and isinstance(value, str) and value != PER_DATASET:
+                fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {value!r}")
         check_ranges(self)
 
     # ---------------------------------------------------------------- derived
@@ -199,6 +208,8 @@ class AutoencoderConfig(CommonConfig):
     """``pretrain-ae``: the latent autoencoder on source and target images (paper §3.5, stage 1)."""
 
     stage = "pretrain-ae"
+    # It builds a new model from --preset: no --init-from (saved, always null, by runs before the flag went).
+    retired = ("init_from",)
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
     backbone: str = _help(
         "pretrained image model for E's features: a local folder as transformers' save_pretrained writes it, or a "
@@ -218,8 +229,6 @@ class AutoencoderConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.init_from is not None:
-            raise CicldError("pretrain-ae builds a new model from --preset (E/D from --init-autoencoder); --init-from is for pretrain-ldm and adapt")
         if not self.backbone.strip():
             raise CicldError("--backbone must name a folder or a hub id, or be none")
         if self.backbone != "none" and self.init_autoencoder is not None:
@@ -235,6 +244,9 @@ class SegmentationStageConfig(CommonConfig):
 
     retired = ("preset",)  # saved (and ignored) by runs before the flag was removed here
 
+    init_from: str | None = _help(
+        "model folder or run to start from [default: the newest finished previous stage]", None
+    )
     inter_coder: bool | None = _help(
         "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
     )
@@ -387,11 +399,18 @@ def read_config_file(path: Path, stage: str) -> dict[str, Any]:
     typed; a one-line error for a file that is unreadable, not JSON, not a config of ``stage``, or
     holds a key or value that ``stage`` does not take."""
     try:
+        if Path(path).is_dir():
+            run_config = Path(path) / RUN_CONFIG
+            hint = f"`--config {run_config}`" if run_config.is_file() else f"a run's <run>/{RUN_CONFIG}"
+            raise CicldError(f"{path} is a folder; give the config file itself: {hint}")
         data = read_json(path)
         if not isinstance(data, dict) or "stage" not in data:
             raise CicldError(f"{path} is not a training run's config (it has no \"stage\"; a run's is <run>/{RUN_CONFIG})")
         if data["stage"] != stage:
-            raise CicldError(f"{path} is a {data['stage']} config, not {stage}'s; use `cicld {data['stage']} --config {path}`")
+            other = data["stage"]
+            raise CicldError(
+                f"{path} is {with_article(str(other))} config, not {stage}'s; use `cicld {other} --config {path}`"
+            )
         return STAGE_CONFIGS[stage].typed_values(data)
     except CicldError as exc:
         raise CicldError(f"--config: {exc}") from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cicld.errors import CicldError
+from cicld.errors import CicldError, with_article
 from cicld.models import CONFIG_NAME, WEIGHTS_NAME
 from cicld.training.checkpoint import is_checkpoint, latest_checkpoint, list_checkpoints
 from cicld.training.runs import FINAL, RUN_CONFIG, RUNS_ROOT, STAGES, read_json, read_run_config, stage_runs
@@ -54,10 +54,17 @@ def newest_finished_run(runs_root: Path, stage: str, **match) -> Path | None:
     return None
 
 
-def newest_unfinished_run(runs_root: Path, stage: str, **match) -> Path | None:
-    """The newest run of ``stage`` that has not exported ``final/`` (what ``--resume latest`` continues)."""
+def is_resumable(run_dir: Path) -> bool:
+    """Whether the run ``run_dir`` can be continued: unfinished, with a checkpoint. A run stopped
+    before its first checkpoint (it diverged, was interrupted, or its start failed) cannot."""
+    return not is_finished(run_dir) and latest_checkpoint(run_dir) is not None
+
+
+def newest_resumable_run(runs_root: Path, stage: str, **match) -> Path | None:
+    """The newest resumable run of ``stage`` whose config has the given values (what ``--resume
+    latest`` continues): runs without a checkpoint are skipped, so they never hide an older one."""
     for run in stage_runs(runs_root, stage):
-        if not is_finished(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
+        if is_resumable(run) and all(read_run_config(run).get(k) == v for k, v in match.items()):
             return run
     return None
 
@@ -82,7 +89,7 @@ def find_model(path: Path, what: str = "") -> Path:
     stage = run_stage(path)
     if stage is not None:
         raise CicldError(
-            f"{what}{path} is a {stage} run that has not finished (no {FINAL}/); "
+            f"{what}{path} is {with_article(stage)} run that has not finished (no {FINAL}/); "
             f"finish it with `cicld {stage} --resume {path}`, or name a finished run"
         )
     if (path / CONFIG_NAME).is_file():
@@ -115,15 +122,25 @@ def resolve_init_from(init_from: str | None, runs_root: Path, previous_stage: st
     return run / FINAL
 
 
+def latest_resumable_run(runs_root: Path, stage: str, source: str | None = None) -> Path:
+    """The run ``--resume latest`` names: the newest resumable run of ``stage`` in ``runs_root``, of
+    ``source`` where one is given (``--source``), else of any; a one-line error if there is none."""
+    run = newest_resumable_run(Path(runs_root), stage, **({} if source is None else {"source": source}))
+    if run is None:
+        of_source = "" if source is None else f" for --source {source}"
+        raise CicldError(f"--resume latest: no unfinished {stage} run{of_source} with a checkpoint in {runs_root}/")
+    return run
+
+
 def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tuple[Path, Path]:
-    """The run and the checkpoint that ``--resume`` names: ``latest`` (the newest unfinished run of
+    """The run and the checkpoint that ``--resume`` names: ``latest`` (the newest resumable run of
     ``stage`` and ``source``, its newest checkpoint), a run folder (its newest checkpoint) or one of
     its checkpoint folders (exactly that one)."""
     checkpoint = None
+    if not resume.strip():  # Path("") would be the working folder
+        raise CicldError("--resume needs a run folder, one of its checkpoint folders or latest; it was given nothing")
     if resume == "latest":
-        run_dir = newest_unfinished_run(Path(runs_root), stage, source=source)
-        if run_dir is None:
-            raise CicldError(f"--resume latest: no unfinished {stage} run for --source {source} in {runs_root}/")
+        run_dir = latest_resumable_run(Path(runs_root), stage, source)
     else:
         run_dir = Path(resume)
         if run_dir.exists() and not run_dir.is_dir():
@@ -136,7 +153,7 @@ def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tup
             raise CicldError(f"--resume {resume} is a model folder, not a run; name the run folder it came from, or latest")
     saved = read_run_config(run_dir)
     if saved.get("stage") != stage:
-        raise CicldError(f"{run_dir} is a {saved.get('stage')} run, not {stage}")
+        raise CicldError(f"{run_dir} is {with_article(str(saved.get('stage')))} run, not {stage}")
     if checkpoint is None:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:

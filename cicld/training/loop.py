@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cicld.data.datasets import ValDataset
+from cicld.files import is_disk_full
 from cicld.models import CICLD
 from cicld.training.common import ema_update, validate
 from cicld.training.session import Session, TrainResult
@@ -75,6 +76,10 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
         final = session.export(exported, update_latest=stage.update_latest)
     except KeyboardInterrupt:
         raise session.interrupted() from None
+    except OSError as exc:  # the log, a tracker... on a full disk (checkpoints and final/ say so themselves)
+        if not is_disk_full(exc):
+            raise
+        raise session.write_failed(f"cannot write {exc.filename or session.run_dir}: {exc.strerror}") from None
     finally:
         session.close()
     return TrainResult(session.run_dir, final, scores)

@@ -25,7 +25,6 @@ _SIZES = ("crop", "source_resize", "target_resize")  # WIDTHxHEIGHT options, whe
 #: Where a field behaves per stage in a way its one-line help cannot say (shown after the help).
 STAGE_NOTES: dict[str, str] = {
     "batch_size": "`pretrain-ae` splits it: half source, half target images (at least one of each).",
-    "init_from": "An error for `pretrain-ae`, which builds a new model from `--preset`.",
     "val_every": "`pretrain-ae` does not validate.",
     "val_limit": "`pretrain-ae` does not validate.",
 }

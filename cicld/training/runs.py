@@ -136,6 +136,14 @@ def stage_runs(runs_root: Path, stage: str) -> list[Path]:
     return sorted(runs, key=lambda p: ((p / RUN_CONFIG).stat().st_mtime, p.name), reverse=True)
 
 
+def runs_root_of(run_dir: Path, stage: str) -> Path | None:
+    """The runs folder that the ``stage`` run ``run_dir`` sits in now (``<root>/<stage>/<run>``),
+    wherever it was started (its config's ``runs_root``): a moved or copied run's ``latest`` is
+    the one of the folder it was moved or copied to. None for a run outside a stage folder."""
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent if run_dir.parent.name == stage else None
+
+
 def mark_latest(runs_root: Path, final_dir: Path) -> Path:
     """Point ``runs/latest`` at ``final_dir`` (atomically: a relative symlink renamed into place)."""
     runs_root = Path(runs_root)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,23 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
-from cicld.files import atomic_write
+from cicld.files import atomic_write, disk_space_note, tensor_bytes
 from cicld.models import CICLD, CICLDConfig
 from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from cicld.training.config import TRACKERS, CommonConfig
-from cicld.training.locate import is_model_folder, resolve_init_from, resolve_resume
-from cicld.training.runs import FINAL, RUN_CONFIG, RunLock, mark_latest, new_run_dir, read_run_config, recover_replaced, replace_directory
+from cicld.training.locate import is_model_folder, newest_resumable_run, resolve_init_from, resolve_resume
+from cicld.training.runs import (
+    FINAL,
+    RUN_CONFIG,
+    RUNS_ROOT,
+    RunLock,
+    mark_latest,
+    new_run_dir,
+    read_run_config,
+    recover_replaced,
+    replace_directory,
+    runs_root_of,
+)
 
 
 @dataclass
@@ -155,8 +167,13 @@ class Session:
         self.resume_model_config: CICLDConfig | None = None
         if resume is not None:
             self.run_dir, self.resume_from = resolve_resume(resume, Path(config.runs_root), config.stage, config.source)
-            # The run's saved config wins, so that a resumed run continues exactly the run that was started.
+            # The run's saved config wins, so that a resumed run continues exactly the run that was started;
+            # its values are checked as the flags' are (a hand-edited file may hold any).
             config = type(config).from_dict(read_run_config(self.run_dir))
+            try:
+                config.validate()
+            except CicldError as exc:
+                raise CicldError(f"{self.run_dir / RUN_CONFIG}: {exc}") from None
             self.resume_model_config = checkpoint_model_config(self.resume_from)
         self.config = config
         # A new run's folder is made after its first step: until then the trackers' folder is
@@ -186,22 +203,28 @@ class Session:
 
         Whatever ``new_model`` initialises afresh (pretrain-ae's whole model, a part a switch adds
         such as adapt's 2-class f_dis) is drawn from ``--seed``, not from whatever the process
-        drew before. The config is not changed: ``self.config`` becomes the resolved copy.
+        drew before. The config is not changed: ``self.config`` becomes the resolved copy. A
+        ``--crop`` the model cannot tile is refused here, before anything is created.
         """
         config = self.config
         if self.resume_from is None:
             if previous_stage is not None:
                 init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
                 self.config = config = dataclasses.replace(config, init_from=str(init_from))
-        elif self.resume_model_config is not None:
-            return config, CICLD(self.resume_model_config)
-        elif config.init_from is not None and not is_model_folder(Path(config.init_from)):
-            raise CicldError(
-                f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, so it needs "
-                f"the model the run started from, {config.init_from}, which is no longer there; put that folder back to resume"
-            )
-        torch.manual_seed(config.seed)  # the initial weights of what is new
-        return config, new_model(config)
+        elif self.resume_model_config is None and previous_stage is not None and config.init_from:
+            if not is_model_folder(Path(config.init_from)):
+                raise CicldError(
+                    f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, "
+                    f"so it needs the model the run started from, {config.init_from}, which is no longer there; "
+                    "put that folder back to resume"
+                )
+        if self.resume_model_config is not None:
+            model = CICLD(self.resume_model_config)
+        else:
+            torch.manual_seed(config.seed)  # the initial weights of what is new
+            model = new_model(config)
+        _require_crop_to_fit(model, config.crop)
+        return config, model
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done,
@@ -388,13 +411,18 @@ class Session:
         if step_done % self.config.checkpoint_every == 0 or step_done == self.config.steps:
             self.check_weights(self._training.modules.values(), f"after step {step_done}: not checkpointed")
             model_config = self._model.config if self._model is not None else None
-            save_checkpoint(
-                self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints, model_config
-            )
+            try:
+                save_checkpoint(
+                    self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints,
+                    model_config,
+                )  # fmt: skip
+            except CicldError as exc:  # a failed write (a full disk), its temporary folder removed
+                raise self.write_failed(str(exc)) from None
 
     # ---------------------------------------------------------------- the end
     def export(self, model, update_latest: bool) -> Path:
-        """Write ``final/`` (config.json + safetensors) atomically; optionally point runs/latest at it.
+        """Write ``final/`` (config.json + safetensors) atomically; optionally point ``latest`` of the
+        runs folder the run sits in at it.
         A model with NaN or inf weights is refused (the last line of defence: see check_weights).
 
         The model's inference settings are written into its own config first (``input_size``: the
@@ -403,35 +431,73 @@ class Session:
         self.check_weights([model], "in the model to export: final/ was not written, runs/latest not moved")
         model.config = model.config.replace(input_size=self.config.resolved_target_resize)
         self.accelerator.wait_for_everyone()
-        final = self.run_dir / FINAL
+        final, error = self.run_dir / FINAL, None
         if self.accelerator.is_main_process:
             temporary = self.run_dir / f".{FINAL}.tmp"
             recover_replaced(self.run_dir)  # what a crash in an earlier export left behind
             shutil.rmtree(temporary, ignore_errors=True)
-            model.save_pretrained(temporary)
-            replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
-            if update_latest:
-                mark_latest(Path(self.config.runs_root), final)
-        self.accelerator.wait_for_everyone()
+            try:
+                model.save_pretrained(temporary)
+                replace_directory(temporary, final)  # a loadable final/ at every moment once there was one
+            except OSError as exc:  # a full disk: one line, and no half-written temporary folder left
+                shutil.rmtree(temporary, ignore_errors=True)
+                space = disk_space_note(exc, "the model", tensor_bytes(model.state_dict().values()), self.run_dir)
+                error = self.write_failed(f"cannot write the model to {final}: {exc.strerror or exc}{space}")
+            runs_root = runs_root_of(self.run_dir, self.config.stage)  # not the config's: the run may have moved
+            if error is None and update_latest and runs_root is not None:
+                mark_latest(runs_root, final)
+        if not self._everywhere(torch.tensor(error is None, device=self.accelerator.device)):  # all stop together
+            raise error or CicldError(f"{final} could not be written by the main process")
         return final
 
     def interrupted(self) -> TrainingInterrupted:
         """What to raise on Ctrl-C in the training loop: where the run stopped and how to resume it."""
         stage, done = self.config.stage, self.steps_done
         where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
-        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
-        if last is None:
+        advice = self._resume_advice()
+        if advice is None:
             return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
-        return TrainingInterrupted(
-            f"{stage} interrupted {where}; the last checkpoint is {last}: "
-            f"continue with `cicld {stage} --resume {self.run_dir}` (or --resume latest)"
-        )
+        return TrainingInterrupted(f"{stage} interrupted {where}; {advice}")
+
+    def write_failed(self, message: str) -> CicldError:
+        """``message``, the one line of a write of the run that failed (a full disk), with how to go on."""
+        return CicldError(f"{message}; {self._resume_advice() or 'no checkpoint was written yet: start the run again'}")
+
+    def _resume_advice(self) -> str | None:
+        """``the last checkpoint is CHECKPOINT: continue with `COMMAND```, or None before the first one."""
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        return None if last is None else f"the last checkpoint is {last}: continue with {self._resume_command()}"
+
+    def _resume_command(self) -> str:
+        """The command that continues this run, as it works typed: ``cicld STAGE --resume RUN``, and
+        ``--resume latest`` too (with ``--runs-root`` where the run's folder is not the default)
+        where that names this run, not a newer one."""
+        stage = self.config.stage
+        command = f"`cicld {stage} --resume {shlex.quote(str(self.run_dir))}`"
+        runs_root = runs_root_of(self.run_dir, stage)
+        latest = newest_resumable_run(runs_root, stage) if runs_root is not None else None
+        if latest is not None and latest.resolve() == self.run_dir.resolve():
+            where = "" if runs_root.resolve() == RUNS_ROOT.resolve() else f" --runs-root {shlex.quote(str(runs_root))}"
+            command += f" (or `cicld {stage} --resume latest{where}`)"
+        return command
 
     def close(self) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
         self.accelerator.end_training()
+
+
+def _require_crop_to_fit(model: CICLD, crop: tuple[int, int] | None) -> None:
+    """A line naming ``--crop`` where ``model`` cannot tile it, rather than a tensor shape at the first
+    step. (The config checks a crop's range; its fit needs the model, which only the stage builds.)"""
+    divisor = model.config.size_divisor
+    if crop is not None and (crop[0] % divisor or crop[1] % divisor):
+        width, height = (max(divisor, side // divisor * divisor) for side in crop)
+        raise CicldError(
+            f"--crop {crop[0]}x{crop[1]}: this model needs sides that are multiples of {divisor}, "
+            f"e.g. --crop {width}x{height}"
+        )
 
 
 def truncate_log(path: Path, step: int) -> None:

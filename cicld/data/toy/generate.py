@@ -68,6 +68,7 @@ from cicld.data.prepare import PrepareReport, find_frames, prepare_dataset
 from cicld.data.toy.render import DEFAULT_SIZE, render_frame
 from cicld.errors import DataError
 from cicld.files import atomic_write
+from cicld.sizes import check_size
 
 #: Bumped whenever the rendering changes, so a root made by an older generator is recognised.
 TOY_VERSION = 1
@@ -77,6 +78,8 @@ DEFAULT_NUM_TARGET_TRAIN = 400
 DEFAULT_NUM_TARGET_VAL = 100
 GENERIC_FOLDER = "generic"
 SOURCE_FORMATS = ("gta5", "synthia")
+#: The toy pair is for CPUs: a frame of 4096x4096 already takes some 200 MB to render.
+MAX_TOY_SIDE = 4096
 TRAIN_CITIES = ("toyburg", "toyville")
 VAL_CITY = "toyhaven"
 CITYSCAPES_FRAME = 19  # Cityscapes labels the 20th frame of every 30-frame snippet
@@ -281,8 +284,7 @@ def generate_toy_pair(
     unknown = [f for f in formats if f not in SOURCE_FORMATS]
     if unknown or not formats:
         raise DataError(f"unknown toy source format {', '.join(unknown) or '(none)'}; expected gta5 and/or synthia")
-    if width < 16 or height < 8:
-        raise DataError(f"toy image size {width}x{height} is too small; use at least 16x8")
+    check_size((width, height), "toy image size", low=(16, 8), high=(MAX_TOY_SIDE, MAX_TOY_SIDE), error=DataError)
     if min(num_source, num_target_train, num_target_val, num_generic or 0) < 0 or workers < 1:
         raise DataError("toy frame counts must be >= 0 and workers >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
