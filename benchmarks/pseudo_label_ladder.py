@@ -80,10 +80,10 @@ def swapped_adapt(labels: str, weighting: str, class_weighted_mix: bool, source_
         require_prepared(root, "cityscapes", toy=True)
         return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1)
 
-    def mix(source, target, pseudo, weight, config, generator):
+    def mix(source, target, pseudo, weight, config, generator, class_weight=None):
         pseudo, weight = swap_labels(labels, weighting, pseudo, weight, target["label"])
         if classmix:
-            return shipped_mix(source, target, pseudo, weight, config, generator)
+            return shipped_mix(source, target, pseudo, weight, config, generator, class_weight)
         images = augment_mixed(target["image"], config, generator)
         return images, pseudo, weight
 

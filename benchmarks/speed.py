@@ -49,6 +49,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cicld.models import CICLDConfig  # noqa: E402
+
 
 # ---------------------------------------------------------------------- measurement helpers
 def synchronize(device: str) -> None:
@@ -133,10 +135,42 @@ def peer_logits(model, images):
     return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_cicld(preset: str):
-    from cicld.models import CICLD, CICLDConfig
+#: The pretrained backbones ``--backbones`` can measure, by the hub id whose architecture each
+#: config reproduces (random weights: speed and memory do not depend on the values).
+def backbone_configs() -> dict:
+    from transformers import ConvNextConfig, Dinov2Config, SegformerConfig
 
-    return CICLD(CICLDConfig.preset(preset))
+    return {
+        "facebook/convnext-tiny-224": lambda: ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3]),
+        "facebook/convnext-base-224-22k": lambda: ConvNextConfig(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3]),
+        "facebook/dinov2-small": lambda: Dinov2Config(
+            hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14
+        ),
+        "facebook/dinov2-base": lambda: Dinov2Config(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14
+        ),
+        "nvidia/mit-b5": lambda: SegformerConfig(
+            hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1]
+        ),
+    }
+
+
+BACKBONE_IDS = (
+    "facebook/convnext-tiny-224", "facebook/convnext-base-224-22k", "facebook/dinov2-small", "facebook/dinov2-base", "nvidia/mit-b5"
+)
+
+
+def build_cicld(preset: str, backbone: str | None = None):
+    """CICLD of ``preset``; on the pretrained ``backbone`` (a hub id of :func:`backbone_configs`)
+    if one is named, with random weights."""
+    from cicld.models import CICLD, CICLDConfig
+    from cicld.models.backbone import backbone_config
+
+    config = CICLDConfig.preset(preset)
+    if backbone is not None:
+        recorded = backbone_config(backbone_configs()[backbone]())
+        config = config.replace(backbone=recorded, backbone_source=backbone, backbone_sha256="random weights")
+    return CICLD(config)
 
 
 def make_batch(size: int, device: str, num_classes: int = 19):
@@ -206,13 +240,13 @@ def make_runner(spec: dict, models: dict):
 
     def build():
         torch.manual_seed(0)
-        return (build_peer() if is_peer else build_cicld(spec["preset"])).to(device)
+        return (build_peer() if is_peer else build_cicld(spec["preset"], spec.get("backbone"))).to(device)
 
     if spec["task"] == "train":
         call = (peer_train_step_fn if is_peer else cicld_train_step_fn)(build(), spec["height"], device)
         grad_context = torch.enable_grad
     else:
-        key = (spec["model"], spec["preset"])
+        key = (spec["model"], spec["preset"], spec.get("backbone"))
         if key not in models:
             models[key] = build().eval()
         model = models[key]
@@ -311,7 +345,7 @@ def markdown_table(rows: list[dict], peak: dict[str, float]) -> str:
         achieved = r["gflops"] / r["seconds"]
         size = f"{r['width']}×{r['height']}" if r["task"] == "inference" else f"2+2 × {r['height']}²"
         steps = "" if r["model"] == "segformer-b5" else ("—" if r["task"] == "train" else str(r["steps"]))
-        name = "SegFormer-B5 peer" if r["model"] == "segformer-b5" else f"CICLD {r['preset']}"
+        name = "SegFormer-B5 peer" if r["model"] == "segformer-b5" else cicld_name(r)
         lines.append(
             f"| {r['device']} | {name} | {r['task']} | {size} | {steps} | {r['seconds']:.4g} | {ratio:.2f} | "
             f"{r['memory_mib']:.0f} | {r['gflops']:.0f} | {achieved:.0f} | {100 * achieved / peak[r['device']]:.0f}% |"
@@ -319,8 +353,13 @@ def markdown_table(rows: list[dict], peak: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def cicld_name(r: dict) -> str:
+    backbone = r.get("backbone")
+    return f"CICLD {r['preset']}" + ("" if backbone is None else f" on {backbone.split('/')[-1]}")
+
+
 def row_name(r: dict) -> str:
-    model = "peer" if r["model"] == "segformer-b5" else "CICLD"
+    model = "peer" if r["model"] == "segformer-b5" else cicld_name(r)
     steps = "" if r["task"] == "train" or r["steps"] is None else f" S={r['steps']}"
     return f"{r['device']} {model} {r['task']}{steps}"
 
@@ -334,7 +373,9 @@ def round_ratios(rows: list[dict]) -> list[str]:
         if r["model"] != "segformer-b5" and (r["device"], r["task"]) in peers:
             ratios = [mine / peer for mine, peer in zip(r["all_seconds"], peers[(r["device"], r["task"])])]
             steps = "" if r["task"] == "train" else f" S={r['steps']}"
-            lines.append(f"- × peer per round, {r['device']} {r['task']}{steps}: " + ", ".join(f"{x:.2f}" for x in ratios))
+            lines.append(
+                f"- × peer per round, {r['device']} {cicld_name(r)} {r['task']}{steps}: " + ", ".join(f"{x:.2f}" for x in ratios)
+            )
     return lines
 
 
@@ -350,7 +391,7 @@ def print_rich(rows: list[dict], peak: dict[str, float]) -> None:
         achieved = r["gflops"] / r["seconds"]
         table.add_row(
             r["device"],
-            "SegFormer-B5" if r["model"] == "segformer-b5" else f"CICLD {r['preset']}",
+            "SegFormer-B5" if r["model"] == "segformer-b5" else cicld_name(r),
             r["task"],
             "" if r["model"] == "segformer-b5" or r["task"] == "train" else str(r["steps"]),
             f"{r['seconds']:.4g}",
@@ -366,6 +407,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="base", help="CICLD preset to measure (default: base)")
     parser.add_argument("--steps", default="0,1,2,4,10", help="comma-separated DDIM step counts S")
+    parser.add_argument(
+        "--backbones", default="", help="comma-separated hub ids of pretrained backbones to measure CICLD on as well "
+        "(inference at the model's default S and the training step; random weights): " + ", ".join(BACKBONE_IDS)
+    )
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--train-size", type=int, default=512, help="square training crop")
@@ -394,6 +439,11 @@ def main() -> None:
     if args.quick:
         args.width, args.height, args.train_size, args.steps = 256, 128, 128, "0,1"
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    backbones = [b for b in args.backbones.split(",") if b.strip()]
+    default_steps = CICLDConfig().inference_steps  # the backbone rows run as a model runs by default
+    unknown = [b for b in backbones if b not in BACKBONE_IDS]
+    if unknown:
+        parser.error(f"--backbones: no config for {', '.join(unknown)}; choose from {', '.join(BACKBONE_IDS)}")
     devices = ([] if args.no_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     if not devices:
         parser.error("nothing to measure: --no-cpu without a CUDA device (or with --no-cuda)")
@@ -403,10 +453,12 @@ def main() -> None:
     for device in devices:
         base = {"device": device, "preset": args.preset, "width": args.width, "height": args.height}
         groups = [[{**base, "model": "segformer-b5", "task": "inference", "steps": None}]
-                  + [{**base, "model": "cicld", "task": "inference", "steps": s} for s in steps]]
+                  + [{**base, "model": "cicld", "task": "inference", "steps": s} for s in steps]
+                  + [{**base, "model": "cicld", "task": "inference", "steps": default_steps, "backbone": b} for b in backbones]]
         if not args.no_train:
             train = {**base, "task": "train", "width": args.train_size, "height": args.train_size, "steps": None}
-            groups.append([{**train, "model": "segformer-b5"}, {**train, "model": "cicld"}])
+            groups.append([{**train, "model": "segformer-b5"}, {**train, "model": "cicld"}]
+                          + [{**train, "model": "cicld", "backbone": b} for b in backbones])
         for specs in groups:
             for spec in specs:
                 print(f"profiling {spec['model']} {spec['task']} on {device}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import colorsys
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,22 @@ def test_class_mix_mixes_pixel_weights_like_labels():
     mixed = uda.class_mix(mask, np.ones((4, 4), np.float32), np.full((4, 4), 0.25, np.float32))
     assert mixed.dtype == np.float32
     assert (mixed[mask] == 1.0).all() and (mixed[~mask] == 0.25).all()
+
+
+def test_mix_weighs_pasted_pixels_by_their_source_class_and_target_pixels_by_the_pseudo_label_weight():
+    source_label = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]])
+    batch = {"image": torch.zeros(1, 3, 2, 4), "label": source_label}
+    target = {"image": torch.ones(1, 3, 2, 4)}
+    pseudo, weight = torch.full((1, 2, 4), 5), torch.full((1, 2, 4), 0.25)
+    config = types.SimpleNamespace(mix_jitter_p=0.0, mix_blur_p=0.0)
+    class_weight = torch.tensor([0.5, 2.0, 4.0])
+    for weights in (None, class_weight):
+        _, labels, mixed = uda.mix(batch, target, pseudo, weight, config, torch.Generator().manual_seed(0), weights)
+        pasted = labels != 5
+        expected = torch.ones_like(mixed) if weights is None else class_weight[source_label.clamp(0, 2)]
+        assert pasted.any() and (~pasted).any()
+        assert torch.equal(mixed[pasted], expected[pasted])
+        assert (mixed[~pasted] == 0.25).all()
 
 
 def test_classmix_batched_draws_one_mask_per_image_and_mixes_batches():

@@ -86,7 +86,7 @@ def build(session: Session) -> Stage:
         target = next(target_stream)
         generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + micro_step * world + rank)
         pseudo, weight = pseudo_label(ema_model, target["image"], config, generator)
-        mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator)
+        mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator, class_weight)
         # One forward pass of source, mixed and target images; the objective returns the losses.
         return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
 

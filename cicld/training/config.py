@@ -336,7 +336,9 @@ def toy_recipe(stage: str) -> dict[str, Any]:
     Whole images rather than crops and class-weighted cross-entropy: on the toy pair these two
     are worth about 8 mIoU each (``benchmarks/learning_ladder.py``, docs/benchmarks.md). Images
     as they are (no resizing), also where ``--source synthia`` reads a toy pair written in SYNTHIA's
-    format, whose dataset size (1280×760) would upsample 256×128 frames fivefold.
+    format, whose dataset size (1280×760) would upsample 256×128 frames fivefold. A pretrained
+    backbone (``--backbone``) at a tenth of the recipe's high learning rate, and no feature
+    distance: on the toy pair it did not help (docs/benchmarks.md, ninth round).
     """
     common = dict(
         preset="small",
@@ -352,6 +354,8 @@ def toy_recipe(stage: str) -> dict[str, Any]:
         log_every=10,
         val_every=0,
         rcs_min_pixels=50,
+        backbone_lr_mult=0.1,
+        feature_distance=0.0,
     )
     per_stage = {
         # 64×64 crops: the autoencoder learns local appearance, at an eighth of a whole image's cost.

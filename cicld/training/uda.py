@@ -45,15 +45,31 @@ def pseudo_label(ema_model, images: torch.Tensor, config, generator: torch.Gener
 
 
 @torch.no_grad()
-def mix(source: dict, target: dict, pseudo: torch.Tensor, weight: torch.Tensor, config, generator: torch.Generator):
+def mix(
+    source: dict,
+    target: dict,
+    pseudo: torch.Tensor,
+    weight: torch.Tensor,
+    config,
+    generator: torch.Generator,
+    class_weight: torch.Tensor | None = None,
+):
     """ClassMix: paste half of the classes of each ``source`` image onto its ``target`` image
     (images, labels: the source's where pasted, the ``pseudo``-labels elsewhere; pixel weights:
-    1 where pasted, ``weight`` elsewhere), then colour jitter and blur the mixed images with the
-    ``--mix-jitter-p`` and ``--mix-blur-p`` of the adapt ``config``. Returns (images, labels, weights)."""
+    the ``weight`` of the pseudo-labels elsewhere, and where pasted 1, or with ``class_weight``
+    (``--class-weights``) the weight of the pixel's source class, as the source loss weighs it),
+    then colour jitter and blur the mixed images with the ``--mix-jitter-p`` and ``--mix-blur-p``
+    of the adapt ``config``. Returns (images, labels, weights).
+
+    Class weights go to the pasted pixels only: their labels are the source's own, while a class
+    weight on a wrong pseudo-label would multiply the error (docs/benchmarks.md, ninth round)."""
     masks = classmix_masks(source["label"], generator)
     images = class_mix(masks, source["image"], target["image"])
     labels = class_mix(masks, source["label"], pseudo)
-    weights = class_mix(masks, torch.ones_like(weight), weight)
+    pasted = torch.ones_like(weight)
+    if class_weight is not None:
+        pasted = class_weight.to(weight)[source["label"].long().clamp(0, len(class_weight) - 1)]
+    weights = class_mix(masks, pasted, weight)
     return augment_mixed(images, config, generator), labels, weights
 
 
