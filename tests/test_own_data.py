@@ -131,6 +131,19 @@ def test_preparing_a_pairs_folder_resumes_and_refuses_another_class_list(cli, tm
     )
 
 
+def test_a_pairs_label_not_the_size_of_its_image_is_resized_or_its_frame_left_out(tmp_path):
+    from cicld.data.prepare import SizeMismatchPolicy
+
+    root = write_pairs(tmp_path / "mine", [(32, 16), (32, 16)])
+    Image.fromarray(scene_values(16, 8, seed=1)).save(root / "labels" / "frame1.png")  # half its image's size
+    skipped = prepare_dataset(find_frames(root, "pairs", CLASSES), policy=SizeMismatchPolicy.skip)
+    assert (skipped.converted, skipped.mismatch_skipped) == (1, 1)
+    assert json.loads((root / "skipped_frames.json").read_text()) == ["frame1"]
+    resized = prepare_dataset(find_frames(root, "pairs", CLASSES))
+    assert (resized.converted, resized.size_mismatched) == (1, 1)
+    assert read_image(root / "labels" / "frame1_labelTrainIds.png").shape == (16, 32)
+
+
 # ---------------------------------------------------------------- a folder of photos as the target
 def test_any_folder_of_photos_is_a_target_whatever_its_subfolders_formats_colours_and_sizes(tmp_path):
     photos = write_photos(tmp_path / "photos")
@@ -140,6 +153,16 @@ def test_any_folder_of_photos_is_a_target_whatever_its_subfolders_formats_colour
     for index in range(len(target)):
         assert target[index]["image"].shape == (3, 32, 32)
     target.require_batchable()  # resized: batches stack
+
+
+def test_a_target_folder_is_told_apart_by_what_is_there_and_a_pairs_target_gives_every_image(toy_root, tmp_path):
+    from cicld.data.layouts import target_layout
+
+    root = write_pairs(tmp_path / "mine", [(32, 16)] * 3)
+    (root / "labels" / "frame2.png").unlink()  # a target's images need no label
+    assert [s.name for s in TargetDataset(root, layout="pairs").samples] == ["frame1", "frame2", "sub/frame0"]
+    assert target_layout(root) == "pairs" and target_layout(root / "images") == "images"
+    assert target_layout(toy_root / "cityscapes") == "cityscapes"
 
 
 def test_whole_images_of_mixed_sizes_are_one_line_asking_for_a_resize_or_a_crop(cli, tmp_path):
@@ -207,14 +230,16 @@ def test_your_classes_go_from_prepare_data_through_adapt_to_predictions_in_their
     unvalidated = cli("adapt", *own.flags(runs))
     assert unvalidated.exit_code == 0, unvalidated.stderr
     assert (
-        " ".join(unvalidated.stdout.split()).count(f"note: not validated: the target {own.photos} has no labelled") == 1
+        " ".join(unvalidated.stdout.split()).count(f"note: not validated: no labelled frames of the target {own.photos}")
+        == 1
     )
     validated = cli("adapt", *own.flags(runs), "--val-root", own.val, "--classes", own.classes)
     assert validated.exit_code == 0, validated.stderr
     assert "target val mIoU " in validated.stdout and "not validated" not in validated.stdout
 
-    run = stage_runs(runs, "adapt")[0]  # the newest: validated on data/mine-val
-    assert json.loads((run / "config.json").read_text())["classes"] == CLASSES.to_dict()
+    run, unvalidated_run = stage_runs(runs, "adapt")  # newest first: validated on data/mine-val, with --classes
+    for recorded in (run, unvalidated_run):  # the class list itself, given or read from the prepared source
+        assert json.loads((recorded / "config.json").read_text())["classes"] == CLASSES.to_dict()
     model = tmp_path / "model"  # the model folder alone, away from its run
     shutil.copytree(run / "final", model)
     saved = json.loads((model / "config.json").read_text())

@@ -164,9 +164,11 @@ def _pair_by_stem(root: Path, dataset: str, image_dir: Path, label_dir: Path) ->
     return _paired(images, labels)
 
 
-def _paired(images: dict[str, Path], labels: dict[str, Path]) -> Listing:
-    """The frames of ``images`` and ``labels`` that share a name, and the files without a partner."""
-    samples = [Sample(stem, images[stem], labels[stem]) for stem in sorted(images.keys() & labels.keys())]
+def _paired(images: dict[str, Path], labels: dict[str, Path], unlabelled: bool = False) -> Listing:
+    """The frames of ``images`` and ``labels`` that share a name (``unlabelled``: every image, its
+    label None where it has none, as Cityscapes' are listed), and the files without a partner."""
+    names = images.keys() if unlabelled else images.keys() & labels.keys()
+    samples = [Sample(stem, images[stem], labels.get(stem)) for stem in sorted(names)]
     return Listing(
         samples,
         images_without_label=[images[s] for s in sorted(images.keys() - labels.keys())],
@@ -205,7 +207,7 @@ def _list_pairs(root: Path) -> Listing:
     labels = _by_relative_stem(root, label_dir, _images_below(label_dir, {".png", ".jpg", ".jpeg"}))
     if not images:
         raise DataError(f"{root} is not a pairs dataset: images/ has no images")
-    return _paired(images, labels)
+    return _paired(images, labels, unlabelled=True)  # a target's images need no label
 
 
 def _list_images(root: Path) -> Listing:

@@ -108,8 +108,8 @@ def val_dataset(config: CommonConfig) -> ValDataset | None:
 def unvalidated_note(config: CommonConfig) -> str:
     """What a segmentation stage says, once, when it has nothing to validate on."""
     return (
-        f"not validated: the target {config.resolved_target_root} has no labelled frames, so the model was trained "
-        "and exported without val scores; give --val-root (a prepared pairs folder) to score it"
+        f"not validated: no labelled frames of the target {config.resolved_target_root} to score on, so the model "
+        "was trained and exported without val scores; --val-root names some (a prepared pairs folder)"
     )
 
 

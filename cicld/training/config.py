@@ -96,9 +96,9 @@ class CommonConfig:
     # The class list itself (ClassList's JSON), read from the file --classes names, so that a run's
     # config.json holds its classes. None: the labelled data's own.
     classes: dict[str, Any] | None = _help(
-        "class list file (JSON: each class's name, colour and raw label values; docs/own-data.md), which the labelled "
-        "data must have been prepared with; recorded in the run and its model [default: the labelled data's own: "
-        "Cityscapes' 19 classes, or the list a pairs folder was prepared with]",
+        "class list file (JSON: each class's name, colour and raw label values; docs/own-data.md): the labelled data's "
+        "classes by name, in order, with the colours and values the model is to use; recorded in the run and its model "
+        "[default: the labelled data's own: Cityscapes' 19 classes, or the list a pairs folder was prepared with]",
         None,
     )
     steps: int = _help("optimizer steps", 40000, low=1)
