@@ -388,6 +388,7 @@ def test_val_without_prepared_labels_is_a_data_error_with_the_hint(tmp_path):
         ValDataset(root)
 
 
-def test_default_sizes_are_the_daformer_recipe():
-    assert DEFAULT_RESIZE == {"gta5": (1280, 720), "synthia": (1280, 760), "cityscapes": (1024, 512)}
+def test_default_sizes_are_the_daformer_recipe_and_a_users_own_frames_get_the_targets():
+    daformer = {"gta5": (1280, 720), "synthia": (1280, 760), "cityscapes": (1024, 512)}
+    assert DEFAULT_RESIZE == {**daformer, "pairs": (1024, 512), "images": (1024, 512)}
     assert DEFAULT_CROP == (512, 512)

@@ -226,3 +226,39 @@ def test_examples_readme_names_every_example():
     readme = (EXAMPLES / "README.md").read_text()
     unnamed = [p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh") and p.name not in readme]
     assert not unnamed, f"examples/README.md does not mention {', '.join(unnamed)}"
+
+
+# ---------------------------------------------------------------- docs/own-data.md, run as written
+@pytest.mark.slow
+def test_the_own_data_walkthrough_runs_as_written_from_a_folder_of_photos_to_predictions(
+    tmp_path, monkeypatch, single_thread
+):
+    import json
+
+    from cicld.cli import main
+    from cicld.data.pngio import read_image
+
+    from _fixtures_own import FIVE_CLASSES, write_class_list, write_pairs, write_photos
+
+    page = REPO / "docs" / "own-data.md"
+    class_list = json.loads(re.search(r"```json\n(.*?)```", page.read_text(), re.S).group(1))
+    assert class_list == FIVE_CLASSES  # the page's class list is the one the data below is labelled with
+    monkeypatch.chdir(tmp_path)
+    write_class_list(Path("classes.json"), class_list)
+    write_pairs(Path("data/mine"), [(96, 48), (128, 64), (80, 60), (100, 50), (64, 64)])
+    write_pairs(Path("data/mine-val"), [(96, 48), (120, 60)], seed=50)
+    photos = write_photos(Path("photos"))
+
+    commands = shown_commands(page)
+    stages = ["prepare-data", "prepare-data", "pretrain-ae", "pretrain-ldm", "adapt", "evaluate", "predict"]
+    assert [c.words[0] for c in commands] == stages
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(command.words))
+        assert exit_info.value.code == 0, f"{command.where}: cicld {' '.join(command.words)}"
+    classes = json.loads((Path("runs/latest") / "config.json").read_text())["classes"]
+    assert classes["classes"] == FIVE_CLASSES["classes"]
+    colours = {tuple(c["color"]) for c in classes["classes"]}
+    for photo in photos:
+        color = read_image(Path("predictions") / f"{photo.relative_to('photos').with_suffix('').as_posix()}_color.png")
+        assert {tuple(c) for c in color.reshape(-1, 3)} <= colours

@@ -573,6 +573,7 @@ def test_loading_weights_into_a_different_architecture_names_the_mismatched_keys
     tiny().save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["num_classes"] = 7
+    config["classes"] = {"classes": [{"name": f"class {i}", "color": [i, i, i]} for i in range(7)]}
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(CicldError, match=r"shape mismatches: decoder.f_cls.classifier.weight \(19, 32, 1, 1\) vs \(7, 32, 1, 1\)"):
         CICLD.from_pretrained(tmp_path)

@@ -1098,15 +1098,33 @@ def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(to
     assert per_domain == [3]  # 6 images a step: 3 source + 3 target
 
 
-def test_oracle_is_refused_on_real_data(cli, toy_root, tmp_path):
-    result = cli("adapt", "--source", "gta5", "--method", "oracle")
-    assert result.exit_code == 2 and "only the toy pair" in result.stderr
-    # Prepared Cityscapes-format data that no toy pair wrote is refused too, before any training.
-    real = tmp_path / "real" / "cityscapes"
+def test_oracle_trains_on_a_prepared_cityscapes_target_that_no_toy_pair_wrote_and_says_it_is_a_reference(
+    cli, toy_root, pretrained_runs, tmp_path
+):
+    from cicld.data.toy import is_toy_target
+
+    real = tmp_path / "real" / "cityscapes"  # prepared Cityscapes-format data, with no toy pair around it
     shutil.copytree(toy_root / "cityscapes", real)
-    result = cli("adapt", "--source", "toy", "--target-root", real, "--method", "oracle", "--runs-root", tmp_path / "runs")
-    assert result.exit_code == 2 and "only the toy pair" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not is_toy_target(real)
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    flags = [str(f) for f in stage_flags(toy_root, runs)]
+    flags[flags.index("--target-root") + 1] = str(real)
+    result = cli("adapt", *flags, "--method", "oracle")
+    assert result.exit_code == 0, result.stderr
+    assert f"--method oracle trained on the target's own labels ({real}): a reference, not adaptation" in " ".join(
+        result.stdout.split()
+    )
+    (run,) = stage_runs(runs, "adapt")
+    assert json.loads((run / "config.json").read_text())["method"] == "oracle"
+
+
+def test_oracle_on_a_target_without_labels_is_one_line_before_anything_is_created(cli, toy_root, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(toy_root / "cityscapes" / "leftImg8bit", photos)  # images alone: no labels to train on
+    result = cli("adapt", *stage_flags(toy_root, tmp_path / "runs"), "--target-root", photos, "--method", "oracle")
+    assert result.exit_code == 2 and "--method oracle trains on the target's own labels" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_included(

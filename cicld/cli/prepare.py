@@ -1,4 +1,4 @@
-"""``cicld prepare-data {gta5,synthia,cityscapes,toy} [ROOT]``."""
+"""``cicld prepare-data {gta5,synthia,cityscapes,pairs,toy} [ROOT]``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cicld.cli import app
 from cicld.cli._console import console, human_count, parse_size, progress_bar
-from cicld.data.labels import CLASSES
+from cicld.data.labels import ClassList
 from cicld.data.layouts import default_root
 from cicld.data.prepare import PrepareReport, SizeMismatchPolicy, find_frames, prepare_dataset
 from cicld.errors import CicldError, DataError
@@ -25,6 +26,7 @@ class DatasetChoice(str, Enum):
     gta5 = "gta5"
     synthia = "synthia"
     cityscapes = "cityscapes"
+    pairs = "pairs"
     toy = "toy"
 
 
@@ -36,8 +38,16 @@ class SourceFormat(str, Enum):
 
 @app.command("prepare-data")
 def prepare_data(
-    dataset: DatasetChoice = typer.Argument(..., help="Which dataset ROOT holds (toy: generate the toy domain pair there)."),
+    dataset: DatasetChoice = typer.Argument(
+        ...,
+        help="Which dataset ROOT holds (pairs: your own images/ and labels/; toy: generate the toy domain pair there).",
+    ),
     root: Optional[Path] = typer.Argument(None, help="Dataset folder. [default: data/<dataset>]"),
+    classes: Optional[Path] = typer.Option(
+        None,
+        help="pairs only: the class list, a JSON file of each class's name, colour and label values "
+        "(docs/own-data.md).",
+    ),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Worker processes."),
     on_size_mismatch: SizeMismatchPolicy = typer.Option(
         SizeMismatchPolicy.resize, help="A label not the size of its image: resize it (nearest) or skip the frame."
@@ -58,16 +68,22 @@ def prepare_data(
     """Convert raw labels to trainIds and class stats (idempotent, resumable); or generate the toy pair.
 
     Examples: `cicld prepare-data gta5`, `cicld prepare-data cityscapes /data/cityscapes -j 8`,
+    `cicld prepare-data pairs data/mine --classes classes.json` (your own labelled frames),
     `cicld prepare-data toy` (writes data/toy/gta5 and data/toy/cityscapes, already prepared),
     `cicld prepare-data toy --generic 2000` (adds data/toy/generic, a pre-training set).
     """
     root = root if root is not None else default_root(dataset.value)
     toy_options = {"--seed": seed, "--size": size, "--source-format": source_format, "--overwrite": overwrite, "--generic": generic}
+    if classes is not None and dataset is not DatasetChoice.pairs:
+        raise CicldError("--classes only applies to `prepare-data pairs`; the other datasets have Cityscapes' classes")
+    if dataset is DatasetChoice.pairs and classes is None:
+        raise CicldError("`prepare-data pairs` needs the class list: --classes FILE (docs/own-data.md)")
     if dataset is not DatasetChoice.toy:
         given = [flag for flag, value in toy_options.items() if value is not None]
         if given:
             raise CicldError(f"{', '.join(given)} only apply to `prepare-data toy`")
-        _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images)
+        class_list = ClassList.read(classes) if classes is not None else None
+        _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images, classes=class_list)
         return
     size_wh = parse_size(size or "256x128", "--size")
     pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite), generic)
@@ -106,11 +122,18 @@ def _generate_toy(
 
 
 def _prepare_and_report(
-    root: Path, dataset: str, workers: int, policy: SizeMismatchPolicy, verify_images: bool, label: str | None = None
+    root: Path,
+    dataset: str,
+    workers: int,
+    policy: SizeMismatchPolicy,
+    verify_images: bool,
+    label: str | None = None,
+    classes: ClassList | None = None,
 ) -> None:
-    """Prepare ``root`` (a ``dataset``-format folder, shown as ``label``, default ``dataset``)."""
+    """Prepare ``root`` (a ``dataset``-format folder, shown as ``label``, default ``dataset``; a
+    pairs folder through its ``classes``)."""
     label = label or dataset
-    frames = find_frames(root, dataset)
+    frames = find_frames(root, dataset, classes)
     with progress_bar() as progress:
         task = progress.add_task(f"preparing {label}", total=len(frames.samples))
         report = prepare_dataset(
@@ -156,8 +179,9 @@ def _class_share_table(report: PrepareReport) -> Table:
     table.add_column("share", justify="right")
     table.add_column("")
     total = max(int(report.class_pixels.sum()), 1)
-    for class_id in sorted(range(len(CLASSES)), key=lambda c: -report.class_pixels[c]):
+    names = report.classes.names
+    for class_id in sorted(range(len(names)), key=lambda c: -report.class_pixels[c]):
         share = report.class_pixels[class_id] / total
         if share > 0:
-            table.add_row(CLASSES[class_id], f"{100 * share:.2f}%", "█" * max(1, round(40 * share)))
+            table.add_row(Text(names[class_id]), f"{100 * share:.2f}%", "█" * max(1, round(40 * share)))
     return table

@@ -36,10 +36,11 @@ def _flag(name: str) -> str:
 
 
 def _option_type(annotation) -> type:
-    """The CLI type of a config field: sizes are typed as WIDTHxHEIGHT strings."""
+    """The CLI type of a config field: sizes are typed as WIDTHxHEIGHT strings, the class list as
+    the name of its file."""
     options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     kind = typing.get_origin(options[0]) or options[0]
-    return str if kind is tuple else kind
+    return str if kind in (tuple, dict) else kind
 
 
 def _config_parameters(config_class: type[CommonConfig]) -> list[inspect.Parameter]:
@@ -74,6 +75,10 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         for key in ("crop", "source_resize", "target_resize"):
             if key in values:
                 values[key] = parse_size(values[key], _flag(key))
+        if "classes" in values:  # the run's config records the list itself, not where it was read
+            from cicld.data.labels import ClassList
+
+            values["classes"] = ClassList.read(values["classes"]).to_dict()
         if config_file is not None:
             if "recipe" in values:
                 raise CicldError("--config gives every setting, so no recipe fills any: drop --recipe (or --config)")
@@ -139,8 +144,11 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
         if first:
             progress.stop()
     console.print(f"[bold]{config.stage}[/] finished in {time.perf_counter() - started:.0f} s: run {result.run_dir}")
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
     if result.scores is not None:
-        console.print(f"target val mIoU19 {100 * result.scores.miou19:.2f} (model: {result.final})")
+        name, value = next(iter(result.scores.means().items()))
+        console.print(f"target val {name} {100 * value:.2f} (model: {result.final})")
     else:
         console.print(f"model: {result.final}")
 
@@ -175,5 +183,6 @@ _register(
     _lazy("cicld.training.adapt", "adapt"),
     "Stage 3: unsupervised domain adaptation (EMA pseudo-labels, ClassMix, 3-class adversarial).\n\n"
     "Example: `cicld adapt --source synthia`. Starts from the newest finished pretrain-ldm run of the\n"
-    "same --source; `--method source-only` and `--method oracle` (toy only) give the bounds.",
+    "same --source; `--method source-only` and `--method oracle` (on the target's own labels) give the bounds.\n\n"
+    "Your own data: `cicld adapt --source pairs --source-root data/mine --target-root photos/` (docs/own-data.md).",
 )

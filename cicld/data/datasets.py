@@ -1,16 +1,19 @@
-"""Torch datasets over *prepared* GTA5, SYNTHIA and Cityscapes folders.
+"""Torch datasets over *prepared* GTA5, SYNTHIA, Cityscapes and pairs folders, and folders of images.
 
 * :class:`SourceDataset` — labelled frames for supervised training (resize, mmseg ``RandomCrop``
   with ``cat_max_ratio``, flip, normalise, pad), optionally drawn by rare-class sampling.
-* :class:`TargetDataset` — unlabelled Cityscapes-format images for adaptation. It never opens
-  a label file: that is the UDA rule, and its crops are uniform (DAFormer's target pipeline
-  runs ``cat_max_ratio`` on the target's ground truth, which leaks labels; not here).
+* :class:`TargetDataset` — unlabelled images for adaptation: a Cityscapes-format folder's, a
+  pairs folder's or any folder of images. It never opens a label file: that is the UDA rule,
+  and its crops are uniform (DAFormer's target pipeline runs ``cat_max_ratio`` on the target's
+  ground truth, which leaks labels; not here).
 * :class:`ValDataset` — resized images with labels at their full original resolution, since
   evaluation compares at label resolution.
 
 Items are dicts of tensors: ``image`` float32 ``(3, h, w)`` normalised with the ImageNet
 mean/std (:mod:`cicld.data.transforms`), ``label`` int64 ``(h, w)`` trainIds with 255 = ignore,
-``name`` the frame id of :func:`~cicld.data.layouts.list_samples`.
+``name`` the frame id of :func:`~cicld.data.layouts.list_samples`. The labelled datasets name
+their classes (``classes``, a :class:`~cicld.data.labels.ClassList`: Cityscapes' 19, or the list a
+pairs folder was prepared with).
 
 Determinism: every random choice of item ``i`` comes from its own generator, seeded by
 ``(seed, epoch, i)`` (:func:`item_rng`), never from a global RNG. An item is thus a pure function
@@ -24,7 +27,8 @@ seeds the draw, so items differ across indices and workers never repeat one anot
 When an image is smaller than the crop (toy data, odd sizes), the crop takes the whole side
 and the result is padded at the bottom/right to the crop size — image with 0 (after
 normalisation, i.e. the mean colour) and label with 255 — exactly mmseg's ``Pad`` after
-``Normalize``. Batches therefore always stack.
+``Normalize``. Batches therefore always stack, but for whole images (no resize, no crop) of
+different sizes, which :meth:`require_batchable` refuses in one line.
 """
 
 from __future__ import annotations
@@ -39,15 +43,27 @@ from torch.utils.data import Dataset
 
 from cicld.data import transforms as T
 from cicld.data.labels import IGNORE_INDEX
-from cicld.data.layouts import DATASETS, SKIPPED_FRAMES_FILE, Sample, list_samples
-from cicld.data.pngio import read_image
+from cicld.data.layouts import (
+    DATASETS,
+    IMAGES,
+    SKIPPED_FRAMES_FILE,
+    Sample,
+    dataset_classes,
+    list_samples,
+    prepare_command,
+)
+from cicld.data.pngio import image_size, read_image
 from cicld.data.sampling import RareClassSampler
 from cicld.errors import DataError
 
 Size = tuple[int, int]  # (width, height)
 
-#: DAFormer/HRDA/MIC training resolutions, ``(width, height)``.
-DEFAULT_RESIZE: dict[str, Size] = {"gta5": (1280, 720), "synthia": (1280, 760), "cityscapes": (1024, 512)}
+#: DAFormer/HRDA/MIC training resolutions, ``(width, height)``; a user's own frames (pairs, a
+#: folder of images) get the Cityscapes target's.
+DEFAULT_RESIZE: dict[str, Size] = {
+    "gta5": (1280, 720), "synthia": (1280, 760), "cityscapes": (1024, 512),
+    "pairs": (1024, 512), IMAGES: (1024, 512),
+}  # fmt: skip
 #: Training crop, ``(width, height)``.
 DEFAULT_CROP: Size = (512, 512)
 #: DAFormer's re-crop rule: a class may fill at most this share of a crop's labelled pixels.
@@ -71,7 +87,7 @@ def _check_size(value, what: str) -> Size | None:
 
 
 def _prepare_hint(dataset: str, root: Path) -> str:
-    return f"run `cicld prepare-data {dataset} {root}` first"
+    return f"run {prepare_command(dataset, root)} first"
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -140,7 +156,7 @@ class _FrameDataset(Dataset):
     """Shared resize/epoch handling."""
 
     def __init__(self, root, dataset: str, resize, keep_ratio: bool, seed: int):
-        if dataset not in DATASETS:
+        if dataset not in (*DATASETS, IMAGES):
             raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
         self.root = Path(root)
         self.dataset = dataset
@@ -167,6 +183,23 @@ class _FrameDataset(Dataset):
     def _resize_image(self, image: np.ndarray) -> np.ndarray:
         size = self._target_size(image)
         return image if size is None else T.resize_image(image, size)
+
+    def require_batchable(self) -> None:
+        """Whole images (no resize, no crop) are batched as they are, so they must share one size:
+        one line naming two that differ, rather than a tensor error at the first batch (called
+        where batches of several images are made)."""
+        if self.resize is not None or getattr(self, "crop", None) is not None:
+            return
+        sizes: dict[tuple[int, int], Path] = {}
+        for sample in self.samples:
+            sizes.setdefault(image_size(sample.image), sample.image)
+            if len(sizes) > 1:
+                ((w1, h1), a), ((w2, h2), b) = sizes.items()
+                raise DataError(
+                    f"the images of {self.root} differ in size ({a}: {w1}x{h1}, {b}: {w2}x{h2}), so whole "
+                    "images cannot be batched: resize them (--source-resize/--target-resize WIDTHxHEIGHT) or crop them "
+                    "(--crop)"
+                )
 
 
 class SourceDataset(_FrameDataset):
@@ -208,6 +241,7 @@ class SourceDataset(_FrameDataset):
             raise ValueError(f"zoom_max must be at least 1 (1: no zoom), got {zoom_max}")
         self.zoom_max = float(zoom_max)
         self.samples = _labelled(list_samples(self.root, dataset, split).samples, dataset, self.root, split)
+        self.classes = dataset_classes(self.root, dataset)
         self.rcs = rare_class_sampling
         self._rcs_index: dict[str, int] = {}
         if self.rcs is not None:
@@ -278,16 +312,20 @@ class SourceDataset(_FrameDataset):
 
 
 class TargetDataset(_FrameDataset):
-    """Unlabelled Cityscapes-format images of ``split``: resize → uniform crop → flip → normalise → pad.
+    """Unlabelled images: resize → uniform crop → flip → normalise → pad.
 
-    Only image files are ever opened (the folder listing may see ``gtFine`` names; no label file
-    is read), so a target copy without — or with broken — labels works the same.
+    ``layout`` is where they are (:func:`~cicld.data.layouts.target_layout`): a Cityscapes-format
+    folder (its ``split``), a pairs folder (its ``images/``) or a folder of images (every image
+    below it: PNG or JPEG, grey or colour, any sizes, read as RGB). Only image files are ever
+    opened (the folder listing may see label names; no label file is read), so a target copy
+    without — or with broken — labels works the same.
     """
 
     def __init__(
         self,
         root,
         *,
+        layout: str = "cityscapes",
         split: str = "train",
         resize: Size | None = None,
         crop: Size | None = None,
@@ -295,11 +333,11 @@ class TargetDataset(_FrameDataset):
         seed: int = 0,
         keep_ratio: bool = False,
     ):
-        super().__init__(root, "cityscapes", resize, keep_ratio, seed)
+        super().__init__(root, layout, resize, keep_ratio, seed)
         self.split = split
         self.crop = _check_size(crop, "crop")
         self.flip_p = float(flip_p)
-        self.samples = list_samples(self.root, "cityscapes", split).samples
+        self.samples = list_samples(self.root, layout, split).samples
 
     def __getitem__(self, index: int) -> dict:
         rng = item_rng(self.seed, self.epoch, index)
@@ -345,6 +383,7 @@ class ValDataset(_FrameDataset):
                 raise DataError(f"{root} has no labelled {dataset} frame named {unknown[0]!r} ({len(unknown)} unknown names)")
             samples = [by_name[n] for n in wanted]
         self.samples = samples
+        self.classes = dataset_classes(self.root, dataset)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]

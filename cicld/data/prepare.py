@@ -1,4 +1,4 @@
-"""``prepare-data``: turn raw GTA5, SYNTHIA and Cityscapes labels into trainId PNGs and class stats.
+"""``prepare-data``: turn raw GTA5, SYNTHIA, Cityscapes and ``pairs`` labels into trainId PNGs and class stats.
 
 For every labelled frame it writes ``*_labelTrainIds.png`` (8-bit, 255 = ignore) beside the raw
 label, and in the dataset root the per-frame class pixel counts that rare-class sampling reads:
@@ -12,6 +12,12 @@ finished files behind. The stats files are written last, once every frame has su
 presence means the dataset is prepared. Frames left out with ``--on-size-mismatch skip`` are listed
 in ``skipped_frames.json`` (written just before the stats), which the datasets read to leave them
 out as well.
+
+A ``pairs`` folder (a user's own images and labels) is converted through the user's class list
+(:class:`~cicld.data.labels.ClassList`): labels of label values or of class colours, where a
+value or colour the list does not name fails the frame, naming the file. The list is recorded
+in the folder first (``classes.json``), and a later run with another list is refused: the
+trainIds already written would mean other classes.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cicld.data.labels import NUM_CLASSES, cityscapes_ids_to_train_ids, synthia_ids_to_train_ids
-from cicld.data.layouts import CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
+from cicld.data.labels import CITYSCAPES, SYNTHIA, ClassList
+from cicld.data.layouts import CLASS_LIST_FILE, CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
 from cicld.data.transforms import resize_label
 from cicld.data.pngio import PNG_SIGNATURE, image_format, image_mode, image_size, read_image, read_png, write_image
 from cicld.errors import DataError
@@ -44,7 +50,7 @@ class SizeMismatchPolicy(str, Enum):
 class FrameResult:
     name: str
     status: str  # "converted", "skipped" (already done), "mismatch-skipped" or "failed"
-    counts: list[int] = field(default_factory=list)  # pixels per trainId 0..18
+    counts: list[int] = field(default_factory=list)  # pixels per trainId 0..K-1
     size_mismatch: bool = False
     error: str = ""
 
@@ -61,7 +67,12 @@ class PrepareReport:
     mismatch_skipped: int = 0
     missing_partner: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (frame, one-line reason)
-    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
+    classes: ClassList = CITYSCAPES  # what the trainIds name
+    class_pixels: np.ndarray | None = None  # pixels per trainId (zeros to start with)
+
+    def __post_init__(self) -> None:
+        if self.class_pixels is None:
+            self.class_pixels = np.zeros(len(self.classes), dtype=np.int64)
 
     @property
     def frames(self) -> int:
@@ -69,7 +80,8 @@ class PrepareReport:
 
 
 def read_raw_label(dataset: str, path: Path) -> np.ndarray:
-    """The raw label of one frame as ids (H, W), checked to be the kind of file the dataset uses."""
+    """The raw label of one GTA5, SYNTHIA or Cityscapes frame as ids (H, W), checked to be the kind
+    of file the dataset uses."""
     if dataset == "synthia":
         label = read_png(path)
         if label.dtype != np.uint16 or label.ndim != 3:
@@ -93,26 +105,73 @@ def _format(path: Path) -> str:
     return image_format(path) or "non-image"
 
 
-def to_train_ids(dataset: str, raw: np.ndarray) -> np.ndarray:
-    return synthia_ids_to_train_ids(raw) if dataset == "synthia" else cityscapes_ids_to_train_ids(raw)
+def read_pairs_label(path: Path, classes: ClassList) -> np.ndarray:
+    """The trainIds of a ``pairs`` label: a PNG of label values (greyscale 8- or 16-bit, or palette
+    indices) or of class colours (RGB), mapped through ``classes``; a value or colour the list
+    does not name is a one-line error naming the file."""
+    what = "PNGs of label values (greyscale or palette) or of class colours (RGB)"
+    if _format(path) != "PNG":  # lossy: its values would be silently wrong
+        raise DataError(f"{path} is a {_format(path)} file, not a PNG; pairs labels are {what}, lossless")
+    label = read_png(path)  # checks every chunk's CRC, as for the other datasets
+    if label.ndim == 2:
+        unknown = classes.unknown_values(label)
+        if unknown:
+            raise DataError(
+                f"{path} has label values {_some(unknown)} that no class of the class list has "
+                f"(ignore: {classes.ignore})"
+            )
+        return classes.to_train_ids(label)
+    if label.shape[2] == 3 and label.dtype == np.uint8:
+        train_ids, unknown = classes.colors_to_train_ids(label)
+        if unknown:
+            ignore = "none" if classes.ignore_color is None else list(classes.ignore_color)
+            raise DataError(
+                f"{path} has colours {_some([list(c) for c in unknown])} that no class of the class list has "
+                f"(ignore_color: {ignore})"
+            )
+        return train_ids
+    kind = f"{label.dtype.itemsize * 8}-bit, {label.shape[2]} channels"
+    raise DataError(f"{path} is a {kind} PNG; pairs labels are {what}")
 
 
-def class_counts(train_ids: np.ndarray) -> list[int]:
-    return np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist()
+def _some(items: list) -> str:
+    shown = ", ".join(map(str, items[:5]))
+    return shown + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def raw_label_classes(dataset: str) -> ClassList:
+    """How the raw labels of GTA5, SYNTHIA or Cityscapes name Cityscapes' classes."""
+    return SYNTHIA if dataset == "synthia" else CITYSCAPES
+
+
+def frame_train_ids(dataset: str, path: Path, classes: ClassList) -> np.ndarray:
+    """The trainIds of the raw label ``path``: a pairs label through the user's ``classes``, the
+    others through their dataset's own map."""
+    if dataset == "pairs":
+        return read_pairs_label(path, classes)
+    return raw_label_classes(dataset).to_train_ids(read_raw_label(dataset, path))
+
+
+def class_counts(train_ids: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(train_ids.ravel(), minlength=256)[:num_classes].tolist()
 
 
 def convert_frame(
-    dataset: str, sample: Sample, policy: SizeMismatchPolicy = SizeMismatchPolicy.resize, verify_image: bool = True
+    dataset: str,
+    sample: Sample,
+    policy: SizeMismatchPolicy = SizeMismatchPolicy.resize,
+    verify_image: bool = True,
+    classes: ClassList = CITYSCAPES,
 ) -> FrameResult:
     """Convert one frame (safe to call in a worker process: it returns failures, never raises them)."""
     target = sample.train_ids
     try:
         if target.is_file():
-            return FrameResult(sample.name, "skipped", class_counts(read_image(target)))
+            return FrameResult(sample.name, "skipped", class_counts(read_image(target), len(classes)))
         if verify_image:
             read_image(sample.image)  # decodes every pixel: truncated or corrupt images fail here
         width, height = image_size(sample.image)
-        train_ids = to_train_ids(dataset, read_raw_label(dataset, sample.label))
+        train_ids = frame_train_ids(dataset, sample.label, classes)
         mismatch = train_ids.shape != (height, width)
         if mismatch and policy is SizeMismatchPolicy.skip:
             return FrameResult(sample.name, "mismatch-skipped", size_mismatch=True)
@@ -120,7 +179,7 @@ def convert_frame(
             train_ids = resize_label(train_ids, (width, height))  # nearest: no new ids
         with writing(target, DataError):
             write_image(target, train_ids)
-        return FrameResult(sample.name, "converted", class_counts(train_ids), size_mismatch=mismatch)
+        return FrameResult(sample.name, "converted", class_counts(train_ids, len(classes)), size_mismatch=mismatch)
     except DataError as exc:
         return FrameResult(sample.name, "failed", error=str(exc))
 
@@ -133,18 +192,39 @@ class FramePlan:
     dataset: str
     samples: list[Sample]
     missing_partner: list[Path]
+    classes: ClassList = CITYSCAPES  # what the trainIds will name
 
 
-def find_frames(root: str | Path, dataset: str) -> FramePlan:
-    """List what ``prepare_dataset`` will convert; raises :class:`DataError` if ROOT is not DATASET."""
+def find_frames(root: str | Path, dataset: str, classes: ClassList | None = None) -> FramePlan:
+    """List what ``prepare_dataset`` will convert; raises :class:`DataError` if ROOT is not DATASET.
+
+    A pairs folder needs its ``classes``; one prepared before with another class list is refused
+    (its trainIds would mean other classes). The other datasets have Cityscapes' classes.
+    """
     root = Path(root)
+    if dataset == "pairs":
+        classes = _pairs_classes(root, classes)
+    elif classes is not None:
+        raise DataError(f"{dataset} labels name Cityscapes' 19 classes; a class list is for pairs folders only")
     splits = ("train", "val") if dataset == "cityscapes" else ("train",)
     listings = [list_samples(root, dataset, split) for split in splits]
     samples = [s for listing in listings for s in listing.samples if s.label is not None]
     missing = [p for listing in listings for p in (*listing.images_without_label, *listing.labels_without_image)]
     if not samples:
         raise DataError(f"{root} has no labelled {dataset} frames to prepare ({len(missing)} files without a partner)")
-    return FramePlan(root, dataset, samples, missing)
+    return FramePlan(root, dataset, samples, missing, classes or CITYSCAPES)
+
+
+def _pairs_classes(root: Path, classes: ClassList | None) -> ClassList:
+    if classes is None:
+        raise DataError(f"preparing the pairs folder {root} needs its class list: --classes FILE")
+    recorded = root / CLASS_LIST_FILE
+    if recorded.is_file() and ClassList.read(recorded) != classes:
+        raise DataError(
+            f"{root} was prepared with another class list ({recorded}); give that one, or delete {recorded} and "
+            f"every *_labelTrainIds.png in {root / 'labels'} to prepare it with this one"
+        )
+    return classes
 
 
 def prepare_dataset(
@@ -160,11 +240,15 @@ def prepare_dataset(
     Frames that fail (corrupt or wrong-mode labels...) are listed in the report while the rest
     are converted; the stats files are then not written, so the dataset does not pass for prepared.
     """
-    root, dataset, samples = frames.root, frames.dataset, frames.samples
-    report = PrepareReport(dataset, root, missing_partner=list(frames.missing_partner))
+    root, dataset, samples, classes = frames.root, frames.dataset, frames.samples, frames.classes
+    report = PrepareReport(dataset, root, missing_partner=list(frames.missing_partner), classes=classes)
     stats: list[dict] = []
     left_out: list[str] = []
-    for done, (sample, result) in enumerate(zip(samples, _run(dataset, samples, policy, verify_images, workers)), 1):
+    if dataset == "pairs":  # first: a later run, or a resumed one, is checked against it
+        with writing(root / CLASS_LIST_FILE, DataError):
+            atomic_write(root / CLASS_LIST_FILE, json.dumps(classes.to_dict(), indent=2))
+    converted = _run(dataset, samples, policy, verify_images, workers, classes)
+    for done, (sample, result) in enumerate(zip(samples, converted), 1):
         if result.status == "failed":
             report.failures.append((result.name, result.error))
         elif result.status == "mismatch-skipped":
@@ -174,7 +258,7 @@ def prepare_dataset(
             report.converted += result.status == "converted"
             report.skipped += result.status == "skipped"
             report.class_pixels += np.asarray(result.counts, dtype=np.int64)
-            if not sample.name.startswith("val/"):  # DAFormer keeps stats of the training frames only
+            if not (dataset == "cityscapes" and sample.name.startswith("val/")):  # DAFormer: training frames only
                 stats.append(_stats_entry(root, sample, result.counts))
         report.size_mismatched += result.size_mismatch
         if on_progress is not None:
@@ -185,8 +269,11 @@ def prepare_dataset(
     return report
 
 
-def _run(dataset: str, samples: list[Sample], policy, verify_images: bool, workers: int) -> Iterable[FrameResult]:
-    arguments = ([dataset] * len(samples), samples, [policy] * len(samples), [verify_images] * len(samples))
+def _run(
+    dataset: str, samples: list[Sample], policy, verify_images: bool, workers: int, classes: ClassList
+) -> Iterable[FrameResult]:
+    count = len(samples)
+    arguments = ([dataset] * count, samples, [policy] * count, [verify_images] * count, [classes] * count)
     if workers <= 1:
         yield from map(convert_frame, *arguments)
         return

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cicld.data.labels import IGNORE_INDEX, NUM_CLASSES
-from cicld.data.layouts import CLASS_STATS_FILE
+from cicld.data.layouts import CLASS_LIST_FILE, CLASS_STATS_FILE, prepare_command
 from cicld.errors import DataError
 
 
@@ -32,13 +32,16 @@ def _guess_dataset(root: Path) -> str:
         return "cityscapes"
     if (root / "RGB").is_dir():
         return "synthia"
+    if (root / CLASS_LIST_FILE).is_file():
+        return "pairs"
     if (root / "images").is_dir():
         return "gta5"
     return "<dataset>"
 
 
-def load_class_stats(path: str | Path) -> list[dict]:
-    """Read and check ``sample_class_stats.json`` (or the one in the dataset folder ``path``).
+def load_class_stats(path: str | Path, num_classes: int = NUM_CLASSES) -> list[dict]:
+    """Read and check ``sample_class_stats.json`` (or the one in the dataset folder ``path``) of a
+    dataset of ``num_classes`` classes.
 
     Returns ``[{"file": str, "counts": {trainId: pixels}}, ...]``; ignore-class entries, if a
     converter wrote any, are dropped. Raises :class:`DataError` if missing or malformed.
@@ -50,7 +53,7 @@ def load_class_stats(path: str | Path) -> list[dict]:
         root = path.parent
         raise DataError(
             f"{path} not found: rare-class sampling needs the class statistics; "
-            f"run `cicld prepare-data {_guess_dataset(root)} {root}` first"
+            f"run {prepare_command(_guess_dataset(root), root)} first"
         )
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
@@ -67,8 +70,8 @@ def load_class_stats(path: str | Path) -> list[dict]:
         for key, value in entry.items():
             if key == "file":
                 continue
-            if not key.isdigit() or not (int(key) < NUM_CLASSES or int(key) == IGNORE_INDEX):
-                raise DataError(f"{where} has class key {key!r}; expected trainIds 0..{NUM_CLASSES - 1}")
+            if not key.isdigit() or not (int(key) < num_classes or int(key) == IGNORE_INDEX):
+                raise DataError(f"{where} has class key {key!r}; expected trainIds 0..{num_classes - 1}")
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise DataError(f"{where} has pixel count {value!r} for class {key}; expected a non-negative integer")
             if int(key) != IGNORE_INDEX and value > 0:
@@ -77,9 +80,9 @@ def load_class_stats(path: str | Path) -> list[dict]:
     return frames
 
 
-def class_pixel_totals(frames: list[dict], stats_path: Path) -> np.ndarray:
+def class_pixel_totals(frames: list[dict], stats_path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Pixels of each trainId over all frames of :func:`load_class_stats` (error if there are none)."""
-    totals = np.zeros(NUM_CLASSES, dtype=np.float64)
+    totals = np.zeros(num_classes, dtype=np.float64)
     for frame in frames:
         for cls, pixels in frame["counts"].items():
             totals[cls] += pixels
@@ -88,7 +91,7 @@ def class_pixel_totals(frames: list[dict], stats_path: Path) -> np.ndarray:
     return totals
 
 
-def class_weights(stats_path: str | Path, max_weight: float = 5.0) -> np.ndarray:
+def class_weights(stats_path: str | Path, max_weight: float = 5.0, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Cross-entropy class weights √(median f / f_c), clipped to ``max_weight``; 0 for absent classes.
 
     The square root of median-frequency balancing (Eigen & Fergus): rare classes count more,
@@ -96,11 +99,11 @@ def class_weights(stats_path: str | Path, max_weight: float = 5.0) -> np.ndarray
     of ``sample_class_stats.json`` (the labelled data the loss is computed on).
     """
     path = Path(stats_path)
-    totals = class_pixel_totals(load_class_stats(path), path)
+    totals = class_pixel_totals(load_class_stats(path, num_classes), path, num_classes)
     frequency = totals / totals.sum()
     present = frequency > 0
     median = np.median(frequency[present])
-    weights = np.zeros(NUM_CLASSES, dtype=np.float64)
+    weights = np.zeros(num_classes, dtype=np.float64)
     weights[present] = np.sqrt(median / frequency[present])
     return np.minimum(weights, max_weight)
 
@@ -121,6 +124,7 @@ class RareClassSampler:
         min_pixels: int = 3000,
         seed: int = 0,
         min_crop_ratio: float = 0.5,
+        num_classes: int = NUM_CLASSES,
     ):
         if temperature <= 0:
             raise ValueError(f"RCS temperature must be positive, got {temperature}")
@@ -130,9 +134,9 @@ class RareClassSampler:
         #: A crop is redrawn (up to 10 times) until it holds more than
         #: ``min_pixels * min_crop_ratio`` pixels of the drawn class (DAFormer; 0 disables).
         self.min_crop_ratio = min_crop_ratio
-        frames = load_class_stats(self.stats_path)
+        frames = load_class_stats(self.stats_path, num_classes)
 
-        totals = class_pixel_totals(frames, self.stats_path)
+        totals = class_pixel_totals(frames, self.stats_path, num_classes)
         present = np.flatnonzero(totals)
         #: f_c of every trainId (0 for classes absent from the data).
         self.class_frequency = totals / totals.sum()

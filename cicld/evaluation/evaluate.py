@@ -84,8 +84,10 @@ def evaluate_model(
 ) -> SegmentationScores:
     """Predict every image of this process's share and score against labels at their full size.
 
-    ``on_image(n)`` is called after each image with the number done by this process.
+    ``on_image(n)`` is called after each image with the number done by this process. A model whose
+    classes are not those the labels name is one line, before the first image.
     """
+    require_same_classes(model, dataset)
     options = options or InferenceOptions()
     if options.sliding:
         options.windows(model)  # a window the model cannot tile is refused before the first image
@@ -108,4 +110,11 @@ def evaluate_model(
     if accelerator.num_processes > 1:
         matrix = accelerator.reduce(matrix, reduction="sum")
     model.train(was_training)
-    return SegmentationScores.from_confusion(matrix.cpu().numpy())
+    return SegmentationScores.from_confusion(matrix.cpu().numpy(), model.config.class_list)
+
+
+def require_same_classes(model: CICLD, dataset: ValDataset) -> None:
+    """One line where ``model`` predicts other classes than the labels of ``dataset`` name."""
+    difference = dataset.classes.difference(model.config.class_list, f"the labels of {dataset.root}", "the model")
+    if difference is not None:
+        raise CicldError(f"{difference}: score a model on data labelled with its own classes")

@@ -3,6 +3,8 @@
 Intersections and unions are summed over the whole split in one confusion matrix (not averaged
 per image), at label resolution, ignoring label 255. A class absent from both the ground truth
 and the predictions has no IoU and is left out of the mean, as ``cityscapesscripts`` does.
+Scores name their classes (a :class:`~cicld.data.labels.ClassList`, Cityscapes' by default);
+mIoU16 and mIoU13, the SYNTHIA protocol's subsets, exist for Cityscapes' classes only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cicld.data.labels import CLASSES, IGNORE_INDEX, MIOU13_CLASSES, MIOU16_CLASSES, NUM_CLASSES
+from cicld.data.labels import CITYSCAPES, IGNORE_INDEX, MIOU13_CLASSES, MIOU16_CLASSES, NUM_CLASSES, ClassList
 
 
 class ConfusionMatrix:
@@ -34,8 +36,8 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix | torch.Tensor") -> None:
         self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else other.to(torch.int64).cpu()
 
-    def scores(self) -> "SegmentationScores":
-        return SegmentationScores.from_confusion(self.matrix.numpy())
+    def scores(self, classes: ClassList = CITYSCAPES) -> "SegmentationScores":
+        return SegmentationScores.from_confusion(self.matrix.numpy(), classes)
 
 
 @dataclass
@@ -43,16 +45,17 @@ class SegmentationScores:
     per_class_iou: np.ndarray  # (K,), NaN where a class is absent from both GT and predictions
     pixel_accuracy: float
     confusion: np.ndarray
+    classes: ClassList = CITYSCAPES  # what the K classes are
 
     @classmethod
-    def from_confusion(cls, confusion: np.ndarray) -> "SegmentationScores":
+    def from_confusion(cls, confusion: np.ndarray, classes: ClassList = CITYSCAPES) -> "SegmentationScores":
         confusion = confusion.astype(np.float64)
         true_positive = np.diag(confusion)
         union = confusion.sum(0) + confusion.sum(1) - true_positive
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, true_positive / union, np.nan)
         total = confusion.sum()
-        return cls(iou, float(true_positive.sum() / total) if total else float("nan"), confusion)
+        return cls(iou, float(true_positive.sum() / total) if total else float("nan"), confusion, classes)
 
     def miou(self, classes: tuple[int, ...] | None = None) -> float:
         """Mean IoU over ``classes`` (default all) that occur in the ground truth or predictions."""
@@ -72,15 +75,20 @@ class SegmentationScores:
     def miou13(self) -> float:
         return self.miou(MIOU13_CLASSES)
 
+    def means(self) -> dict[str, float]:
+        """The mean IoUs by name: mIoU19, mIoU16 and mIoU13 for Cityscapes' classes (the
+        protocols' subsets name them), else the one mean over all of the classes, mIoU."""
+        if self.classes.is_cityscapes:
+            return {"mIoU19": self.miou19, "mIoU16": self.miou16, "mIoU13": self.miou13}
+        return {"mIoU": self.miou()}
+
     def as_dict(self) -> dict:
         """The scores as strict JSON values: an undefined score (NaN: a class absent from both
         ground truth and predictions, a mean over no class, an accuracy over no pixel) is None."""
         return {
-            "mIoU19": _defined(self.miou19),
-            "mIoU16": _defined(self.miou16),
-            "mIoU13": _defined(self.miou13),
+            **{name: _defined(value) for name, value in self.means().items()},
             "pixel_accuracy": _defined(self.pixel_accuracy),
-            "per_class_iou": {name: _defined(v) for name, v in zip(CLASSES, self.per_class_iou)},
+            "per_class_iou": {name: _defined(v) for name, v in zip(self.classes.names, self.per_class_iou)},
         }
 
 

@@ -1,6 +1,7 @@
 """Pictures of a score: the row-normalised confusion matrix and a per-class IoU bar chart.
 
-Drawn with Pillow alone (no plotting library to install), in the Cityscapes class colours.
+Drawn with Pillow alone (no plotting library to install), in the class colours of the scores'
+class list (Cityscapes' by default).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cicld.data.labels import CLASSES, PALETTE
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write
 
@@ -28,36 +28,41 @@ def confusion_matrix_png(scores: SegmentationScores, path: Path) -> Path:
     """Rows = ground truth, columns = prediction, each row normalised to 1 (white 0 -> dark blue 1)."""
     confusion = scores.confusion
     rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    k = len(CLASSES)
+    names, colors = scores.classes.names, scores.classes.colors
+    k = len(names)
     size = _LABEL_WIDTH + k * _CELL + 10
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     for i in range(k):
         y = _LABEL_WIDTH + i * _CELL
-        draw.text((4, y + 6), CLASSES[i][:14], fill="black", font=_FONT)
+        draw.text((4, y + 6), names[i][:14], fill="black", font=_FONT)
         for j in range(k):
             x = _LABEL_WIDTH + j * _CELL
             shade = int(255 * (1 - rows[i, j]))
             draw.rectangle([x, y, x + _CELL - 1, y + _CELL - 1], fill=(shade, shade, 255 - (255 - shade) // 3))
-        draw.rectangle([_LABEL_WIDTH + i * _CELL + 6, _LABEL_WIDTH - 14, _LABEL_WIDTH + i * _CELL + 15, _LABEL_WIDTH - 5], fill=PALETTE[i])
+        swatch = [_LABEL_WIDTH + i * _CELL + 6, _LABEL_WIDTH - 14, _LABEL_WIDTH + i * _CELL + 15, _LABEL_WIDTH - 5]
+        draw.rectangle(swatch, fill=colors[i])
     draw.text((_LABEL_WIDTH, 8), "confusion (rows: ground truth, columns: prediction)", fill="black", font=_FONT)
     draw.text((_LABEL_WIDTH, 24), "column swatches: predicted class colours", fill="gray", font=_FONT)
     return _save(image, path)
 
 
 def iou_bar_chart_png(scores: SegmentationScores, path: Path, title: str = "per-class IoU") -> Path:
-    """One bar per class in its Cityscapes colour; classes without an IoU are marked n/a."""
-    k, bar_width = len(CLASSES), 300
+    """One bar per class in its colour; classes without an IoU are marked n/a."""
+    names, colors = scores.classes.names, scores.classes.colors
+    k, bar_width = len(names), 300
     image = Image.new("RGB", (_LABEL_WIDTH + bar_width + 60, 40 + k * _CELL), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((4, 8), f"{title}: mIoU19 {100 * scores.miou19:.1f}  mIoU16 {100 * scores.miou16:.1f}  mIoU13 {100 * scores.miou13:.1f}", fill="black", font=_FONT)
-    for i, (name, iou) in enumerate(zip(CLASSES, scores.per_class_iou)):
+    means = "  ".join(f"{name} {100 * value:.1f}" for name, value in scores.means().items())
+    draw.text((4, 8), f"{title}: {means}", fill="black", font=_FONT)
+    for i, (name, iou) in enumerate(zip(names, scores.per_class_iou)):
         y = 32 + i * _CELL
         draw.text((4, y + 5), name[:14], fill="black", font=_FONT)
         if np.isnan(iou):
             draw.text((_LABEL_WIDTH, y + 5), "n/a", fill="gray", font=_FONT)
             continue
-        draw.rectangle([_LABEL_WIDTH, y + 2, _LABEL_WIDTH + max(1, int(bar_width * iou)), y + _CELL - 3], fill=PALETTE[i], outline="black")
+        bar = [_LABEL_WIDTH, y + 2, _LABEL_WIDTH + max(1, int(bar_width * iou)), y + _CELL - 3]
+        draw.rectangle(bar, fill=colors[i], outline="black")
         draw.text((_LABEL_WIDTH + int(bar_width * iou) + 4, y + 5), f"{100 * iou:.1f}", fill="black", font=_FONT)
     return _save(image, path)
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cicld.data.labels import colorize, train_ids_to_cityscapes_ids
+from cicld.data.labels import ClassList
+from cicld.data.layouts import IMAGE_SUFFIXES
 from cicld.data.pngio import read_image, write_image
 from cicld.data.transforms import normalize, resize_image
 from cicld.errors import CicldError, DataError
@@ -26,7 +27,6 @@ from cicld.evaluation.evaluate import InferenceOptions
 from cicld.files import writing
 from cicld.models import CICLD
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 #: What predict can write per image, and the file-name suffix of each.
 OUTPUTS = {"trainids": "trainIds", "labelids": "labelIds", "color": "color", "overlay": "overlay"}
 
@@ -151,7 +151,7 @@ def predict_files(
         options.windows(model)  # a window the model cannot tile is refused before the first image
     if target_height == "model":
         target_height = model.config.input_size[1] if model.config.input_size is not None else None
-    mean, std = model.config.image_mean, model.config.image_std
+    mean, std, classes = model.config.image_mean, model.config.image_std, model.config.class_list
     check_output_kinds(kinds)
     if not overwrite:
         refuse_existing_outputs(out, inputs, kinds)
@@ -170,7 +170,7 @@ def predict_files(
                 for (entry, image), logit in zip(chunk, logits):
                     full = F.interpolate(logit[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
                     labels = full.argmax(1)[0].to(torch.uint8).cpu().numpy()
-                    report.written += _write_outputs(out, entry, kinds, image, labels)
+                    report.written += _write_outputs(out, entry, kinds, image, labels, classes)
                     report.images += 1
                     if on_image is not None:
                         on_image(report.images + len(report.failed))
@@ -219,19 +219,23 @@ def _by_size(pending, target_height, divisor) -> dict[tuple[int, int], list]:
     return groups
 
 
-def _write_outputs(out: Path, entry: PredictionInput, kinds, image: np.ndarray, train_ids: np.ndarray) -> list[Path]:
+def _write_outputs(
+    out: Path, entry: PredictionInput, kinds, image: np.ndarray, train_ids: np.ndarray, classes: ClassList
+) -> list[Path]:
     paths = output_paths(out, entry, kinds)
     for kind, path in paths.items():
         with writing(path):  # every file is written atomically: those already written are complete
-            write_image(path, _output_array(kind, image, train_ids))
+            write_image(path, _output_array(kind, image, train_ids, classes))
     return list(paths.values())
 
 
-def _output_array(kind: str, image: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
+def _output_array(kind: str, image: np.ndarray, train_ids: np.ndarray, classes: ClassList) -> np.ndarray:
+    """One output of an image: trainIds, the class list's raw label values (Cityscapes': labelIds),
+    its colours, or the overlay (half image, half colour map)."""
     if kind == "trainids":
         return train_ids
     if kind == "labelids":
-        return train_ids_to_cityscapes_ids(train_ids).astype(np.uint8)
+        return classes.to_raw_ids(train_ids)
     if kind == "color":
-        return colorize(train_ids)
-    return ((image.astype(np.uint16) + colorize(train_ids)) // 2).astype(np.uint8)  # overlay: half image, half colour map
+        return classes.colorize(train_ids)
+    return ((image.astype(np.uint16) + classes.colorize(train_ids)) // 2).astype(np.uint8)

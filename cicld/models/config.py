@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from cicld.data.labels import NUM_CLASSES
+from cicld.data.labels import CITYSCAPES, NUM_CLASSES, ClassList
 from cicld.errors import CicldError
 
 DISCRIMINATOR_KINDS = ("3class", "2class")
@@ -37,6 +37,9 @@ class CICLDConfig:
 
     # Output
     num_classes: int = NUM_CLASSES
+    # The classes it predicts (ClassList's JSON: names, colours, raw label values), so that predict
+    # and evaluate need nothing but the model folder. None: Cityscapes' 19.
+    classes: dict[str, Any] | None = None
     in_channels: int = 3
 
     # Pretrained backbone (``--backbone``, cicld/models/backbone.py): E's features come from a
@@ -132,6 +135,11 @@ class CICLDConfig:
         return max(1, min(self.num_train_timesteps, round(self.t_star * self.num_train_timesteps)))
 
     @property
+    def class_list(self) -> ClassList:
+        """The classes the model predicts, one per output (:attr:`classes`; None: Cityscapes')."""
+        return CITYSCAPES if self.classes is None else ClassList.from_dict(self.classes)
+
+    @property
     def num_domains(self) -> int:
         return 3 if self.discriminator == "3class" else 2
 
@@ -142,6 +150,13 @@ class CICLDConfig:
 
         if self.num_classes < 1:
             fail(f"num_classes must be positive, got {self.num_classes}")
+        try:
+            classes = self.class_list
+        except CicldError as exc:
+            fail(f"classes: {exc}")
+        if len(classes) != self.num_classes:
+            listed = "is unset (Cityscapes' 19 classes)" if self.classes is None else f"lists {len(classes)}"
+            fail(f"num_classes is {self.num_classes} but classes {listed}")
         if self.backbone is not None:
             if not isinstance(self.backbone.get("model_type"), str):
                 fail("backbone must be a transformers config with a model_type")

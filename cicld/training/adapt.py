@@ -10,8 +10,9 @@ minimises them, then ``ema_model`` follows ``model`` by EMA; ``ema_model`` is wh
 
 ``--method self-training`` is the no-diffusion baseline (the same network and loop without ε_θ,
 S = 0, no adversarial loss: DACS/DAFormer-style self-training); ``--method source-only`` trains on
-the source alone and ``--method oracle`` on the target's own labels (toy data only): the
-baseline and bounds the benchmarks compare against.
+the source alone and ``--method oracle`` on the target's own labels (wherever it has them: a
+Cityscapes-format target's train split, a prepared pairs folder): the baseline and bounds the
+benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from cicld.training.common import (
     load_model,
     loss_class_weights,
     oracle_dataset,
+    run_classes,
     source_dataset,
     target_dataset,
+    unvalidated_note,
     val_dataset,
 )
 from cicld.training.config import AdaptConfig
@@ -56,7 +59,8 @@ def build(session: Session) -> Stage:
     switches = dict(config.architecture_switches)
     if config.method == "cicld" and config.adversarial != "none":  # f_dis with one output per domain
         switches["discriminator"] = config.adversarial
-    config, model = session.starting_model(lambda c: load_model(Path(c.init_from), switches), "pretrain-ldm")
+    classes = run_classes(config, labelled, val)
+    config, model = session.starting_model(lambda c: load_model(Path(c.init_from), switches), "pretrain-ldm", classes)
     if config.method == "self-training":  # no ε_θ: pseudo-labels, validation and the export use S = 0
         model.config = model.config.replace(inference_steps=0)
     ema_model = copy.deepcopy(model).requires_grad_(False)
@@ -90,4 +94,7 @@ def build(session: Session) -> Stage:
         # One forward pass of source, mixed and target images; the objective returns the losses.
         return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
 
-    return Stage(objective, optimizer, compute_losses, ema_model=ema_model, val=val)
+    notes = () if val is not None else (unvalidated_note(config),)
+    if config.method == "oracle":
+        notes += (f"--method oracle trained on the target's own labels ({labelled.root}): a reference, not adaptation",)
+    return Stage(objective, optimizer, compute_losses, ema_model=ema_model, val=val, notes=notes)

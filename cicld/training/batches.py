@@ -31,6 +31,8 @@ def step_batches(
 ) -> Iterator[dict]:
     """Yield this process's batch for ``start_step``, ``start_step + 1``, ... forever."""
     global_batch = batch_size * world_size
+    if batch_size > 1 and hasattr(dataset, "require_batchable"):
+        dataset.require_batchable()  # whole images of several sizes cannot be stacked: one line now
     if len(dataset) < global_batch:
         raise DataError(
             f"{getattr(dataset, 'root', 'the dataset')} has {len(dataset)} frames, fewer than one batch "

@@ -8,9 +8,16 @@ import torch
 from torch import nn
 
 from cicld.data.datasets import SourceDataset, TargetDataset, ValDataset
-from cicld.data.layouts import CLASS_STATS_FILE
+from cicld.data.labels import ClassList
+from cicld.data.layouts import (
+    CLASS_STATS_FILE,
+    IMAGES,
+    dataset_classes,
+    labelled_layout,
+    prepare_command,
+    target_layout,
+)
 from cicld.data.sampling import RareClassSampler, class_weights
-from cicld.data.toy import is_toy_target
 from cicld.errors import CicldError, DataError
 from cicld.evaluation.evaluate import evaluate_model, evaluation_split
 from cicld.evaluation.metrics import SegmentationScores
@@ -25,16 +32,20 @@ def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     if toy and not (root / CLASS_STATS_FILE).is_file():
         raise DataError(f"{root} is not there or not prepared; run `cicld prepare-data toy {root.parent}` first")
     if not root.is_dir():
-        raise DataError(f"{root} does not exist; put the {dataset} dataset there and run `cicld prepare-data {dataset} {root}`")
+        hint = prepare_command(dataset, root)
+        raise DataError(f"{root} does not exist; put the {dataset} dataset there and run {hint}")
     if not (root / CLASS_STATS_FILE).is_file():
-        raise DataError(f"{root} is not prepared; run `cicld prepare-data {dataset} {root}` first")
+        raise DataError(f"{root} is not prepared; run {prepare_command(dataset, root)} first")
 
 
 def source_dataset(config: CommonConfig) -> SourceDataset:
     root = config.resolved_source_root
     require_prepared(root, config.source_format, toy=config.source == "toy")
+    num_classes = len(dataset_classes(root, config.source_format))
     sampler = (
-        RareClassSampler(root, min_pixels=config.rcs_min_pixels, seed=config.seed) if config.rare_class_sampling else None
+        RareClassSampler(root, min_pixels=config.rcs_min_pixels, seed=config.seed, num_classes=num_classes)
+        if config.rare_class_sampling
+        else None
     )
     return SourceDataset(
         root,
@@ -48,37 +59,85 @@ def source_dataset(config: CommonConfig) -> SourceDataset:
 
 
 def target_dataset(config: CommonConfig) -> TargetDataset:
+    """The target's images, without labels: a Cityscapes-format folder's train split (prepared, as
+    ever), a pairs folder's images or any folder of images, told apart by what is there."""
     root = config.resolved_target_root
-    require_prepared(root, "cityscapes", toy=config.source == "toy")
-    return TargetDataset(root, resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1)
+    layout = target_layout(root)
+    if layout == "cityscapes":
+        require_prepared(root, "cityscapes", toy=config.source == "toy")
+    resize = config.resolved_target_resize
+    return TargetDataset(root, layout=layout, resize=resize, crop=config.crop, seed=config.seed + 1)
 
 
 def oracle_dataset(config: CommonConfig) -> SourceDataset:
-    """The target's train split *with* its labels: the upper bound, for a toy pair's target only
-    (in whichever format its source was written)."""
+    """The target *with* its labels, for ``--method oracle`` (a reference: the target-supervised
+    bound): a Cityscapes-format target's train split (a toy pair's, in whichever format its source
+    was written, or the real one) or a prepared pairs folder."""
     root = config.resolved_target_root
-    if not is_toy_target(root):
+    layout = target_layout(root)
+    if layout == IMAGES:
         raise CicldError(
-            f"--method oracle trains on target labels, which only the toy pair may be used for; {root} is not a toy "
-            "pair's target (`cicld prepare-data toy` writes one)"
+            f"--method oracle trains on the target's own labels, and {root} is a folder of images without any; "
+            "give a prepared pairs or Cityscapes folder as --target-root"
         )
-    require_prepared(root, "cityscapes", toy=True)
-    return SourceDataset(
-        root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 2, zoom_max=config.zoom_max
+    require_prepared(root, layout, toy=config.source == "toy")
+    resize, crop = config.resolved_target_resize, config.crop
+    return SourceDataset(root, layout, resize=resize, crop=crop, seed=config.seed + 2, zoom_max=config.zoom_max)
+
+
+def val_folder(config: CommonConfig) -> tuple[Path, str] | None:
+    """Where a run validates, and the folder's layout: ``--val-root`` (a pairs or Cityscapes folder),
+    else the target's val split where the target is in Cityscapes' layout; None: nowhere."""
+    val_root = getattr(config, "val_root", None)
+    if val_root is not None:
+        return Path(val_root), labelled_layout(val_root, "--val-root")
+    root = config.resolved_target_root
+    return (root, "cityscapes") if target_layout(root) == "cityscapes" else None
+
+
+def val_dataset(config: CommonConfig) -> ValDataset | None:
+    """The labelled target frames a run validates on (:func:`val_folder`); None where there are none."""
+    where = val_folder(config)
+    if where is None:
+        return None
+    root, layout = where
+    require_prepared(root, layout, toy=config.source == "toy" and getattr(config, "val_root", None) is None)
+    return evaluation_split(root, layout, "val", config.resolved_target_resize, config.val_limit)
+
+
+def unvalidated_note(config: CommonConfig) -> str:
+    """What a segmentation stage says, once, when it has nothing to validate on."""
+    return (
+        f"not validated: no labelled frames of the target {config.resolved_target_root} to score on, so the model "
+        "was trained and exported without val scores; --val-root names some (a prepared pairs folder)"
     )
 
 
-def val_dataset(config: CommonConfig) -> ValDataset:
-    root = config.resolved_target_root
-    require_prepared(root, "cityscapes", toy=config.source == "toy")
-    return evaluation_split(root, "cityscapes", "val", config.resolved_target_resize, config.val_limit)
+def run_classes(config: CommonConfig, labelled: SourceDataset, val: ValDataset | None) -> ClassList:
+    """The classes a run trains: those of its labelled data (the source's; the target's for the
+    oracle), whose names ``--classes`` and the val frames' labels must give alike, in the same
+    order (one line otherwise). The colours and raw values of ``--classes`` win, for the model."""
+    classes = labelled.classes
+    if config.classes is not None:
+        given = ClassList.from_dict(config.classes)
+        _require_no_difference(classes.difference(given, f"the labels of {labelled.root}", "--classes"))
+        classes = given
+    if val is not None:
+        _require_no_difference(classes.difference(val.classes, "the training labels", f"the val labels of {val.root}"))
+    return classes
+
+
+def _require_no_difference(difference: str | None) -> None:
+    if difference is not None:
+        raise CicldError(f"{difference}; prepare them with the same class names, in the same order (docs/own-data.md)")
 
 
 def loss_class_weights(config, dataset) -> torch.Tensor | None:
     """The cross-entropy class weights of ``dataset`` (the labelled data) when ``--class-weights`` is on."""
     if not config.class_weights:
         return None
-    return torch.tensor(class_weights(dataset.root / CLASS_STATS_FILE), dtype=torch.float32)
+    weights = class_weights(dataset.root / CLASS_STATS_FILE, num_classes=len(dataset.classes))
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def build_optimizer(objective: nn.Module, config: CommonConfig) -> torch.optim.AdamW:
@@ -111,8 +170,14 @@ def feature_distance_for(config, model: CICLD, device: torch.device) -> FeatureD
     where the model has no backbone, or where nothing of the backbone trains."""
     if config.feature_distance == 0 or not any(p.requires_grad for p in model.backbone_parameters()):
         return None
+    things = config.feature_distance_classes == "things"
+    if things and not model.config.class_list.is_cityscapes:
+        raise CicldError(
+            "--feature-distance-classes things counts Cityscapes' thing classes, which the model's classes are not; "
+            "use --feature-distance-classes all (or --feature-distance 0)"
+        )
     reference = load_starting_backbone(model.config, "--feature-distance needs the backbone the model started from,")
-    classes = THING_CLASSES if config.feature_distance_classes == "things" else None
+    classes = THING_CLASSES if things else None
     return FeatureDistance(reference.to(device), config.feature_distance, classes, model.config.num_classes)
 
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE
+from cicld.data.labels import ClassList
 from cicld.errors import CicldError, with_article
 from cicld.models.config import CICLDConfig, typed_config_value
 from cicld.sizes import check_size
 from cicld.training.runs import RUN_CONFIG, read_json
 
-SOURCES = ("gta5", "synthia", "toy")
+SOURCES = ("gta5", "synthia", "toy", "pairs")
 #: The default of --source-resize/--target-resize: the dataset's usual size (DEFAULT_RESIZE).
 PER_DATASET = "dataset"
 METHODS = ("cicld", "self-training", "source-only", "oracle")
@@ -81,15 +82,35 @@ class CommonConfig:
         "for the toy pair) [default: toy for --source toy, else default]",
         None,
     )
-    source: str = _help("labelled source domain: gta5, synthia or toy (the built-in toy pair)", "gta5")
+    source: str = _help(
+        "labelled source domain: gta5, synthia, toy (the built-in toy pair) or pairs (your own images/ and labels/, "
+        "prepared with `cicld prepare-data pairs`)",
+        "gta5",
+    )
     source_root: str | None = _help("source dataset folder [default: data/<source>, toy: data/toy/gta5]", None)
-    target_root: str | None = _help("target (Cityscapes-format) folder [default: data/cityscapes, toy: data/toy/cityscapes]", None)
+    target_root: str | None = _help(
+        "target folder: Cityscapes' layout, a pairs folder, or any folder of images (searched in every subfolder; no "
+        "labels needed) [default: data/cityscapes, toy: data/toy/cityscapes]",
+        None,
+    )
+    # The class list itself (ClassList's JSON), read from the file --classes names, so that a run's
+    # config.json holds its classes. None: the labelled data's own.
+    classes: dict[str, Any] | None = _help(
+        "class list file (JSON: each class's name, colour and raw label values; docs/own-data.md): the labelled data's "
+        "classes by name, in order, with the colours and values the model is to use; recorded in the run and its model "
+        "[default: the labelled data's own: Cityscapes' 19 classes, or the list a pairs folder was prepared with]",
+        None,
+    )
     steps: int = _help("optimizer steps", 40000, low=1)
     batch_size: int = _help("images per domain per process and step", 2, low=1)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
     # "dataset": the dataset's usual size (DEFAULT_RESIZE; the toy pair as it is); None: no resizing.
     source_resize: tuple[int, int] | str | None = _help("resize source images to (width, height) before cropping; none keeps them as they are [default: per dataset]", PER_DATASET)
-    target_resize: tuple[int, int] | str | None = _help("resize target images to (width, height); none keeps them as they are [default: 1024x512]", PER_DATASET)
+    target_resize: tuple[int, int] | str | None = _help(
+        "resize target images to (width, height), each whatever its own size and aspect ratio; none keeps them as "
+        "they are [default: 1024x512]",
+        PER_DATASET,
+    )
     num_workers: int = _help("data-loading worker processes per training process", 4, low=0)
     rare_class_sampling: bool = _help("draw source frames by rare-class sampling (DAFormer RCS, T=0.01)", False)
     zoom_max: float = _help(
@@ -144,6 +165,11 @@ class CommonConfig:
                 check_size(value, "--" + name.replace("_", "-"))
             elif name != "crop" and isinstance(value, str) and value != PER_DATASET:
                 fail(f"{name} must be (width, height), {PER_DATASET!r} or None, got {value!r}")
+        if self.classes is not None:
+            try:
+                ClassList.from_dict(self.classes)
+            except CicldError as exc:
+                fail(f"classes: {exc}")
         check_ranges(self)
 
     # ---------------------------------------------------------------- derived
@@ -247,6 +273,11 @@ class SegmentationStageConfig(CommonConfig):
     init_from: str | None = _help(
         "model folder or run to start from [default: the newest finished previous stage]", None
     )
+    val_root: str | None = _help(
+        "labelled target frames to validate on: a prepared pairs folder (or a Cityscapes folder's val split) "
+        "[default: the target's val split where it is in Cityscapes' layout, else none: no validation]",
+        None,
+    )
     inter_coder: bool | None = _help(
         "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
     )
@@ -301,7 +332,8 @@ class AdaptConfig(SegmentationStageConfig):
     stage = "adapt"
     method: str = _help(
         "cicld (UDA); self-training (the no-diffusion baseline: the same network and loop without ε_θ, "
-        "S = 0, DACS/DAFormer-style); source-only (no target data); oracle (target labels; toy data only)",
+        "S = 0, DACS/DAFormer-style); source-only (no target data); oracle (trained on the target's own labels, "
+        "wherever it has them: a reference, not adaptation)",
         "cicld",
     )
     adversarial: str = _help("adversarial loss on ẑ0: 3class (the paper's), 2class (ADDA-style) or none", "3class")

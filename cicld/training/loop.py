@@ -49,6 +49,8 @@ class Stage:
     val: ValDataset | None = None
     #: Whether ``runs/latest`` points at the export (not for an autoencoder, which cannot segment).
     update_latest: bool = True
+    #: What the user should know about the run, handed back in :class:`TrainResult` (shown once).
+    notes: tuple[str, ...] = ()
 
 
 def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
@@ -60,7 +62,7 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
     config, accelerator = session.config, session.accelerator
     model = accelerator.unwrap_model(stage.objective).model  # the network being trained
     exported = stage.ema_model if stage.ema_model is not None else model  # what is validated and exported
-    evaluate = None if stage.val is None else lambda: validate(exported, stage.val, accelerator).miou19
+    evaluate = None if stage.val is None else lambda: validate(exported, stage.val, accelerator).miou()
     scores = None
     try:
         for step in range(session.start_step, config.steps):
@@ -72,7 +74,7 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
             session.end_step(step + 1, losses, lr, evaluate, on_step)
         if stage.val is not None:
             scores = validate(exported, stage.val, accelerator)
-            session.log(config.steps, {"val_miou": scores.miou19})
+            session.log(config.steps, {"val_miou": scores.miou()})
         final = session.export(exported, update_latest=stage.update_latest)
     except KeyboardInterrupt:
         raise session.interrupted() from None
@@ -82,4 +84,4 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
         raise session.write_failed(f"cannot write {exc.filename or session.run_dir}: {exc.strerror}") from None
     finally:
         session.close()
-    return TrainResult(session.run_dir, final, scores)
+    return TrainResult(session.run_dir, final, scores, stage.notes)

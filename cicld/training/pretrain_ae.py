@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 import torch
 
+from cicld.data.labels import ClassList
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.backbone import load_backbone
 from cicld.models.patch_discriminator import PatchDiscriminator
 from cicld.models.perceptual import PerceptualLoss
 from cicld.training.batches import step_batches
-from cicld.training.common import build_optimizer, source_dataset, target_dataset
+from cicld.training.common import build_optimizer, run_classes, source_dataset, target_dataset
 from cicld.training.config import AutoencoderConfig
 from cicld.training.loop import Stage, run_training
 from cicld.training.objectives import AutoencoderObjective
@@ -38,9 +39,13 @@ def pretrain_ae(
 
 def new_model(config: AutoencoderConfig) -> CICLD:
     """A new model of ``--preset`` (its initial weights drawn from ``--seed``: see
-    :meth:`Session.starting_model`): E on the pretrained ``--backbone`` if one is named, E/D from
+    :meth:`Session.starting_model`) with one output per class of the run (Cityscapes' 19 unless
+    ``config.classes``): E on the pretrained ``--backbone`` if one is named, E/D from
     ``--init-autoencoder`` if given."""
     model_config = CICLDConfig.preset(config.preset)
+    if config.classes is not None:
+        num_classes = len(ClassList.from_dict(config.classes))
+        model_config = model_config.replace(num_classes=num_classes, classes=config.classes)
     if config.backbone == "none":
         model = CICLD(model_config)
         if config.init_autoencoder is not None:
@@ -57,7 +62,7 @@ def build(session: Session) -> Stage:
     objective (reconstruction + patch-GAN), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     datasets = (source_dataset(config), target_dataset(config))
-    config, model = session.starting_model(new_model)
+    config, model = session.starting_model(new_model, classes=run_classes(config, datasets[0], None))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(FROZEN))
     model.train()  # frozen parts keep their BatchNorm statistics (see CICLD.train)

@@ -19,7 +19,9 @@ from cicld.training.common import (
     freeze_backbone_stages,
     load_model,
     loss_class_weights,
+    run_classes,
     source_dataset,
+    unvalidated_note,
     val_dataset,
 )
 from cicld.training.config import LatentDiffusionConfig
@@ -40,7 +42,10 @@ def build(session: Session) -> Stage:
     ``--train-encoder``, the objective (CE + diffusion loss), the optimizer; and its step."""
     config, accelerator = session.config, session.accelerator
     source, val = source_dataset(config), val_dataset(config)
-    config, model = session.starting_model(lambda c: load_model(Path(c.init_from), c.architecture_switches), "pretrain-ae")
+    classes = run_classes(config, source, val)
+    config, model = session.starting_model(
+        lambda c: load_model(Path(c.init_from), c.architecture_switches), "pretrain-ae", classes
+    )
     model.encoder.requires_grad_(config.train_encoder)
     freeze_backbone_stages(model, config.freeze_backbone_stages)
     model.discriminator.requires_grad_(False)  # f_dis is trained in `adapt`
@@ -60,4 +65,5 @@ def build(session: Session) -> Stage:
         batch = next(source_stream)
         return objective(batch["image"], batch["label"])
 
-    return Stage(objective, optimizer, compute_losses, val=val)
+    notes = () if val is not None else (unvalidated_note(config),)
+    return Stage(objective, optimizer, compute_losses, val=val, notes=notes)

@@ -29,6 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
+from cicld.data.labels import CITYSCAPES, ClassList
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write, disk_space_note, tensor_bytes
@@ -52,11 +53,13 @@ from cicld.training.runs import (
 
 @dataclass
 class TrainResult:
-    """What a finished stage hands back: its run folder, the exported model, its final val scores."""
+    """What a finished stage hands back: its run folder, the exported model, its final val scores,
+    and what the user should know about the run (it was not validated, it is an oracle)."""
 
     run_dir: Path
     final: Path
     scores: SegmentationScores | None
+    notes: tuple[str, ...] = ()
 
 
 class TrainingDiverged(CicldError):
@@ -189,9 +192,13 @@ class Session:
         self._lock: RunLock | None = None
 
     def starting_model(
-        self, new_model: Callable[[CommonConfig], CICLD], previous_stage: str | None = None
+        self,
+        new_model: Callable[[CommonConfig], CICLD],
+        previous_stage: str | None = None,
+        classes: ClassList = CITYSCAPES,
     ) -> tuple[CommonConfig, CICLD]:
-        """The run's config with its starting point resolved, and the model the stage trains.
+        """The run's config with its starting point and its ``classes`` (those of its labelled data,
+        recorded unless they are Cityscapes') resolved, and the model the stage trains.
 
         A new run resolves ``init_from`` (``--init-from``, or the newest finished
         ``previous_stage`` run; None for a stage that starts from nothing), recorded in its config,
@@ -204,9 +211,13 @@ class Session:
         Whatever ``new_model`` initialises afresh (pretrain-ae's whole model, a part a switch adds
         such as adapt's 2-class f_dis) is drawn from ``--seed``, not from whatever the process
         drew before. The config is not changed: ``self.config`` becomes the resolved copy. A
-        ``--crop`` the model cannot tile is refused here, before anything is created.
+        ``--crop`` the model cannot tile, and a model that predicts other classes than the data's
+        labels name, are refused here, before anything is created; the model takes the colours and
+        raw values of the run's class list.
         """
         config = self.config
+        if config.classes is None and classes != CITYSCAPES:
+            self.config = config = dataclasses.replace(config, classes=classes.to_dict())
         if self.resume_from is None:
             if previous_stage is not None:
                 init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
@@ -224,6 +235,13 @@ class Session:
             torch.manual_seed(config.seed)  # the initial weights of what is new
             model = new_model(config)
         _require_crop_to_fit(model, config.crop)
+        start = f"the starting model {getattr(config, 'init_from', None)}"  # pretrain-ae's is new: it has them
+        where = start if self.resume_from is None else f"the model of {self.resume_from}"
+        difference = classes.difference(model.config.class_list, "the data's labels", where)
+        if difference is not None:
+            raise CicldError(f"{difference}: train a model from the start (pretrain-ae) on data of these classes")
+        if model.config.class_list != classes:  # the same names: the run's colours and raw values
+            model.config = model.config.replace(classes=classes.to_dict())
         return config, model
 
     def open_run(self) -> Path:
