@@ -27,11 +27,12 @@ from transformers import (
     SegformerModel,
 )
 
-from cicld.data.labels import IGNORE_INDEX
+from cicld.data.labels import CITYSCAPES, IGNORE_INDEX, ClassList
 from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.backbone import load_backbone, state_hash
 from cicld.models.losses import THING_CLASSES, downscale_labels, feature_distance
+from cicld.training.common import feature_distance_classes
 from cicld.training.objectives import FeatureDistance
 from cicld.training.runs import stage_runs
 
@@ -329,6 +330,15 @@ def test_no_thing_pixel_gives_a_zero_feature_distance_that_stays_in_the_graph():
     features = torch.ones(1, 2, 2, 2, requires_grad=True)
     distance = feature_distance(features, torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long), THING_CLASSES, 19)
     assert distance.item() == 0.0 and distance.requires_grad
+
+
+def test_the_feature_distance_counts_cityscapes_things_by_default_and_every_pixel_of_your_own_classes():
+    own = ClassList.from_dict({"classes": [{"name": n, "color": [i] * 3} for i, n in enumerate(("ground", "tree", "cart"))]})
+    assert feature_distance_classes("auto", CITYSCAPES) == THING_CLASSES
+    assert feature_distance_classes("auto", own) is None
+    assert feature_distance_classes("all", CITYSCAPES) is None
+    with pytest.raises(CicldError, match="--feature-distance-classes all"):
+        feature_distance_classes("things", own)  # ids 6-18 are not things there
 
 
 def test_a_backbone_whose_features_are_not_at_strides_4_to_32_is_refused_in_one_line(tmp_path):

@@ -170,15 +170,24 @@ def feature_distance_for(config, model: CICLD, device: torch.device) -> FeatureD
     where the model has no backbone, or where nothing of the backbone trains."""
     if config.feature_distance == 0 or not any(p.requires_grad for p in model.backbone_parameters()):
         return None
-    things = config.feature_distance_classes == "things"
-    if things and not model.config.class_list.is_cityscapes:
+    classes = feature_distance_classes(config.feature_distance_classes, model.config.class_list)
+    reference = load_starting_backbone(model.config, "--feature-distance needs the backbone the model started from,")
+    return FeatureDistance(reference.to(device), config.feature_distance, classes, model.config.num_classes)
+
+
+def feature_distance_classes(choice: str, class_list: ClassList) -> tuple[int, ...] | None:
+    """The class ids whose pixels ``--feature-distance-classes`` counts; None: every labelled pixel.
+
+    DAFormer's "things" are Cityscapes' trainIds; with another class list ids 6-18 mean other
+    classes, so ``auto`` counts every pixel there and an explicit ``things`` is one line."""
+    if choice == "all" or (choice == "auto" and not class_list.is_cityscapes):
+        return None
+    if not class_list.is_cityscapes:
         raise CicldError(
             "--feature-distance-classes things counts Cityscapes' thing classes, which the model's classes are not; "
             "use --feature-distance-classes all (or --feature-distance 0)"
         )
-    reference = load_starting_backbone(model.config, "--feature-distance needs the backbone the model started from,")
-    classes = THING_CLASSES if things else None
-    return FeatureDistance(reference.to(device), config.feature_distance, classes, model.config.num_classes)
+    return THING_CLASSES
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ RECIPES = ("default", "toy")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 REPORT_TO = ("none", "all", *TRACKERS)
 #: Where --feature-distance counts: DAFormer's thing classes, or every labelled pixel.
-FEATURE_DISTANCE_CLASSES = ("things", "all")
+FEATURE_DISTANCE_CLASSES = ("auto", "things", "all")
 
 
 def _help(
@@ -299,8 +299,9 @@ class SegmentationStageConfig(CommonConfig):
         low=0,
     )
     feature_distance_classes: str = _help(
-        "where the feature distance counts: things (DAFormer's: pixels of the 10 thing classes) or all (every labelled pixel)",
-        "things",
+        "where the feature distance counts: things (DAFormer's: pixels of Cityscapes' 10 thing classes), all (every "
+        "labelled pixel) or auto (things with Cityscapes' classes, all with your own)",
+        "auto",
     )
 
     def validate(self) -> None:
