@@ -266,3 +266,41 @@ def test_pseudo_label_weight_default_rows_match_daformer_on_a_512_crop():
 def test_pseudo_label_weight_accepts_a_single_unbatched_image():
     labels, weight = uda.pseudo_label_weight(_two_class_probs(torch.ones(1, 3, 3, dtype=torch.bool))[0], ignore_top=0, ignore_bottom=0)
     assert labels.shape == (3, 3) and weight.shape == (3, 3)
+
+
+class _Teacher(torch.nn.Module):
+    """An EMA model stand-in: fixed logits, and a record of how it was asked."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+        self.calls: list[tuple[bool, torch.Generator | None]] = []
+
+    def predict(self, images, generator=None):
+        self.calls.append((self.training, generator))
+        return self.logits.expand(len(images), -1, -1, -1)
+
+
+def test_pseudo_labels_come_from_the_ema_models_inference_path_in_eval_mode_with_the_steps_noise():
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[0, 2, :2] = 10.0  # class 2, confident, on the top half
+    logits[0, 1, 2:] = 0.5  # class 1, unsure, on the bottom half
+    teacher = _Teacher(logits).train()
+    config = types.SimpleNamespace(pseudo_threshold=0.968, pseudo_ignore_top=0, pseudo_ignore_bottom=1)
+    generator = torch.Generator().manual_seed(3)
+    labels, weight = uda.pseudo_label(teacher, torch.zeros(2, 3, 4, 4), config, generator)
+    assert teacher.calls == [(False, generator)]  # eval mode, the step's own noise
+    assert labels.shape == (2, 4, 4) and (labels[:, :2] == 2).all() and (labels[:, 2:] == 1).all()
+    assert torch.allclose(weight[:, :3], torch.full((2, 3, 4), 0.5))  # half the pixels confident
+    assert (weight[:, 3] == 0).all()  # the --pseudo-ignore-bottom row
+
+
+def test_mix_never_reads_the_targets_labels():
+    source = {"image": torch.zeros(1, 3, 4, 4), "label": torch.tensor([[[0, 0, 1, 1]] * 4])}
+    target = {"image": torch.ones(1, 3, 4, 4), "label": torch.full((1, 4, 4), 7)}  # what the step must not use
+    pseudo, weight = torch.full((1, 4, 4), 5), torch.full((1, 4, 4), 0.25)
+    config = types.SimpleNamespace(mix_jitter_p=0.0, mix_blur_p=0.0)
+    _, labels, weights = uda.mix(source, target, pseudo, weight, config, torch.Generator().manual_seed(0))
+    assert 7 not in labels.unique().tolist()
+    assert set(labels.unique().tolist()) <= {0, 1, 5}
+    assert set(weights.unique().tolist()) <= {1.0, 0.25}  # pasted pixels weigh 1 without class weights
