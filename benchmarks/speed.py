@@ -417,6 +417,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds after the warm-up (best is kept)")
     parser.add_argument("--quick", action="store_true", help="smoke sizes: 256×128 inference, 128² training, S ∈ {0, 1}")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    parser.add_argument(
+        "--train-backbones", default=None, help="comma-separated backbones (of --backbones) that get a training row "
+        "(default: all of them); the training rows are timed in one process, and every training row holds its own "
+        "network, optimiser and EMA copy (9-12 GiB for the large backbones at 512²): keep the group within memory"
+    )
+    parser.add_argument(
+        "--no-preset-train", action="store_true", help="leave the plain preset's training row out (the peer's stays)"
+    )
     parser.add_argument("--no-cuda", action="store_true", help="skip the bf16 GPU rows even if CUDA is available")
     parser.add_argument("--no-cpu", action="store_true", help="skip the fp32 CPU rows (for a GPU run)")
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -441,6 +449,8 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     backbones = [b for b in args.backbones.split(",") if b.strip()]
     default_steps = CICLDConfig().inference_steps  # the backbone rows run as a model runs by default
+    if args.train_backbones is not None and not set(args.train_backbones.split(",")) <= set(backbones):
+        parser.error("--train-backbones: each must be one of --backbones")
     unknown = [b for b in backbones if b not in BACKBONE_IDS]
     if unknown:
         parser.error(f"--backbones: no config for {', '.join(unknown)}; choose from {', '.join(BACKBONE_IDS)}")
@@ -457,8 +467,9 @@ def main() -> None:
                   + [{**base, "model": "cicld", "task": "inference", "steps": default_steps, "backbone": b} for b in backbones]]
         if not args.no_train:
             train = {**base, "task": "train", "width": args.train_size, "height": args.train_size, "steps": None}
-            groups.append([{**train, "model": "segformer-b5"}, {**train, "model": "cicld"}]
-                          + [{**train, "model": "cicld", "backbone": b} for b in backbones])
+            trained = backbones if args.train_backbones is None else [b for b in args.train_backbones.split(",") if b.strip()]
+            groups.append([{**train, "model": "segformer-b5"}] + ([] if args.no_preset_train else [{**train, "model": "cicld"}])
+                          + [{**train, "model": "cicld", "backbone": b} for b in trained])
         for specs in groups:
             for spec in specs:
                 print(f"profiling {spec['model']} {spec['task']} on {device}"

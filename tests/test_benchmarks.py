@@ -210,6 +210,14 @@ def test_the_speed_benchmark_refuses_to_measure_nothing():
     assert "nothing to measure" in result.stderr.splitlines()[-1]
 
 
+def test_the_speed_benchmark_trains_only_backbones_it_also_measures():
+    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--backbones", "facebook/dinov2-base",
+               "--train-backbones", "facebook/dinov2-small"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--train-backbones: each must be one of --backbones" in result.stderr.splitlines()[-1]
+
+
 def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone(monkeypatch):
     speed = benchmark_module("speed")
     counts = {"fast": 0, "slow": 0}

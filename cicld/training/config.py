@@ -40,6 +40,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvc
 REPORT_TO = ("none", "all", *TRACKERS)
 #: Where --feature-distance counts: DAFormer's thing classes, or every labelled pixel.
 FEATURE_DISTANCE_CLASSES = ("auto", "things", "all")
+#: The real-data default of ``--backbone`` (docs/gpu-training.md, "A pretrained backbone"): chosen for
+#: its accuracy for its cost, with default inference at 1024x512 within the SegFormer-B5-sized
+#: peer's time (benchmarks/speed.py); Apache-2.0 weights. The toy recipe trains without one.
+DEFAULT_BACKBONE = "facebook/dinov2-base"
 
 
 def _help(
@@ -205,6 +209,9 @@ class CommonConfig:
     #: Keys that runs saved by earlier versions may hold although this stage no longer has them
     #: (dropped on loading, so that those runs still resume and evaluate).
     retired = ()
+    #: Keys added since runs were first saved, with the value that runs saved without them had in
+    #: effect (such a run loads with that value, not with today's default).
+    introduced: typing.ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, **dataclasses.asdict(self)}
@@ -212,9 +219,10 @@ class CommonConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         """A saved config (a run's ``config.json``) as it was saved; one saved before runs recorded
-        their recipe gets the one it was made with (``toy`` for the toy pair)."""
+        their recipe gets the one it was made with (``toy`` for the toy pair), and one saved before
+        a key was :attr:`introduced` the value it ran with."""
         values = cls.typed_values(data)
-        return cls(**{"recipe": default_recipe(values.get("source", cls.source)), **values})
+        return cls(**{"recipe": default_recipe(values.get("source", cls.source)), **cls.introduced, **values})
 
     @classmethod
     def typed_values(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -236,12 +244,14 @@ class AutoencoderConfig(CommonConfig):
     stage = "pretrain-ae"
     # It builds a new model from --preset: no --init-from (saved, always null, by runs before the flag went).
     retired = ("init_from",)
+    # Runs saved before --backbone built E from its own blocks.
+    introduced: typing.ClassVar[dict[str, Any]] = {"backbone": "none"}
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
     backbone: str = _help(
         "pretrained image model for E's features: a local folder as transformers' save_pretrained writes it, or a "
         "hub id (transformers' download and cache; HF_HUB_OFFLINE=1 respected); none: E's own blocks, from random "
         "weights. The later stages inherit it; this stage keeps its weights frozen",
-        "none",
+        DEFAULT_BACKBONE,
     )
     # Half of each batch comes from the source, half from the target (at least one image of each).
     batch_size: int = _help("images per process and step, half source and half target (at least one of each)", 2, low=1)
@@ -258,7 +268,10 @@ class AutoencoderConfig(CommonConfig):
         if not self.backbone.strip():
             raise CicldError("--backbone must name a folder or a hub id, or be none")
         if self.backbone != "none" and self.init_autoencoder is not None:
-            raise CicldError("--init-autoencoder initialises E's own blocks, which --backbone replaces; give one of them")
+            raise CicldError(
+                f"--init-autoencoder initialises E's own blocks, which the backbone {self.backbone} replaces; "
+                "add --backbone none to start E from the autoencoder"
+            )
 
 
 @dataclass(frozen=True)
@@ -392,7 +405,9 @@ def toy_recipe(stage: str) -> dict[str, Any]:
     )
     per_stage = {
         # 64×64 crops: the autoencoder learns local appearance, at an eighth of a whole image's cost.
-        "pretrain-ae": dict(steps=100, batch_size=8, crop=(64, 64), gan_start=50, kl_weight=1e-6),
+        # No pretrained backbone: the toy's stand-in is benchmarks/toy_backbone.py's, which a CPU
+        # trains in 20 minutes (docs/benchmarks.md, ninth round).
+        "pretrain-ae": dict(steps=100, batch_size=8, crop=(64, 64), gan_start=50, kl_weight=1e-6, backbone="none"),
         "pretrain-ldm": dict(steps=500, train_encoder=True, class_weights=True),
         "adapt": dict(
             steps=500, class_weights=True, ema_alpha=0.99, pseudo_ignore_top=0, pseudo_ignore_bottom=16, lambda_adv=0.01
