@@ -449,7 +449,8 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     backbones = [b for b in args.backbones.split(",") if b.strip()]
     default_steps = CICLDConfig().inference_steps  # the backbone rows run as a model runs by default
-    if args.train_backbones is not None and not set(args.train_backbones.split(",")) <= set(backbones):
+    trained = backbones if args.train_backbones is None else [b for b in args.train_backbones.split(",") if b.strip()]
+    if not set(trained) <= set(backbones):
         parser.error("--train-backbones: each must be one of --backbones")
     unknown = [b for b in backbones if b not in BACKBONE_IDS]
     if unknown:
@@ -467,7 +468,6 @@ def main() -> None:
                   + [{**base, "model": "cicld", "task": "inference", "steps": default_steps, "backbone": b} for b in backbones]]
         if not args.no_train:
             train = {**base, "task": "train", "width": args.train_size, "height": args.train_size, "steps": None}
-            trained = backbones if args.train_backbones is None else [b for b in args.train_backbones.split(",") if b.strip()]
             groups.append([{**train, "model": "segformer-b5"}] + ([] if args.no_preset_train else [{**train, "model": "cicld"}])
                           + [{**train, "model": "cicld", "backbone": b} for b in trained])
         for specs in groups:

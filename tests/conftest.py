@@ -43,9 +43,12 @@ def single_thread():
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(capsys, monkeypatch):
     """Run ``cicld ARGS...`` in-process and return its exit code and output."""
     from cicld.cli import main
+
+    # A terminal wide enough that rich never breaks a line the tests read inside a long tmp path.
+    monkeypatch.setenv("COLUMNS", "1000")
 
     def run(*args: str) -> CliResult:
         try:

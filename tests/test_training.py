@@ -1138,8 +1138,9 @@ def test_oracle_trains_on_a_prepared_cityscapes_target_that_no_toy_pair_wrote_an
     flags[flags.index("--target-root") + 1] = str(real)
     result = cli("adapt", *flags, "--method", "oracle")
     assert result.exit_code == 0, result.stderr
-    note = f"--method oracle trained on the target's own labels ({real}): a reference, not adaptation"
-    assert "".join(note.split()) in "".join(result.stdout.split())  # rich may wrap a long path anywhere
+    assert f"--method oracle trained on the target's own labels ({real}): a reference, not adaptation" in " ".join(
+        result.stdout.split()
+    )
     (run,) = stage_runs(runs, "adapt")
     assert json.loads((run / "config.json").read_text())["method"] == "oracle"
 
