@@ -22,7 +22,7 @@ def demo(
     """Run the whole method on the toy pair: data, three training stages, evaluation, pictures.
 
     toy pair -> pretrain-ae -> pretrain-ldm (the source-only model) -> adapt (CICLD) -> evaluate
-    both on the toy target's val split -> predictions and a side-by-side picture. About 6 minutes
+    both on the toy target's val split -> predictions and a side-by-side picture. A few minutes
     on a 2-core CPU. Re-running reuses finished stages and resumes an interrupted one.
     """
     from cicld.demo import DemoOptions, run_demo
