@@ -61,7 +61,9 @@ class Recipe:
 
 
 PLAIN_RECIPE = Recipe()
-CICLD_RECIPE = Recipe(steps=600, batch=4, crop=(128, 128), optimizer="adamw-poly", lr=1e-3, weight_decay=0.01, class_weights=False)
+CICLD_RECIPE = Recipe(
+    steps=600, batch=4, crop=(128, 128), optimizer="adamw-poly", lr=1e-3, weight_decay=0.01, class_weights=False
+)
 
 
 # ----------------------------------------------------------------------------------- networks
@@ -107,20 +109,57 @@ def _rungs() -> dict[str, Rung]:
     small = {"preset": "small"}
     rungs = [
         # From the plain CNN's recipe to the toy recipe of cicld <= 0.x (commit 0899905), one change at a time.
-        Rung("plain", Net("plain"), plain, "plain CNN, its own recipe (whole images, batch 8, Adam one-cycle, class weights)"),
-        Rung("crop128-b4", Net("plain"), crop, "... 128x128 crops, batch 4, 600 steps (the old toy recipe's data per step)"),
+        Rung(
+            "plain",
+            Net("plain"),
+            plain,
+            "plain CNN, its own recipe (whole images, batch 8, Adam one-cycle, class weights)",
+        ),
+        Rung(
+            "crop128-b4",
+            Net("plain"),
+            crop,
+            "... 128x128 crops, batch 4, 600 steps (the old toy recipe's data per step)",
+        ),
         Rung("adamw-poly", Net("plain"), opt, "... AdamW 1e-3, warm-up 20 + poly (the old toy recipe's optimiser)"),
         Rung("no-class-weights", Net("plain"), cicld, "... no class weights (= the old toy recipe)"),
         Rung("groupnorm", Net("plain", norm="gn"), cicld, "... GroupNorm instead of BatchNorm"),
         # The new toy recipe (whole images, batch 4, Adam one-cycle, class weights) with each network.
-        Rung("plain-b4", Net("plain"), batch4, "plain CNN, whole images at batch 4 (the new toy recipe's data per step)"),
+        Rung(
+            "plain-b4", Net("plain"), batch4, "plain CNN, whole images at batch 4 (the new toy recipe's data per step)"
+        ),
         Rung("plain-b4-gn", Net("plain", norm="gn"), batch4, "... GroupNorm instead of BatchNorm"),
-        Rung("small-gn", Net("cicld", **small, overrides={"ae_norm": "group"}), batch4, "cicld small with GroupNorm (diffusers' own)"),
-        Rung("small", Net("cicld", **small), batch4, "cicld small as shipped (BatchNorm in E/D/f_cls; noised latent, ε_θ, S = 1)"),
+        Rung(
+            "small-gn",
+            Net("cicld", **small, overrides={"ae_norm": "group"}),
+            batch4,
+            "cicld small with GroupNorm (diffusers' own)",
+        ),
+        Rung(
+            "small",
+            Net("cicld", **small),
+            batch4,
+            "cicld small as shipped (BatchNorm in E/D/f_cls; noised latent, ε_θ, S = 1)",
+        ),
         Rung("small-s0", Net("cicld", **small, noise=False), batch4, "... S = 0: no latent noise, no ε_θ"),
-        Rung("small-no-ic", Net("cicld", **small, overrides={"inter_coder": False}), batch4, "... without the inter-coder connection"),
-        Rung("small-no-cond", Net("cicld", **small, overrides={"conditioning": False}), batch4, "... without conditioning"),
-        Rung("small-old-recipe", Net("cicld", **small), cicld, "cicld small with the old toy recipe (crops, AdamW-poly, no class weights)"),
+        Rung(
+            "small-no-ic",
+            Net("cicld", **small, overrides={"inter_coder": False}),
+            batch4,
+            "... without the inter-coder connection",
+        ),
+        Rung(
+            "small-no-cond",
+            Net("cicld", **small, overrides={"conditioning": False}),
+            batch4,
+            "... without conditioning",
+        ),
+        Rung(
+            "small-old-recipe",
+            Net("cicld", **small),
+            cicld,
+            "cicld small with the old toy recipe (crops, AdamW-poly, no class weights)",
+        ),
     ]
     return {r.name: r for r in rungs}
 
@@ -145,7 +184,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe):
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "adam-onecycle":
         optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.1)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.1
+        )
     elif recipe.optimizer == "adamw-poly":
         optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
@@ -225,16 +266,22 @@ def score(rung: Rung, model: nn.Module, images: np.ndarray, labels: np.ndarray) 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("data/toy"), help="a toy pair made by `cicld prepare-data toy`")
+    parser.add_argument(
+        "--root", type=Path, default=Path("data/toy"), help="a toy pair made by `cicld prepare-data toy`"
+    )
     parser.add_argument("--rung", default="", help="comma-separated rung names (see --list)")
-    parser.add_argument("--train", default="target", choices=("source", "target"), help="train on the source or the target's labels")
+    parser.add_argument(
+        "--train", default="target", choices=("source", "target"), help="train on the source or the target's labels"
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, help="override every rung's step count (for a quick check)")
     parser.add_argument("--json", type=Path, help="append one JSON line per run here")
     parser.add_argument("--list", action="store_true", help="list the rungs and exit")
     parser.add_argument(
-        "--custom", action="append", default=[],
+        "--custom",
+        action="append",
+        default=[],
         help='an extra rung as JSON: {"name": ..., "net": {Net fields}, "recipe": {Recipe fields}}',
     )
     args = parser.parse_args(argv)

@@ -44,7 +44,7 @@ from cicld.data.datasets import SourceDataset, ValDataset  # noqa: E402
 from cicld.data.labels import CLASSES, IGNORE_INDEX  # noqa: E402
 from cicld.evaluation.metrics import ConfusionMatrix  # noqa: E402
 from cicld.training.common import require_prepared  # noqa: E402
-from cicld.training.uda import augment_mixed, pseudo_label_weight  # noqa: E402
+from cicld.training.uda import augment_mixed  # noqa: E402
 
 LABELS = ("teacher", "correct", "truth")
 WEIGHTS = ("teacher", "one")
@@ -78,7 +78,9 @@ def swapped_adapt(labels: str, weighting: str, class_weighted_mix: bool, source_
     def labelled_target(config) -> SourceDataset:
         root = config.resolved_target_root
         require_prepared(root, "cityscapes", toy=True)
-        return SourceDataset(root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1)
+        return SourceDataset(
+            root, "cityscapes", resize=config.resolved_target_resize, crop=config.crop, seed=config.seed + 1
+        )
 
     def mix(source, target, pseudo, weight, config, generator, class_weight=None):
         pseudo, weight = swap_labels(labels, weighting, pseudo, weight, target["label"])
@@ -98,7 +100,11 @@ def swapped_adapt(labels: str, weighting: str, class_weighted_mix: bool, source_
             class_weight = source_class_weight.get("value")
         return shipped_loss(logits, labels_, pixel_weight=pixel_weight, class_weight=class_weight, **kwargs)
 
-    adapt_module.target_dataset, adapt_module.mix, objectives_module.segmentation_loss = labelled_target, mix, segmentation_loss
+    adapt_module.target_dataset, adapt_module.mix, objectives_module.segmentation_loss = (
+        labelled_target,
+        mix,
+        segmentation_loss,
+    )
     try:
         yield
     finally:
@@ -108,8 +114,11 @@ def swapped_adapt(labels: str, weighting: str, class_weighted_mix: bool, source_
 def run_adapt(args: argparse.Namespace) -> int:
     from cicld.cli import main
 
-    print(f"adapt with labels={args.labels} weight={args.weight} class-weighted mix={args.class_weighted_mix} "
-          f"source loss={not args.no_source_loss} classmix={not args.no_mix}", flush=True)  # fmt: skip
+    print(
+        f"adapt with labels={args.labels} weight={args.weight} class-weighted mix={args.class_weighted_mix} "
+        f"source loss={not args.no_source_loss} classmix={not args.no_mix}",
+        flush=True,
+    )
     with swapped_adapt(args.labels, args.weight, args.class_weighted_mix, not args.no_source_loss, not args.no_mix):
         try:
             main(["adapt", *args.adapt_args])
@@ -134,7 +143,9 @@ def pseudo_label_stats(model, frames: ValDataset, count: int, threshold: float, 
         probs = torch.softmax(model.predict(item["image"][None], generator=generator).float(), dim=1)
         label = item["label"]
         if probs.shape[-2:] != label.shape:
-            probs = torch.nn.functional.interpolate(probs, size=tuple(label.shape), mode="bilinear", align_corners=False)
+            probs = torch.nn.functional.interpolate(
+                probs, size=tuple(label.shape), mode="bilinear", align_corners=False
+            )
         max_prob, pseudo = probs[0].max(dim=0)
         every.update(pseudo, label)
         confident.update(pseudo, torch.where(max_prob >= threshold, label, IGNORE_INDEX))
@@ -168,12 +179,33 @@ def pseudo_label_stats(model, frames: ValDataset, count: int, threshold: float, 
 
 
 def print_stats(stats: dict) -> None:
-    print(f"pixel accuracy {100 * stats['pixel_accuracy']:.1f} %, confident pixels {100 * stats['confident_share']:.1f} % "
-          f"(accuracy {100 * stats['confident_accuracy']:.1f} %)")  # fmt: skip
-    print(f"{'class':14s} {'share':>6s} {'pred':>6s} {'prec':>6s} {'recall':>6s} {'top2':>6s} {'conf':>6s} {'c.prec':>6s}  most often taken for")
+    print(
+        f"pixel accuracy {100 * stats['pixel_accuracy']:.1f} %, "
+        f"confident pixels {100 * stats['confident_share']:.1f} % "
+        f"(accuracy {100 * stats['confident_accuracy']:.1f} %)"
+    )
+    print(
+        f"{'class':14s} {'share':>6s} {'pred':>6s} {'prec':>6s} {'recall':>6s} {'top2':>6s} {'conf':>6s} "
+        f"{'c.prec':>6s}  most often taken for"
+    )
     for name, s in stats["classes"].items():
-        cells = [s[k] for k in ("share", "predicted_share", "precision", "recall", "top2_recall", "confident_share", "confident_precision")]
-        print(f"{name:14s} " + " ".join(f"{100 * v:6.1f}" for v in cells) + f"  {s['most_confused_with']} ({100 * s['most_confused_share']:.0f} %)")
+        cells = [
+            s[k]
+            for k in (
+                "share",
+                "predicted_share",
+                "precision",
+                "recall",
+                "top2_recall",
+                "confident_share",
+                "confident_precision",
+            )
+        ]
+        print(
+            f"{name:14s} "
+            + " ".join(f"{100 * v:6.1f}" for v in cells)
+            + f"  {s['most_confused_with']} ({100 * s['most_confused_share']:.0f} %)"
+        )
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -191,7 +223,9 @@ def run_stats(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    stats = commands.add_parser("stats", help="per-class quality of a model's pseudo-labels on the target's train frames")
+    stats = commands.add_parser(
+        "stats", help="per-class quality of a model's pseudo-labels on the target's train frames"
+    )
     stats.add_argument("model", type=Path)
     stats.add_argument("--data", type=Path, required=True, help="a prepared toy target (its cityscapes folder)")
     stats.add_argument("--frames", type=int, default=200)

@@ -82,8 +82,21 @@ def peak_memory(device: str, baseline: int) -> int:
     return resident_kib("VmHWM") * 1024 - baseline
 
 
-def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                               _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+def grouped_conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """Each requested gradient (input, weight) of a convolution costs one forward convolution.
 
     torch's own formula computes the weight gradient as if the convolution were dense across
@@ -142,7 +155,9 @@ def backbone_configs() -> dict:
 
     return {
         "facebook/convnext-tiny-224": lambda: ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3]),
-        "facebook/convnext-base-224-22k": lambda: ConvNextConfig(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3]),
+        "facebook/convnext-base-224-22k": lambda: ConvNextConfig(
+            hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3]
+        ),
         "facebook/dinov2-small": lambda: Dinov2Config(
             hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14
         ),
@@ -150,13 +165,20 @@ def backbone_configs() -> dict:
             hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14
         ),
         "nvidia/mit-b5": lambda: SegformerConfig(
-            hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1]
+            hidden_sizes=[64, 128, 320, 512],
+            depths=[3, 6, 40, 3],
+            num_attention_heads=[1, 2, 5, 8],
+            sr_ratios=[8, 4, 2, 1],
         ),
     }
 
 
 BACKBONE_IDS = (
-    "facebook/convnext-tiny-224", "facebook/convnext-base-224-22k", "facebook/dinov2-small", "facebook/dinov2-base", "nvidia/mit-b5"
+    "facebook/convnext-tiny-224",
+    "facebook/convnext-base-224-22k",
+    "facebook/dinov2-small",
+    "facebook/dinov2-base",
+    "nvidia/mit-b5",
 )
 
 
@@ -256,7 +278,9 @@ def make_runner(spec: dict, models: dict):
         else:
             call = lambda: model.predict(images, steps=spec["steps"])  # noqa: E731
         grad_context = torch.no_grad
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     def run():
         with grad_context(), autocast:
@@ -314,7 +338,14 @@ def time_rows(specs: list[dict], repeats: int) -> dict:
 
 
 def run_child(mode: str, payload) -> dict:
-    command = [sys.executable, __file__, f"--child-{mode}", json.dumps(payload), "--threads", str(torch.get_num_threads())]
+    command = [
+        sys.executable,
+        __file__,
+        f"--child-{mode}",
+        json.dumps(payload),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise SystemExit(f"{mode} child for {payload} failed:\n{result.stderr[-4000:]}")
@@ -337,7 +368,10 @@ def machine_description(device: str) -> str:
 
 
 def markdown_table(rows: list[dict], peak: dict[str, float]) -> str:
-    header = "| device | model | task | size | S | time (s) | × peer time | peak mem (MiB) | GFLOPs | GFLOP/s | % of matmul peak |"
+    header = (
+        "| device | model | task | size | S | time (s) | × peer time | peak mem (MiB) | GFLOPs | GFLOP/s "
+        "| % of matmul peak |"
+    )
     lines = [header, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     peers = {(r["device"], r["task"]): r["seconds"] for r in rows if r["model"] == "segformer-b5"}
     for r in rows:
@@ -374,7 +408,8 @@ def round_ratios(rows: list[dict]) -> list[str]:
             ratios = [mine / peer for mine, peer in zip(r["all_seconds"], peers[(r["device"], r["task"])])]
             steps = "" if r["task"] == "train" else f" S={r['steps']}"
             lines.append(
-                f"- × peer per round, {r['device']} {cicld_name(r)} {r['task']}{steps}: " + ", ".join(f"{x:.2f}" for x in ratios)
+                f"- × peer per round, {r['device']} {cicld_name(r)} {r['task']}{steps}: "
+                + ", ".join(f"{x:.2f}" for x in ratios)
             )
     return lines
 
@@ -408,19 +443,27 @@ def main() -> None:
     parser.add_argument("--preset", default="base", help="CICLD preset to measure (default: base)")
     parser.add_argument("--steps", default="0,1,2,4,10", help="comma-separated DDIM step counts S")
     parser.add_argument(
-        "--backbones", default="", help="comma-separated hub ids of pretrained backbones to measure CICLD on as well "
-        "(inference at the model's default S and the training step; random weights): " + ", ".join(BACKBONE_IDS)
+        "--backbones",
+        default="",
+        help="comma-separated hub ids of pretrained backbones to measure CICLD on as well "
+        "(inference at the model's default S and the training step; random weights): " + ", ".join(BACKBONE_IDS),
     )
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--train-size", type=int, default=512, help="square training crop")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds after the warm-up (best is kept)")
-    parser.add_argument("--quick", action="store_true", help="smoke sizes: 256×128 inference, 128² training, S ∈ {0, 1}")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved timing rounds after the warm-up (best is kept)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke sizes: 256×128 inference, 128² training, S ∈ {0, 1}"
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     parser.add_argument(
-        "--train-backbones", default=None, help="comma-separated backbones (of --backbones) that get a training row "
+        "--train-backbones",
+        default=None,
+        help="comma-separated backbones (of --backbones) that get a training row "
         "(default: all of them); the training rows are timed in one process, and every training row holds its own "
-        "network, optimiser and EMA copy (9-12 GiB for the large backbones at 512²): keep the group within memory"
+        "network, optimiser and EMA copy (9-12 GiB for the large backbones at 512²): keep the group within memory",
     )
     parser.add_argument(
         "--no-preset-train", action="store_true", help="leave the plain preset's training row out (the peer's stays)"
@@ -463,19 +506,35 @@ def main() -> None:
     rows, loads = [], {}
     for device in devices:
         base = {"device": device, "preset": args.preset, "width": args.width, "height": args.height}
-        groups = [[{**base, "model": "segformer-b5", "task": "inference", "steps": None}]
-                  + [{**base, "model": "cicld", "task": "inference", "steps": s} for s in steps]
-                  + [{**base, "model": "cicld", "task": "inference", "steps": default_steps, "backbone": b} for b in backbones]]
+        groups = [
+            [{**base, "model": "segformer-b5", "task": "inference", "steps": None}]
+            + [{**base, "model": "cicld", "task": "inference", "steps": s} for s in steps]
+            + [
+                {**base, "model": "cicld", "task": "inference", "steps": default_steps, "backbone": b}
+                for b in backbones
+            ]
+        ]
         if not args.no_train:
             train = {**base, "task": "train", "width": args.train_size, "height": args.train_size, "steps": None}
-            groups.append([{**train, "model": "segformer-b5"}] + ([] if args.no_preset_train else [{**train, "model": "cicld"}])
-                          + [{**train, "model": "cicld", "backbone": b} for b in trained])
+            groups.append(
+                [{**train, "model": "segformer-b5"}]
+                + ([] if args.no_preset_train else [{**train, "model": "cicld"}])
+                + [{**train, "model": "cicld", "backbone": b} for b in trained]
+            )
         for specs in groups:
             for spec in specs:
-                print(f"profiling {spec['model']} {spec['task']} on {device}"
-                      + (f", S={spec['steps']}" if spec["steps"] is not None else ""), file=sys.stderr, flush=True)
+                print(
+                    f"profiling {spec['model']} {spec['task']} on {device}"
+                    + (f", S={spec['steps']}" if spec["steps"] is not None else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 spec.update(run_child("profile", spec))
-            print(f"timing {len(specs)} {specs[0]['task']} rows interleaved, {args.repeats} rounds", file=sys.stderr, flush=True)
+            print(
+                f"timing {len(specs)} {specs[0]['task']} rows interleaved, {args.repeats} rounds",
+                file=sys.stderr,
+                flush=True,
+            )
             timed = run_child("time", {"specs": specs, "repeats": args.repeats})
             for spec, seconds, all_seconds, calls in zip(specs, timed["seconds"], timed["all_seconds"], timed["calls"]):
                 rows.append({**spec, "seconds": seconds, "all_seconds": all_seconds, "calls": calls})
@@ -489,11 +548,17 @@ def main() -> None:
     report = [
         f"Command: `{command.strip()}`",
         "",
-        *[f"- {device}: {machine_description(device)}; measured {'bf16' if device == 'cuda' else 'fp32'} matmul "
-          f"peak {peak[device]:.0f} GFLOP/s ({args.matmul_size}² matmul)" for device in devices],
+        *[
+            f"- {device}: {machine_description(device)}; measured {'bf16' if device == 'cuda' else 'fp32'} matmul "
+            f"peak {peak[device]:.0f} GFLOP/s ({args.matmul_size}² matmul)"
+            for device in devices
+        ],
         "",
-        *[f"- load average (1 min) during the {task} timing rounds on {device}: "
-          + " → ".join(f"{x:.1f}" for x in load) for (device, task), load in loads.items()],
+        *[
+            f"- load average (1 min) during the {task} timing rounds on {device}: "
+            + " → ".join(f"{x:.1f}" for x in load)
+            for (device, task), load in loads.items()
+        ],
         *round_ratios(rows),
         "- calls per timed sample (back to back, about "
         f"{MIN_SAMPLE_SECONDS} s): " + ", ".join(f"{row_name(r)} {r['calls']}" for r in rows),

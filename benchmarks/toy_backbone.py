@@ -49,14 +49,18 @@ class SegmenterOnBackbone(nn.Module):
         self.backbone = backbone
         self.project = nn.ModuleList([nn.Conv2d(c, width, 1) for c in backbone.channels])
         self.fuse = nn.Sequential(
-            nn.Conv2d(width * len(backbone.channels), width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(width * len(backbone.channels), width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
         )
         self.classify = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(width, NUM_CLASSES, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images).feature_maps
         size = features[0].shape[-2:]
-        maps = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.project, features)]
+        maps = [
+            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.project, features)
+        ]
         logits = self.classify(self.fuse(torch.cat(maps, 1)))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     generic = args.data / "generic"
     if not (generic / CLASS_STATS_FILE).is_file():
-        parser.error(f"{generic} is missing or not prepared: run `cicld prepare-data toy {args.data} --generic 2000` first")
+        parser.error(
+            f"{generic} is missing or not prepared: run `cicld prepare-data toy {args.data} --generic 2000` first"
+        )
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     backbone = convnext_backbone([int(w) for w in args.widths.split(",")], [int(d) for d in args.depths.split(",")])

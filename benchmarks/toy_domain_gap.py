@@ -43,7 +43,9 @@ from cicld.data.toy import (
 
 def load_source(root: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([read_image(root / "gta5" / "images" / f"{i:05d}.png", "RGB") for i in range(count)])
-    labels = np.stack([cityscapes_ids_to_train_ids(read_image(root / "gta5" / "labels" / f"{i:05d}.png")) for i in range(count)])
+    labels = np.stack(
+        [cityscapes_ids_to_train_ids(read_image(root / "gta5" / "labels" / f"{i:05d}.png")) for i in range(count)]
+    )
     return images, labels
 
 
@@ -53,13 +55,19 @@ def load_target(root: Path, split: str, count: int) -> tuple[np.ndarray, np.ndar
         stem = cityscapes_stem(split, i)
         city = stem.split("_")[0]
         images.append(read_image(root / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", "RGB"))
-        labels.append(cityscapes_ids_to_train_ids(read_image(root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")))
+        labels.append(
+            cityscapes_ids_to_train_ids(
+                read_image(root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+            )
+        )
     return np.stack(images), np.stack(labels)
 
 
 def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -71,10 +79,15 @@ class PlainCNN(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(block(3, width, 2), block(width, 2 * width, 2), block(2 * width, 2 * width))  # 1/4
         self.body = nn.Sequential(
-            block(2 * width, 4 * width, 2), block(4 * width, 4 * width, dilation=2), block(4 * width, 4 * width, dilation=4)
+            block(2 * width, 4 * width, 2),
+            block(4 * width, 4 * width, dilation=2),
+            block(4 * width, 4 * width, dilation=4),
         )  # 1/8
         self.head = nn.Sequential(
-            nn.Conv2d(6 * width, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.Conv2d(64, NUM_CLASSES, 1)
+            nn.Conv2d(6 * width, 64, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, NUM_CLASSES, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +138,9 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[
         pred = model(to_tensor(images[i : i + 16])).argmax(1).numpy()
         gt = labels[i : i + 16]
         valid = gt != IGNORE_INDEX
-        confusion += np.bincount(gt[valid].astype(np.int64) * NUM_CLASSES + pred[valid], minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+        confusion += np.bincount(
+            gt[valid].astype(np.int64) * NUM_CLASSES + pred[valid], minlength=NUM_CLASSES**2
+        ).reshape(NUM_CLASSES, NUM_CLASSES)
     inter = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
@@ -149,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cicld-toy-") as scratch:
         root = args.root or Path(scratch) / "toy"
-        counts = dict(num_source=args.num_source, num_target_train=args.num_target_train, num_target_val=args.num_target_val)
+        counts = dict(
+            num_source=args.num_source, num_target_train=args.num_target_train, num_target_val=args.num_target_val
+        )
         if args.root is not None and (root / MANIFEST).exists():
             counts = {k: json.loads((root / MANIFEST).read_text())[k] for k in counts}
         summary = generate_toy_pair(root, seed=args.seed, workers=args.workers, **counts)

@@ -37,19 +37,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cicld.data.toy import generate_toy_pair, photo, render_frame, world  # noqa: E402
 from toy_domain_gap import evaluate, load_source, train  # noqa: E402
 
+from cicld.data.toy import generate_toy_pair, photo, render_frame, world  # noqa: E402
+
 S, T = world._SOURCE, world._TARGET
-NEUTRAL_CAMERA = dict(gain=(1.0, 1.0), cast=(1.0, 1.0, 1.0), gamma=(1.0, 1.0), vignetting=(0.0, 0.0), blur=0, noise=(0.0, 0.0))
+NEUTRAL_CAMERA = dict(
+    gain=(1.0, 1.0), cast=(1.0, 1.0, 1.0), gamma=(1.0, 1.0), vignetting=(0.0, 0.0), blur=0, noise=(0.0, 0.0)
+)
 # name -> (target world, target photograph); None: as shipped
 VARIANTS = {
     "target as shipped": (T, photo._CAMERA),
-    "- camera (no exposure, cast, gamma, vignetting, blur, noise)": (T, dataclasses.replace(photo._CAMERA, **NEUTRAL_CAMERA)),
+    "- camera (no exposure, cast, gamma, vignetting, blur, noise)": (
+        T,
+        dataclasses.replace(photo._CAMERA, **NEUTRAL_CAMERA),
+    ),
     "- textures, shadows, clouds": (T, dataclasses.replace(photo._CAMERA, texture=0.0, shadows=0.0, clouds=0.0)),
     "- photograph (flat rendering)": (dataclasses.replace(T, photo=False), photo._CAMERA),
     "- palette (source class colours)": (dataclasses.replace(T, palette=S.palette, jitter=S.jitter), photo._CAMERA),
-    "- palette - photograph (scene statistics only)": (dataclasses.replace(T, palette=S.palette, jitter=S.jitter, photo=False), photo._CAMERA),
+    "- palette - photograph (scene statistics only)": (
+        dataclasses.replace(T, palette=S.palette, jitter=S.jitter, photo=False),
+        photo._CAMERA,
+    ),
 }
 
 
@@ -64,7 +73,9 @@ def target_rendered_as(target_world, camera):
 
 
 def render_val(pair_seed: int, count: int, size: tuple[int, int], start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    frames = [render_frame("target", seed=pair_seed, split="val", index=i, size=size) for i in range(start, start + count)]
+    frames = [
+        render_frame("target", seed=pair_seed, split="val", index=i, size=size) for i in range(start, start + count)
+    ]
     return np.stack([f.image for f in frames]), np.stack([f.train_ids for f in frames])
 
 
@@ -83,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     size = (256, 128)
     with tempfile.TemporaryDirectory(prefix="cicld-gap-") as scratch:
         root = Path(scratch) / "toy"
-        generate_toy_pair(root, seed=args.pair_seed, size=size, num_source=args.num_source, num_target_train=1, num_target_val=1)
+        generate_toy_pair(
+            root, seed=args.pair_seed, size=size, num_source=args.num_source, num_target_train=1, num_target_val=1
+        )
         source_x, source_y = load_source(root, args.num_source)
     held_out = max(1, args.num_source // 10)
     evaluations = {}
@@ -91,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         with target_rendered_as(target_world, camera):
             evaluations[name] = render_val(args.pair_seed, args.num_val, size)
         if name == "target as shipped":
-            evaluations["target as shipped, other scenes (the next val frames)"] = render_val(args.pair_seed, args.num_val, size, start=args.num_val)
+            evaluations["target as shipped, other scenes (the next val frames)"] = render_val(
+                args.pair_seed, args.num_val, size, start=args.num_val
+            )
     evaluations["source hold-out (no gap)"] = (source_x[-held_out:], source_y[-held_out:])
     scores: dict[str, list[float]] = {name: [] for name in evaluations}
     for seed in args.seeds:

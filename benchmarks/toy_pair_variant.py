@@ -19,18 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cicld.data.toy import generate_toy_pair, prepare_toy_pair  # noqa: E402
 from toy_gap_factors import VARIANTS, target_rendered_as  # noqa: E402
+
+from cicld.data.toy import generate_toy_pair, prepare_toy_pair  # noqa: E402
 
 # --variant name -> the row of toy_gap_factors.VARIANTS it renders the target as (in that order;
 # strict: a row added there without a name here fails at import rather than shifting the names)
-CHOICES = dict(zip(("shipped", "camera", "textures", "photograph", "palette", "palette-photograph"), VARIANTS, strict=True))
+CHOICES = dict(
+    zip(("shipped", "camera", "textures", "photograph", "palette", "palette-photograph"), VARIANTS, strict=True)
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="an empty or missing folder")
-    parser.add_argument("--variant", choices=sorted(CHOICES), required=True, help="the group of target differences to remove")
+    parser.add_argument(
+        "--variant", choices=sorted(CHOICES), required=True, help="the group of target differences to remove"
+    )
     parser.add_argument("--pair-seed", type=int, default=0)
     args = parser.parse_args(argv)
     name = CHOICES[args.variant]

@@ -129,7 +129,10 @@ def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
                     if conditioning and inter_coder:
                         continue  # the main run
                     tag = f"cond{int(conditioning)}-ic{int(inter_coder)}{tail}"
-                    switches = [f"--{'' if conditioning else 'no-'}conditioning", f"--{'' if inter_coder else 'no-'}inter-coder"]
+                    switches = [
+                        f"--{'' if conditioning else 'no-'}conditioning",
+                        f"--{'' if inter_coder else 'no-'}inter-coder",
+                    ]
                     jobs += [
                         Job(f"ldm-{tag}", "pretrain-ldm", [*s, *switches], after=f"ae-s{seed}"),
                         Job(f"cicld-{tag}", "adapt", s, after=f"ldm-{tag}"),
@@ -148,7 +151,9 @@ def plan(seeds: list[int], tables: set[str], table_seeds: int = 1) -> list[Job]:
 
 
 class Runner:
-    def __init__(self, out: Path, data: Path, quick: bool, steps_sweep: tuple[int, ...] = (), source_format: str = "gta5"):
+    def __init__(
+        self, out: Path, data: Path, quick: bool, steps_sweep: tuple[int, ...] = (), source_format: str = "gta5"
+    ):
         self.out, self.data, self.quick, self.steps_sweep = out, data, quick, steps_sweep
         self.source_format = source_format
         # The toy recipe either way; a SYNTHIA-format source is named as such (docs/toy.md).
@@ -159,9 +164,15 @@ class Runner:
         self.scores: dict[str, dict] = {}
 
     def cicld(self, *args: str, log: Path) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
         with open(log, "a") as handle:
-            done = subprocess.run([sys.executable, "-m", "cicld", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+            done = subprocess.run(
+                [sys.executable, "-m", "cicld", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+            )
         if done.returncode != 0:
             raise RuntimeError(f"`cicld {' '.join(args)}` failed (exit {done.returncode}); see {log}")
 
@@ -176,10 +187,22 @@ class Runner:
                 self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", "--resume=latest", log=log)
             else:
                 init = self.start_model(job)
-                quick = ["--steps=3", "--batch-size=2", "--crop=none", "--val-every=0", "--checkpoint-every=2"] if self.quick else []
-                self.cicld(job.stage, *self.source_flags, f"--runs-root={runs_root}", f"--source-root={self.data / (job.data or self.source_format)}",
-                           f"--target-root={self.data / 'cityscapes'}", *([f"--init-from={init}"] if init else []),
-                           *job.flags, *quick, log=log)  # fmt: skip
+                quick = (
+                    ["--steps=3", "--batch-size=2", "--crop=none", "--val-every=0", "--checkpoint-every=2"]
+                    if self.quick
+                    else []
+                )
+                self.cicld(
+                    job.stage,
+                    *self.source_flags,
+                    f"--runs-root={runs_root}",
+                    f"--source-root={self.data / (job.data or self.source_format)}",
+                    f"--target-root={self.data / 'cityscapes'}",
+                    *([f"--init-from={init}"] if init else []),
+                    *job.flags,
+                    *quick,
+                    log=log,
+                )
             self.seconds[job.name] = time.perf_counter() - started
             finished = newest_finished_run(runs_root, job.stage)
         self.finals[job.name] = finished / "final"
@@ -194,8 +217,15 @@ class Runner:
         scores = self.out / "scores" / f"{name}.json"
         if not scores.is_file():
             scores.parent.mkdir(parents=True, exist_ok=True)
-            self.cicld("evaluate", str(model), f"--data={self.data / 'cityscapes'}", f"--json={scores}",
-                       f"--out={self.out / 'plots' / name}", *flags, log=log)  # fmt: skip
+            self.cicld(
+                "evaluate",
+                str(model),
+                f"--data={self.data / 'cityscapes'}",
+                f"--json={scores}",
+                f"--out={self.out / 'plots' / name}",
+                *flags,
+                log=log,
+            )
         return json.loads(scores.read_text())
 
     def start_model(self, job: Job) -> Path | None:
@@ -220,8 +250,11 @@ def run_all(runner: Runner, jobs: list[Job], workers: int) -> None:
             done.result()  # re-raise a failed job
             score = runner.scores.get(job.name, {}).get(runner.metric)
             took = runner.seconds.get(job.name)
-            print(f"{job.name:<18} {'' if score is None else f'{runner.metric} {100 * score:5.1f}'}"
-                  f"{'' if took is None else f'  ({took:.0f} s)'}", flush=True)  # fmt: skip
+            print(
+                f"{job.name:<18} {'' if score is None else f'{runner.metric} {100 * score:5.1f}'}"
+                f"{'' if took is None else f'  ({took:.0f} s)'}",
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------- report
@@ -250,7 +283,9 @@ def report(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"one torch thread per job; wall time {wall / 60:.1f} min (jobs run in parallel; reused jobs count 0).",
         "",
-        f"Target (toy Cityscapes val, 100 images) {metric} in %, mean ± std over seeds " + ", ".join(map(str, seeds)) + ":",
+        f"Target (toy Cityscapes val, 100 images) {metric} in %, mean ± std over seeds "
+        + ", ".join(map(str, seeds))
+        + ":",
         "",
         f"| method | {metric} | per seed |",
         "|---|---:|---|",
@@ -260,7 +295,10 @@ def report(
         methods = ("ldm", *methods)  # the prior itself, before any adaptation
     if zero_shot and all(s in zero_shot for s in seeds):
         values = [zero_shot[s] for s in seeds]
-        lines.append(f"| zero-shot (the pretrained backbone and its own head) | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
+        lines.append(
+            f"| zero-shot (the pretrained backbone and its own head) | {mean_std(values)} | "
+            f"{', '.join(f'{v:.1f}' for v in values)} |"
+        )
     for method in methods:
         values = [miou[f"{method}-s{s}"] for s in seeds]
         label = "zero-shot (the prior's pretrain-ldm)" if method == "ldm" else method
@@ -276,8 +314,13 @@ def report(
     lines.append("")
     sweep = [steps for steps in runner.steps_sweep if all(f"cicld-s{s}-S{steps}" in miou for s in seeds)]
     if sweep:
-        lines += ["CICLD (adapted) on the target val by DDIM steps S at inference (`cicld evaluate --steps S`; "
-                  "the model's default is S = 1):", "", f"| S | {metric} | per seed |", "|---:|---:|---|"]  # fmt: skip
+        lines += [
+            "CICLD (adapted) on the target val by DDIM steps S at inference (`cicld evaluate --steps S`; "
+            "the model's default is S = 1):",
+            "",
+            f"| S | {metric} | per seed |",
+            "|---:|---:|---|",
+        ]
         for steps in sweep:
             values = [miou[f"cicld-s{s}-S{steps}"] for s in seeds]
             lines.append(f"| {steps} | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
@@ -286,16 +329,24 @@ def report(
     tail = lambda seed: "" if seed == first else f"-s{seed}"  # noqa: E731
     over = f"seed {first}" if len(table_seeds) == 1 else "mean ± std over seeds " + ", ".join(map(str, table_seeds))
     if "table1" in tables:
-        lines += [f"Table 1 ({over}): conditioning × inter-coder connection, CICLD adapt {metric}", "",
-                  "| | unconditioned | conditioned |", "|---|---:|---:|"]  # fmt: skip
+        lines += [
+            f"Table 1 ({over}): conditioning × inter-coder connection, CICLD adapt {metric}",
+            "",
+            "| | unconditioned | conditioned |",
+            "|---|---:|---:|",
+        ]
         name = lambda c, i, s: f"cicld-s{s}" if (c and i) else f"cicld-cond{c}-ic{i}{tail(s)}"  # noqa: E731
         for ic, label in ((0, "without inter-coder connection"), (1, "with inter-coder connection")):
             cells = [mean_std([miou[name(c, ic, s)] for s in table_seeds]) for c in (0, 1)]
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
         lines.append("")
     if "table2" in tables:
-        lines += [f"Table 2 ({over}): objectives of `adapt`, from the same pretrain-ldm model", "",
-                  f"| objective | flags | {metric} | per seed |", "|---|---|---:|---|"]  # fmt: skip
+        lines += [
+            f"Table 2 ({over}): objectives of `adapt`, from the same pretrain-ldm model",
+            "",
+            f"| objective | flags | {metric} | per seed |",
+            "|---|---|---:|---|",
+        ]
         rows = [
             ("CE + diffusion loss, no adversarial", "--adversarial none", "ce-only{}"),
             ("CE + 2-class adversarial", "--adversarial 2class", "adv-2class{}"),
@@ -307,8 +358,7 @@ def report(
             values = [miou[f"cicld-s{s}" if job is None else job.format(tail(s))] for s in table_seeds]
             lines.append(f"| {label} | `{flags}` | {mean_std(values)} | {', '.join(f'{v:.1f}' for v in values)} |")
         lines.append("")
-    lines += ["Per-class IoU (seed " f"{first}):", "",
-              "| class | source-only | CICLD | oracle |", "|---|---:|---:|---:|"]  # fmt: skip
+    lines += [f"Per-class IoU (seed {first}):", "", "| class | source-only | CICLD | oracle |", "|---|---:|---:|---:|"]
     for c in CLASSES:
         cells = [runner.scores[f"{m}-s{first}"]["per_class_iou"][c] for m in ("source-only", "cicld", "oracle")]
         lines.append(f"| {c} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
@@ -322,19 +372,47 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/uda_toy"))
     parser.add_argument("--data", type=Path, default=None, help="a toy pair (default: <out>/data, generated)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tables", default="table1,table2", help="ablations to run besides main (comma-separated, or none)")
-    parser.add_argument("--table-seeds", type=int, default=1, help="run the tables on the first N seeds (N > 1: mean ± std)")
+    parser.add_argument(
+        "--tables", default="table1,table2", help="ablations to run besides main (comma-separated, or none)"
+    )
+    parser.add_argument(
+        "--table-seeds", type=int, default=1, help="run the tables on the first N seeds (N > 1: mean ± std)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="training runs at once (one torch thread each)")
-    parser.add_argument("--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps per job on a tiny pair: checks the plumbing only"
+    )
     parser.add_argument("--markdown", type=Path, default=None)
-    parser.add_argument("--pair-seed", type=int, default=0, help="seed of the generated toy pair (another seed: a pair not tuned on)")
-    parser.add_argument("--source-format", choices=("gta5", "synthia"), default="gta5",
-                        help="the format the generated pair's source is written in (synthia: scored in mIoU16)")
-    parser.add_argument("--steps-sweep", default="0,1,2,10", help="DDIM steps S to evaluate the CICLD models at (comma-separated, or none)")
-    parser.add_argument("--prior", type=int, default=0, metavar="FRAMES",
-                        help="start from a toy prior: pretrain-ldm on this many generic-world frames (0: from the source, as shipped)")
-    parser.add_argument("--prior-steps", type=int, default=1500, help="pretrain-ldm steps on the generic world (with --prior)")
-    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="adapt's learning rate from the prior, the oracle's excepted (with --prior)")
+    parser.add_argument(
+        "--pair-seed", type=int, default=0, help="seed of the generated toy pair (another seed: a pair not tuned on)"
+    )
+    parser.add_argument(
+        "--source-format",
+        choices=("gta5", "synthia"),
+        default="gta5",
+        help="the format the generated pair's source is written in (synthia: scored in mIoU16)",
+    )
+    parser.add_argument(
+        "--steps-sweep",
+        default="0,1,2,10",
+        help="DDIM steps S to evaluate the CICLD models at (comma-separated, or none)",
+    )
+    parser.add_argument(
+        "--prior",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="start from a toy prior: pretrain-ldm on this many generic-world frames (0: from the source, as shipped)",
+    )
+    parser.add_argument(
+        "--prior-steps", type=int, default=1500, help="pretrain-ldm steps on the generic world (with --prior)"
+    )
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=1e-4,
+        help="adapt's learning rate from the prior, the oracle's excepted (with --prior)",
+    )
     parser.add_argument("--backbone", help="pretrain-ae's --backbone (a folder or a hub id; {seed} becomes each seed)")
     parser.add_argument("--ldm-flags", default="", help="extra flags for every pretrain-ldm job, as one string")
     parser.add_argument("--adapt-flags", default="", help="extra flags for every adapt job, as one string")
@@ -349,9 +427,18 @@ def main() -> None:
     if args.data is None:
         args.out.mkdir(parents=True, exist_ok=True)
         size = ["--size=64x32"] if args.quick else []
-        runner.cicld("prepare-data", "toy", str(data), "-j", str(args.jobs), f"--seed={args.pair_seed}", *size,
-                     f"--source-format={args.source_format}", *([f"--generic={args.prior}"] if args.prior else []),
-                     log=args.out / "prepare.log")  # fmt: skip
+        runner.cicld(
+            "prepare-data",
+            "toy",
+            str(data),
+            "-j",
+            str(args.jobs),
+            f"--seed={args.pair_seed}",
+            *size,
+            f"--source-format={args.source_format}",
+            *([f"--generic={args.prior}"] if args.prior else []),
+            log=args.out / "prepare.log",
+        )
     jobs = plan(args.seeds, tables, args.table_seeds)
     if args.prior:
         steps = 3 if args.quick else args.prior_steps
@@ -360,7 +447,16 @@ def main() -> None:
     run_all(runner, jobs, args.jobs)
     command = "PYTHONPATH=. python benchmarks/uda_toy.py " + shlex.join(sys.argv[1:])
     zero_shot = backbone_zero_shot(args.backbone, args.seeds)
-    text = report(runner, args.seeds, tables, command, time.perf_counter() - started, args.table_seeds, bool(args.prior), zero_shot)
+    text = report(
+        runner,
+        args.seeds,
+        tables,
+        command,
+        time.perf_counter() - started,
+        args.table_seeds,
+        bool(args.prior),
+        zero_shot,
+    )
     markdown = args.markdown or args.out / "uda_toy.md"
     markdown.write_text(text)
     (args.out / "results.json").write_text(json.dumps({"scores": runner.scores, "seconds": runner.seconds}, indent=2))

@@ -28,9 +28,9 @@ from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write, writing
 from cicld.training.adapt import adapt
 from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
+from cicld.training.locate import find_model, is_finished, is_resumable
 from cicld.training.pretrain_ae import pretrain_ae
 from cicld.training.pretrain_ldm import pretrain_ldm
-from cicld.training.locate import find_model, is_finished, is_resumable
 from cicld.training.runs import read_run_config, stage_runs
 from cicld.training.session import loss_summary
 
@@ -148,9 +148,15 @@ def _make_toy_pair(options: DemoOptions, progress: DemoProgress) -> tuple[str, N
         progress.advanced(done[0], "frames", total=total)
 
     with writing(f"the toy pair to {options.data_root}"):
-        summary = generate_toy_pair(options.data_root, seed=options.seed, workers=options.workers, progress=advance, **sizes)
+        summary = generate_toy_pair(
+            options.data_root, seed=options.seed, workers=options.workers, progress=advance, **sizes
+        )
     prepare_toy_pair(summary, workers=options.workers)
-    return f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val frames in {options.data_root}", None
+    return (
+        f"{summary.num_source} source, {summary.num_target_train} target train, {summary.num_target_val} val "
+        f"frames in {options.data_root}",
+        None,
+    )
 
 
 def _train_or_reuse(config: CommonConfig, progress: DemoProgress) -> tuple[str, Path]:
@@ -182,7 +188,9 @@ def _comparable(config: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in config.items() if k != "init_from" and k not in retired}))
 
 
-def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, progress: DemoProgress) -> tuple[str, dict[str, SegmentationScores]]:
+def _evaluate(
+    options: DemoOptions, models: dict[str, Path], out: Path, progress: DemoProgress
+) -> tuple[str, dict[str, SegmentationScores]]:
     from accelerate import Accelerator
 
     from cicld.evaluation.evaluate import evaluate_model, evaluation_split
@@ -196,7 +204,7 @@ def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, progress
     for name, model_dir in models.items():
         model = CICLD.from_pretrained(model_dir, device=accelerator.device)
 
-        def on_image(n: int, base=done) -> None:
+        def on_image(n: int, base=done, name=name) -> None:
             progress.advanced(base + n, name, total=len(models) * len(val))
 
         scores[name] = result = evaluate_model(model, val, accelerator, on_image=on_image)
@@ -209,7 +217,9 @@ def _evaluate(options: DemoOptions, models: dict[str, Path], out: Path, progress
     return f"{len(val)} val images per model; scores and pictures in {out}", scores
 
 
-def _predict(options: DemoOptions, models: dict[str, Path], out: Path, comparison: Path, progress: DemoProgress) -> tuple[str, None]:
+def _predict(
+    options: DemoOptions, models: dict[str, Path], out: Path, comparison: Path, progress: DemoProgress
+) -> tuple[str, None]:
     from cicld.data.datasets import ValDataset
     from cicld.evaluation.plots import side_by_side_png
     from cicld.evaluation.predict import PredictionInput, output_paths, predict_files
@@ -220,8 +230,14 @@ def _predict(options: DemoOptions, models: dict[str, Path], out: Path, compariso
     rows = [[read_image(s.image, "RGB"), colorize(read_image(s.train_ids))] for s in samples]
     for name, model_dir in models.items():
         folder = out / _slug(name)
-        predict_files(CICLD.from_pretrained(model_dir), inputs, folder, kinds=("color", "overlay"), overwrite=True,
-                      on_image=lambda n, name=name: progress.advanced(n, name, total=len(samples)))  # fmt: skip
+        predict_files(
+            CICLD.from_pretrained(model_dir),
+            inputs,
+            folder,
+            kinds=("color", "overlay"),
+            overwrite=True,
+            on_image=lambda n, name=name: progress.advanced(n, name, total=len(samples)),
+        )
         # The picture shows the very colour maps just written.
         for row, entry in zip(rows, inputs):
             row.append(read_image(output_paths(folder, entry, ("color",))["color"], "RGB"))

@@ -50,7 +50,9 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], object], *, durable: bool = False) -> None:
+def atomic_write(
+    path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], object], *, durable: bool = False
+) -> None:
     """Write ``content`` to ``path`` atomically (see the module docstring).
 
     ``content`` is the bytes, a ``str`` (written as UTF-8), or ``write(handle)``, which writes

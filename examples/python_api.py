@@ -38,7 +38,9 @@ def segment(model: CICLD, image: np.ndarray, height: int | None = None) -> np.nd
     if height is None and config.input_size is not None:
         height = config.input_size[1]
     size = inference_size(image.shape[1], image.shape[0], height, config.size_divisor)
-    batch = normalize(resize_image(image, size), config.image_mean, config.image_std)[None].to(model.device)  # (1, 3, h, w)
+    batch = normalize(resize_image(image, size), config.image_mean, config.image_std)[None].to(
+        model.device
+    )  # (1, 3, h, w)
     logits = model.predict(batch)  # (1, 19, h, w): S = config.inference_steps DDIM steps, seeded noise
     logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

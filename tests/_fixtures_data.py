@@ -43,7 +43,9 @@ def make_gta5(root: Path, labels: dict[str, np.ndarray]) -> Path:
     for name, label in labels.items():
         write_image(root / "images" / f"{name}.png", image_for(label))
         # GTA5's raw labels are palette PNGs whose indices are Cityscapes label ids.
-        write_image(root / "labels" / f"{name}.png", train_ids_to_cityscapes_ids(label), palette=cityscapes_id_palette())
+        write_image(
+            root / "labels" / f"{name}.png", train_ids_to_cityscapes_ids(label), palette=cityscapes_id_palette()
+        )
         write_image(root / "labels" / f"{name}_labelTrainIds.png", label.astype(np.uint8))
     return root
 

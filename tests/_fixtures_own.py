@@ -65,9 +65,13 @@ def write_pairs(root: Path, sizes: list[tuple[int, int]], seed: int = 0) -> Path
 def write_photos(root: Path, seed: int = 100) -> list[Path]:
     """A folder of unlabelled photos: nested subfolders, JPEGs and PNGs, colour and greyscale, mixed sizes."""
     specs = [
-        ("a.jpg", (96, 48), "RGB"), ("b.png", (64, 40), "RGB"), ("day/c.jpeg", (80, 64), "L"),
-        ("day/morning/d.JPG", (72, 36), "RGB"), ("night/e.png", (64, 32), "L"), ("night/f.jpg", (128, 64), "RGB"),
-    ]  # fmt: skip
+        ("a.jpg", (96, 48), "RGB"),
+        ("b.png", (64, 40), "RGB"),
+        ("day/c.jpeg", (80, 64), "L"),
+        ("day/morning/d.JPG", (72, 36), "RGB"),
+        ("night/e.png", (64, 32), "L"),
+        ("night/f.jpg", (128, 64), "RGB"),
+    ]
     written = []
     for index, (name, (width, height), mode) in enumerate(specs):
         path = root / name

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from cicld.data.labels import cityscapes_id_palette
-from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 from cicld.data.pngio import write_image
+from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,9 @@ def run_cicld_process(*args: str, cwd: Path | None = None) -> subprocess.Complet
     )
 
 
-def write_gta5_frame(root: Path, stem: str, label_ids: np.ndarray, image_size: tuple[int, int] | None = None, seed: int = 0):
+def write_gta5_frame(
+    root: Path, stem: str, label_ids: np.ndarray, image_size: tuple[int, int] | None = None, seed: int = 0
+):
     """One GTA5 frame: RGB image and a palette label whose indices are Cityscapes label ids."""
     height, width = label_ids.shape if image_size is None else image_size[::-1]
     rng = np.random.default_rng(seed)
@@ -90,7 +92,10 @@ def write_cityscapes_frame(root: Path, split: str, city: str, frame: int, label_
     height, width = (8, 16) if label_ids is None else label_ids.shape
     stem = f"{city}_000000_{frame:06d}"
     rng = np.random.default_rng(seed)
-    write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    write_image(
+        root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+    )
     if label_ids is not None:
         write_image(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label_ids.astype(np.uint8))
 
@@ -138,10 +143,27 @@ def toy_root(tmp_path_factory) -> Path:
 
 def stage_flags(toy_root: Path, runs: Path, steps: int = 2) -> list[str]:
     return [
-        "--source", "toy", "--source-root", toy_root / "gta5", "--target-root", toy_root / "cityscapes",
-        "--runs-root", runs, "--steps", str(steps), "--crop", "32x32", "--batch-size", "2",
-        "--val-limit", "2", "--checkpoint-every", "2", "--warmup-steps", "1",
-    ]  # fmt: skip
+        "--source",
+        "toy",
+        "--source-root",
+        toy_root / "gta5",
+        "--target-root",
+        toy_root / "cityscapes",
+        "--runs-root",
+        runs,
+        "--steps",
+        str(steps),
+        "--crop",
+        "32x32",
+        "--batch-size",
+        "2",
+        "--val-limit",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--warmup-steps",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,9 @@ def _dinov2_config() -> Dinov2Config:
 
 
 def _mit_config() -> SegformerConfig:
-    return SegformerConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], num_labels=5)
+    return SegformerConfig(
+        hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], num_labels=5
+    )
 
 
 def _save(model, folder: Path) -> Path:
@@ -121,7 +123,9 @@ def test_a_mit_backbone_gives_segformers_four_encoder_stages(mit):
 # ---------------------------------------------------------------- the model folder
 def _backbone_model(folder: Path, preset: str = "tiny") -> CICLD:
     backbone, record = load_backbone(str(folder))
-    config = CICLDConfig.preset(preset).replace(backbone=record.config, backbone_source=record.source, backbone_sha256=record.sha256)
+    config = CICLDConfig.preset(preset).replace(
+        backbone=record.config, backbone_source=record.source, backbone_sha256=record.sha256
+    )
     torch.manual_seed(0)
     model = CICLD(config)
     model.encoder.backbone.model.load_state_dict(backbone.model.state_dict())
@@ -143,7 +147,11 @@ def test_a_model_folder_with_a_backbone_reloads_without_its_source_and_predicts_
     assert torch.equal(model.predict(x), reloaded.predict(x))
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["backbone_source"] == str(source.resolve())
-    assert saved["backbone_sha256"] == state_hash(model.encoder.backbone.model) == state_hash(reloaded.encoder.backbone.model)
+    assert (
+        saved["backbone_sha256"]
+        == state_hash(model.encoder.backbone.model)
+        == state_hash(reloaded.encoder.backbone.model)
+    )
 
 
 def test_the_backbones_weights_are_part_of_the_models_parameters_and_its_own_optimizer_group(convnext):
@@ -159,7 +167,9 @@ def test_the_backbones_weights_are_part_of_the_models_parameters_and_its_own_opt
 def test_a_checkpoint_may_differ_only_in_a_task_head_and_in_the_output_norms_a_backbone_class_adds(convnext):
     backbone, _ = load_backbone(str(convnext))  # classifier and final norm dropped, stage norms new: fine
     norms = {k: v for k, v in backbone.model.state_dict().items() if k.startswith("hidden_states_norms.")}
-    assert norms and all(torch.equal(v, torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)) for k, v in norms.items())
+    assert norms and all(
+        torch.equal(v, torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)) for k, v in norms.items()
+    )
 
 
 def _edited_copy(folder: Path, tmp_path: Path, edit) -> Path:
@@ -186,7 +196,10 @@ def test_a_missing_weight_is_a_one_line_error_naming_it(convnext, tmp_path):
     "make, message",
     [
         (lambda folder: (folder / "model.safetensors").unlink(), "has a config.json but no weights"),
-        (lambda folder: (folder / "model.safetensors").write_bytes(b"\x00" * 64), "cannot read its weights (SafetensorError"),
+        (
+            lambda folder: (folder / "model.safetensors").write_bytes(b"\x00" * 64),
+            "cannot read its weights (SafetensorError",
+        ),
         (
             lambda folder: (folder / "config.json").write_text(
                 (folder / "config.json").read_text().replace('"hidden_sizes": [\n    8,', '"hidden_sizes": [\n    12,')
@@ -234,7 +247,10 @@ def backbone_runs(toy_root, convnext, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("backbone_runs")
     for stage, extra in (
         ("pretrain-ae", ["--backbone", convnext]),
-        ("pretrain-ldm", ["--feature-distance", "1", "--feature-distance-classes", "all", "--log-every", "1", "--steps", "4"]),
+        (
+            "pretrain-ldm",
+            ["--feature-distance", "1", "--feature-distance-classes", "all", "--log-every", "1", "--steps", "4"],
+        ),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([stage, *map(str, stage_flags(toy_root, runs)), *map(str, extra)])
@@ -265,7 +281,10 @@ def test_the_feature_distance_grows_with_how_far_the_backbone_moved_from_its_sta
     reference, _ = load_backbone(str(convnext))
     distance = FeatureDistance(reference, weight=1.0, classes=None, num_classes=19)
     x, labels = _images(), torch.zeros(2, 64, 128, dtype=torch.long)
-    noise = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(reference.model.parameters())]
+    noise = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+        for i, p in enumerate(reference.model.parameters())
+    ]
     distances = []
     for scale in (0.0, 0.001, 0.01, 0.1):
         moved, _ = load_backbone(str(convnext))
@@ -277,7 +296,9 @@ def test_the_feature_distance_grows_with_how_far_the_backbone_moved_from_its_sta
     assert distances == sorted(distances) and len(set(distances)) == 4
 
 
-def test_adapt_trains_the_backbone_at_its_own_rate_and_leaves_frozen_stages_untouched(cli, toy_root, backbone_runs, tmp_path):
+def test_adapt_trains_the_backbone_at_its_own_rate_and_leaves_frozen_stages_untouched(
+    cli, toy_root, backbone_runs, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(backbone_runs, runs, symlinks=True)
     flags = ["--freeze-backbone-stages", "2", "--backbone-lr-mult", "0.5", "--method", "source-only"]
@@ -285,13 +306,19 @@ def test_adapt_trains_the_backbone_at_its_own_rate_and_leaves_frozen_stages_unto
     assert result.exit_code == 0, result.stderr
     (start,), (run,) = stage_runs(runs, "pretrain-ldm"), stage_runs(runs, "adapt")
     before, after = _weights(start), _weights(run)
-    frozen = ("encoder.backbone.model.embeddings.", "encoder.backbone.model.encoder.stages.0.", "encoder.backbone.model.encoder.stages.1.")
+    frozen = (
+        "encoder.backbone.model.embeddings.",
+        "encoder.backbone.model.encoder.stages.0.",
+        "encoder.backbone.model.encoder.stages.1.",
+    )
     moved = "encoder.backbone.model.encoder.stages.3."
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(frozen))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(moved))
 
 
-def test_the_feature_distance_refuses_a_starting_backbone_whose_weights_changed(cli, toy_root, backbone_runs, convnext, tmp_path):
+def test_the_feature_distance_refuses_a_starting_backbone_whose_weights_changed(
+    cli, toy_root, backbone_runs, convnext, tmp_path
+):
     runs = tmp_path / "runs"
     shutil.copytree(backbone_runs, runs, symlinks=True)
     (start,) = stage_runs(runs, "pretrain-ldm")
@@ -299,7 +326,11 @@ def test_the_feature_distance_refuses_a_starting_backbone_whose_weights_changed(
     changed = tmp_path / "changed"
     shutil.copytree(convnext, changed)
     weights = load_file(changed / "model.safetensors")
-    save_file({k: v + 1 if "stages.3" in k else v for k, v in weights.items()}, changed / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v + 1 if "stages.3" in k else v for k, v in weights.items()},
+        changed / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     config["backbone_source"] = str(changed)
     (start / "final" / "config.json").write_text(json.dumps(config))
     result = cli("adapt", *stage_flags(toy_root, runs), "--feature-distance", "0.1")
@@ -328,12 +359,16 @@ def test_the_feature_distance_is_the_mean_channel_norm_over_pixels_whose_pooled_
 
 def test_no_thing_pixel_gives_a_zero_feature_distance_that_stays_in_the_graph():
     features = torch.ones(1, 2, 2, 2, requires_grad=True)
-    distance = feature_distance(features, torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long), THING_CLASSES, 19)
+    distance = feature_distance(
+        features, torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long), THING_CLASSES, 19
+    )
     assert distance.item() == 0.0 and distance.requires_grad
 
 
 def test_the_feature_distance_counts_cityscapes_things_by_default_and_every_pixel_of_your_own_classes():
-    own = ClassList.from_dict({"classes": [{"name": n, "color": [i] * 3} for i, n in enumerate(("ground", "tree", "cart"))]})
+    own = ClassList.from_dict(
+        {"classes": [{"name": n, "color": [i] * 3} for i, n in enumerate(("ground", "tree", "cart"))]}
+    )
     assert feature_distance_classes("auto", CITYSCAPES) == THING_CLASSES
     assert feature_distance_classes("auto", own) is None
     assert feature_distance_classes("all", CITYSCAPES) is None
@@ -345,5 +380,7 @@ def test_a_backbone_whose_features_are_not_at_strides_4_to_32_is_refused_in_one_
     config = _convnext_config()
     config.patch_size = 2  # a stem of stride 2: features at 1/2 ... 1/16
     folder = _save(ConvNextForImageClassification(config), tmp_path / "stride2")
-    with pytest.raises(CicldError, match=r"its four feature maps are at strides \[2, 4, 8, 16\]; cicld needs \[4, 8, 16, 32\]"):
+    with pytest.raises(
+        CicldError, match=r"its four feature maps are at strides \[2, 4, 8, 16\]; cicld needs \[4, 8, 16, 32\]"
+    ):
         load_backbone(str(folder))

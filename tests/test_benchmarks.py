@@ -32,7 +32,18 @@ def benchmark_module(name: str):
 
 def run_benchmark(out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / "benchmarks" / "uda_toy.py"), "--out", str(out), "--quick", "--seeds", "0", "1", "--jobs", "2"]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "uda_toy.py"),
+        "--out",
+        str(out),
+        "--quick",
+        "--seeds",
+        "0",
+        "1",
+        "--jobs",
+        "2",
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
 
 
@@ -89,8 +100,11 @@ def test_the_tables_run_on_the_first_table_seeds_each_from_its_own_seeds_models(
     extra = set(two) - set(one)
     assert extra == {
         *(f"{p}-cond{c}-ic{i}-s1" for p in ("ldm", "cicld") for c, i in ((0, 0), (0, 1), (1, 0))),
-        "ce-only-s1", "adv-2class-s1", "adv-3class-cl-s1", "adv-3class-mmd-s1",
-    }  # fmt: skip
+        "ce-only-s1",
+        "adv-2class-s1",
+        "adv-3class-cl-s1",
+        "adv-3class-mmd-s1",
+    }
     # Each starts from its own seed's models and trains with its own seed.
     assert two["ce-only-s1"].after == "ldm-s1" and "--seed=1" in two["ce-only-s1"].flags
     assert two["ldm-cond0-ic1-s1"].after == "ae-s1"
@@ -124,7 +138,10 @@ def test_with_a_prior_pretrain_ldm_trains_on_the_generic_world_and_adapt_fine_tu
 def test_on_a_backbone_each_seeds_autoencoder_loads_its_own_and_the_later_stages_get_their_flags(tmp_path):
     uda_toy = benchmark_module("uda_toy")
     plan = uda_toy.plan([0, 1], set())
-    jobs = {j.name: j for j in uda_toy.with_backbone(plan, "bb/s{seed}", ["--feature-distance=0.1"], ["--backbone-lr-mult=0.1"])}
+    jobs = {
+        j.name: j
+        for j in uda_toy.with_backbone(plan, "bb/s{seed}", ["--feature-distance=0.1"], ["--backbone-lr-mult=0.1"])
+    }
     assert jobs["ae-s1"].flags == ["--seed=1", "--backbone=bb/s1"]
     assert jobs["ldm-s0"].flags == ["--seed=0", "--feature-distance=0.1"]
     for method in ("source-only", "self-training", "cicld", "oracle"):
@@ -179,14 +196,27 @@ def test_the_ladder_without_classmix_trains_on_the_target_and_puts_adapts_parts_
 def test_the_ladder_runs_the_real_adapt_on_the_truth(toy_root, pretrained_runs, tmp_path):
     import shutil
 
-    from conftest import stage_flags
-
     from cicld.training.runs import stage_runs
+
+    from conftest import stage_flags
 
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     flags = [str(f) for f in stage_flags(toy_root, runs)]
-    code = benchmark_module("pseudo_label_ladder").main(["adapt", "--labels", "truth", "--weight", "one", "--class-weighted-mix", "--", *flags, "--method", "self-training"])
+    code = benchmark_module("pseudo_label_ladder").main(
+        [
+            "adapt",
+            "--labels",
+            "truth",
+            "--weight",
+            "one",
+            "--class-weighted-mix",
+            "--",
+            *flags,
+            "--method",
+            "self-training",
+        ]
+    )
     assert code == 0
     (run,) = stage_runs(runs, "adapt")
     assert (run / "final" / "model.safetensors").is_file()
@@ -194,7 +224,21 @@ def test_the_ladder_runs_the_real_adapt_on_the_truth(toy_root, pretrained_runs, 
 
 def test_the_ladders_stats_score_a_models_pseudo_labels_per_class(toy_root, pretrained_runs, tmp_path, capsys):
     out = tmp_path / "stats.json"
-    assert benchmark_module("pseudo_label_ladder").main(["stats", str(pretrained_runs / "latest"), "--data", str(toy_root / "cityscapes"), "--frames", "2", "--json", str(out)]) == 0
+    assert (
+        benchmark_module("pseudo_label_ladder").main(
+            [
+                "stats",
+                str(pretrained_runs / "latest"),
+                "--data",
+                str(toy_root / "cityscapes"),
+                "--frames",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stats = json.loads(out.read_text())
     assert 0.0 <= stats["confident_share"] <= 1.0 and 0.0 <= stats["pixel_accuracy"] <= 1.0
     shares = [c["share"] for c in stats["classes"].values()]
@@ -211,8 +255,14 @@ def test_the_speed_benchmark_refuses_to_measure_nothing():
 
 
 def test_the_speed_benchmark_trains_only_backbones_it_also_measures():
-    command = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--backbones", "facebook/dinov2-base",
-               "--train-backbones", "facebook/dinov2-small"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "speed.py"),
+        "--backbones",
+        "facebook/dinov2-base",
+        "--train-backbones",
+        "facebook/dinov2-small",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--train-backbones: each must be one of --backbones" in result.stderr.splitlines()[-1]
@@ -229,6 +279,7 @@ def test_the_speed_benchmark_times_a_fast_call_back_to_back_and_a_slow_one_alone
                 busy_until = speed.time.perf_counter() + speed.MIN_SAMPLE_SECONDS
                 while speed.time.perf_counter() < busy_until:
                     pass
+
         return run
 
     monkeypatch.setattr(speed, "make_runner", make_runner)
@@ -250,6 +301,7 @@ def test_the_speed_benchmark_times_a_call_of_seconds_once_per_sample_after_one_w
             busy_until = speed.time.perf_counter() + 0.06
             while speed.time.perf_counter() < busy_until:
                 pass
+
         return run
 
     monkeypatch.setattr(speed, "make_runner", make_runner)

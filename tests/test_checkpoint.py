@@ -76,7 +76,9 @@ def test_saving_a_step_drops_the_later_checkpoints_of_an_abandoned_continuation(
     accelerator, model, optimizer, training = _setup()
     for step in (10, 20, 30):
         save_checkpoint(accelerator, tmp_path, step=step, training=training, state={}, keep=5)
-    save_checkpoint(accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=5)  # resumed from step 10
+    save_checkpoint(
+        accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=5
+    )  # resumed from step 10
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000010", "step-00000020"]
     assert load_checkpoint(accelerator, latest_checkpoint(tmp_path), training) == {"step": 20, "again": True}
 
@@ -217,7 +219,11 @@ def test_a_crash_at_any_point_of_a_checkpoint_save_leaves_only_complete_checkpoi
             assert load_checkpoint(accelerator, checkpoint, training)["step"] in (10, 20)
 
     # Step 20 again (a run resumed from step 10), pruning step 10 afterwards.
-    _every_crash(monkeypatch, lambda: save_checkpoint(accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=1), all_checkpoints_load)
+    _every_crash(
+        monkeypatch,
+        lambda: save_checkpoint(accelerator, tmp_path, step=20, training=training, state={"again": True}, keep=1),
+        all_checkpoints_load,
+    )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000020"]
     assert load_checkpoint(accelerator, latest_checkpoint(tmp_path), training) == {"step": 20, "again": True}
     assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000020"]  # no leftovers
@@ -278,7 +284,12 @@ def test_a_checkpoint_in_the_old_pickled_format_is_refused_in_one_line_without_b
 
 def test_every_stages_checkpoints_hold_only_safetensors_and_json(cli, toy_root, pretrained_runs, tmp_path):
     run = _adapt_run_with_checkpoints(cli, toy_root, pretrained_runs, tmp_path)
-    checkpoints = [c for stage in ("pretrain-ae", "pretrain-ldm", "adapt") for r in stage_runs(run.parent.parent, stage) for c in list_checkpoints(r)]
+    checkpoints = [
+        c
+        for stage in ("pretrain-ae", "pretrain-ldm", "adapt")
+        for r in stage_runs(run.parent.parent, stage)
+        for c in list_checkpoints(r)
+    ]
     assert {c.parent.parent.parent.name for c in checkpoints} == {"pretrain-ae", "pretrain-ldm", "adapt"}
     for checkpoint in checkpoints:
         for file in checkpoint.iterdir():

@@ -52,7 +52,9 @@ def test_missing_folder(cli, tmp_path):
 
 
 def test_wrong_dataset(cli, gta5_root):
-    assert_one_line_error(cli("prepare-data", "cityscapes", gta5_root), "not a cityscapes dataset", "leftImg8bit/train/")
+    assert_one_line_error(
+        cli("prepare-data", "cityscapes", gta5_root), "not a cityscapes dataset", "leftImg8bit/train/"
+    )
 
 
 def test_corrupt_png_label(cli, gta5_root):
@@ -93,8 +95,12 @@ def test_unwritable_output_of_the_toy_generator(cli):
 
 
 def test_toy_options_on_a_real_dataset(cli, gta5_root):
-    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--seed", "3"), "--seed only apply to `prepare-data toy`")
-    assert_one_line_error(cli("prepare-data", "gta5", gta5_root, "--generic", "5"), "--generic only apply to `prepare-data toy`")
+    assert_one_line_error(
+        cli("prepare-data", "gta5", gta5_root, "--seed", "3"), "--seed only apply to `prepare-data toy`"
+    )
+    assert_one_line_error(
+        cli("prepare-data", "gta5", gta5_root, "--generic", "5"), "--generic only apply to `prepare-data toy`"
+    )
 
 
 def test_bad_flag_value(cli, gta5_root):
@@ -122,7 +128,9 @@ def test_toy_chain_generates_then_prepare_data_skips_what_is_done(cli, tmp_path)
     root = tmp_path / "toy"
     first = cli("prepare-data", "toy", root, "--size", "64x32", "-j", "2")
     assert first.exit_code == 0, first.stderr
-    assert (root / "gta5" / "sample_class_stats.json").is_file() and (root / "cityscapes" / "sample_class_stats.json").is_file()
+    assert (root / "gta5" / "sample_class_stats.json").is_file() and (
+        root / "cityscapes" / "sample_class_stats.json"
+    ).is_file()
     for dataset in ("gta5", "cityscapes"):
         again = cli("prepare-data", dataset, root / dataset)
         assert again.exit_code == 0, again.stderr
@@ -136,7 +144,11 @@ def test_toy_chain_generates_then_prepare_data_skips_what_is_done(cli, tmp_path)
     assert (root / "generic" / "sample_class_stats.json").is_file()
 
 
-@pytest.mark.parametrize("command", [["prepare-data", "toy", "{tmp}/toy"], ["demo", "--quick", "--out", "{tmp}/demo"]], ids=["prepare-data", "demo"])
+@pytest.mark.parametrize(
+    "command",
+    [["prepare-data", "toy", "{tmp}/toy"], ["demo", "--quick", "--out", "{tmp}/demo"]],
+    ids=["prepare-data", "demo"],
+)
 def test_a_negative_seed_is_a_one_line_error_before_anything_is_created(cli, tmp_path, command):
     result = cli(*[part.format(tmp=tmp_path) for part in command], "--seed", "-1")
     assert_one_line_error(result, "--seed")

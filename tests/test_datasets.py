@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _fixtures_data import (
+    image_for,
+    label_from_red,
+    make_cityscapes,
+    make_gta5,
+    make_synthia,
+    stripes,
+    write_class_stats,
+)
 from torch.utils.data import DataLoader
 
 import cicld.data.datasets as datasets_module
-from _fixtures_data import image_for, label_from_red, make_cityscapes, make_gta5, make_synthia, stripes, write_class_stats
 from cicld.data import transforms as T
 from cicld.data.datasets import DEFAULT_CROP, DEFAULT_RESIZE, SourceDataset, TargetDataset, ValDataset, item_rng
 from cicld.data.pngio import write_image
@@ -29,7 +37,9 @@ def _make(tmp_path, dataset, n=3):
     if dataset == "synthia":
         return make_synthia(tmp_path / "synthia", {f"{i + 1:07d}": lab for i, lab in enumerate(labels.values())})
     return make_cityscapes(
-        tmp_path / "cityscapes", "train", {f"aachen/aachen_000000_{i:06d}": lab for i, lab in enumerate(labels.values())}
+        tmp_path / "cityscapes",
+        "train",
+        {f"aachen/aachen_000000_{i:06d}": lab for i, lab in enumerate(labels.values())},
     )
 
 
@@ -158,7 +168,9 @@ def test_source_items_are_a_function_of_seed_epoch_and_index(tmp_path):
     b = SourceDataset(root, "gta5", crop=(9, 9), seed=3)
     a.set_epoch(2)
     b.set_epoch(2)
-    assert all(torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["label"], b[i]["label"]) for i in range(3))
+    assert all(
+        torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["label"], b[i]["label"]) for i in range(3)
+    )
 
 
 def test_source_augmentation_differs_across_epochs_and_seeds(tmp_path):
@@ -224,7 +236,9 @@ def test_a_data_error_in_a_dataloader_worker_keeps_its_own_short_message(tmp_pat
         data[1]
     with pytest.raises(DataError) as in_worker:
         list(DataLoader(data, batch_size=1, num_workers=1, shuffle=False))
-    assert str(in_worker.value) == str(in_process.value) == f"{broken} is corrupt or truncated (image file is truncated)"
+    assert (
+        str(in_worker.value) == str(in_process.value) == f"{broken} is corrupt or truncated (image file is truncated)"
+    )
 
 
 def test_source_without_any_label_is_a_data_error(tmp_path):
@@ -324,7 +338,9 @@ def test_target_never_opens_a_label_file(tmp_path, monkeypatch):
         label_file.write_bytes(b"not a png")
     opened = []
     real_read = datasets_module.read_image
-    monkeypatch.setattr(datasets_module, "read_image", lambda path, *a, **k: opened.append(path) or real_read(path, *a, **k))
+    monkeypatch.setattr(
+        datasets_module, "read_image", lambda path, *a, **k: opened.append(path) or real_read(path, *a, **k)
+    )
     data = TargetDataset(root, resize=(14, 10), crop=(8, 8))
     for i in range(len(data)):
         data[i]

@@ -7,7 +7,6 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from cicld.errors import CicldError
 from cicld.models.diffusion import LatentDiffusion
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -18,7 +17,9 @@ def diffusion():
 
 def exact_noise_predictor(z0):
     """An ε_θ that knows z0: returns the exact noise in z_t under the DDPM schedule."""
-    alphas = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    alphas = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    ).alphas_cumprod
 
     def predict(z_t, t):
         a = alphas[t].view(-1, 1, 1, 1)
@@ -78,7 +79,9 @@ def test_zero_inference_steps_return_the_clean_latent_without_calling_the_unet(d
     assert diffusion.denoise(z0, unet_must_not_run, steps=0) is z0
 
 
-@pytest.mark.parametrize("steps, expected", [(1, [199]), (2, [199, 99]), (4, [199, 149, 99, 49]), (10, list(range(199, 0, -20)))])
+@pytest.mark.parametrize(
+    "steps, expected", [(1, [199]), (2, [199, 99]), (4, [199, 149, 99, 49]), (10, list(range(199, 0, -20)))]
+)
 def test_inference_timesteps_start_just_below_t_star_and_step_evenly_to_zero(diffusion, steps, expected):
     assert diffusion.inference_timesteps(steps).tolist() == expected
 

@@ -64,7 +64,9 @@ def code_lines(text: str) -> list[tuple[int, str]]:
             fence = marker.group(1)
         elif fence is not None and stripped.startswith(fence):
             fence = None
-        elif fence is not None or (line.startswith(("    ", "\t")) and (previous_blank or found and found[-1][0] == number - 1)):
+        elif fence is not None or (
+            line.startswith(("    ", "\t")) and (previous_blank or found and found[-1][0] == number - 1)
+        ):
             found.append((number, line))
         previous_blank = not line.strip()
     return join_continuations(found)
@@ -95,8 +97,10 @@ def cicld_commands(line: str) -> list[tuple[str, ...]]:
             continue
         for i, token in enumerate(segment):
             at_start = all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w) for w in segment[:i])
-            if (token == "cicld" or token.endswith("/cicld")) and at_start or (
-                token in ("cicld", "cicld.cli") and i > 0 and segment[i - 1] == "-m"
+            if (
+                (token == "cicld" or token.endswith("/cicld"))
+                and at_start
+                or (token in ("cicld", "cicld.cli") and i > 0 and segment[i - 1] == "-m")
             ):
                 commands.append(tuple(segment[i + 1 :]))
                 break
@@ -124,7 +128,12 @@ def command_problems(commands: list[ShownCommand]) -> list[str]:
     help_names = {"--help", "-h"}
 
     def options(command) -> set[str]:
-        return {name for p in command.params for name in (*p.opts, *getattr(p, "secondary_opts", [])) if name.startswith("-")}
+        return {
+            name
+            for p in command.params
+            for name in (*p.opts, *getattr(p, "secondary_opts", []))
+            if name.startswith("-")
+        }
 
     problems = []
     for shown in commands:
@@ -149,7 +158,12 @@ def command_problems(commands: list[ShownCommand]) -> list[str]:
 
 
 def documented_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(EXAMPLES.glob("*.md")), *sorted(EXAMPLES.glob("*.sh"))]
+    return [
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        *sorted(EXAMPLES.glob("*.md")),
+        *sorted(EXAMPLES.glob("*.sh")),
+    ]
 
 
 def test_every_command_in_the_docs_and_examples_is_real():
@@ -178,7 +192,11 @@ def test_the_command_check_catches_wrong_subcommands_and_flags(tmp_path):
 
     from cicld.cli import app
 
-    commands = [ShownCommand(f"page.md:{n}", words) for n, line in code_lines(page.read_text()) for words in cicld_commands(line)]
+    commands = [
+        ShownCommand(f"page.md:{n}", words)
+        for n, line in code_lines(page.read_text())
+        for words in cicld_commands(line)
+    ]
     demo_exists = "demo" in typer.main.get_command(app).commands  # skipped until it exists, then checked like any other
     assert command_problems(commands) == [
         "page.md:3: `cicld adapt` has no option --sauce",
@@ -205,11 +223,19 @@ def test_python_api_example_segments_an_image_with_a_saved_model(tmp_path, singl
     write_image(tmp_path / "street.png", image)
     out = tmp_path / "out" / "street_color.png"
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # same device as `expected`
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # same device as `expected`
     process = subprocess.run(
         [sys.executable, str(EXAMPLES / "python_api.py"), tmp_path / "model", tmp_path / "street.png", out],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr
     assert str(out) in process.stdout
     expected = colorize(model.predict(normalize(image)[None]).argmax(1)[0].numpy())  # seeded noise: deterministic
@@ -235,10 +261,10 @@ def test_the_own_data_walkthrough_runs_as_written_from_a_folder_of_photos_to_pre
 ):
     import json
 
+    from _fixtures_own import FIVE_CLASSES, write_class_list, write_pairs, write_photos
+
     from cicld.cli import main
     from cicld.data.pngio import read_image
-
-    from _fixtures_own import FIVE_CLASSES, write_class_list, write_pairs, write_photos
 
     page = REPO / "docs" / "own-data.md"
     class_list = json.loads(re.search(r"```json\n(.*?)```", page.read_text(), re.S).group(1))

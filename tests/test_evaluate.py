@@ -5,7 +5,6 @@ import os
 import shutil
 
 import numpy as np
-
 import pytest
 from PIL import Image
 
@@ -29,9 +28,18 @@ def test_evaluate_scores_runs_latest_and_writes_json_and_pictures(cli, toy_root,
 def test_sliding_window_evaluation_gives_scores_too(cli, toy_root, pretrained_runs, tmp_path):
     json_file = tmp_path / "scores.json"
     result = cli(
-        "evaluate", pretrained_runs / "latest", "--sliding", "--window", "32x32", "--overlap", "16x16",
-        "--json", json_file, "--out", tmp_path,
-    )  # fmt: skip
+        "evaluate",
+        pretrained_runs / "latest",
+        "--sliding",
+        "--window",
+        "32x32",
+        "--overlap",
+        "16x16",
+        "--json",
+        json_file,
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(json_file.read_text())["images"] == 4
 
@@ -61,7 +69,10 @@ def test_a_sliding_window_is_given_as_width_and_height_and_run_that_wide_and_tha
     "flags, message",
     [
         (["--window", "40x32"], "sliding window 40x32 (WIDTHxHEIGHT) must be positive multiples of 16 for this model"),
-        (["--window", "64x32", "--overlap", "8x32"], "window overlap 8x32 (WIDTHxHEIGHT) must be multiples of 8 smaller than the window 64x32"),
+        (
+            ["--window", "64x32", "--overlap", "8x32"],
+            "window overlap 8x32 (WIDTHxHEIGHT) must be multiples of 8 smaller than the window 64x32",
+        ),
     ],
 )
 def test_a_window_the_model_cannot_tile_is_one_line_naming_it_as_given(cli, pretrained_runs, tmp_path, flags, message):
@@ -78,7 +89,9 @@ def test_scores_that_are_undefined_are_null_in_the_json_never_nan(cli, toy_root,
     for label in (data / "gtFine" / "val").rglob("*_labelTrainIds.png"):  # nothing but ignore pixels
         write_image(label, np.full_like(read_image(label), 255))
     json_file = tmp_path / "scores.json"
-    result = cli("evaluate", pretrained_runs / "latest", "--data", data, "--json", json_file, "--out", tmp_path / "pictures")
+    result = cli(
+        "evaluate", pretrained_runs / "latest", "--data", data, "--json", json_file, "--out", tmp_path / "pictures"
+    )
     assert result.exit_code == 0, result.stderr
     scores = json.loads(json_file.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     assert [scores[k] for k in ("mIoU19", "mIoU16", "mIoU13", "pixel_accuracy")] == [None] * 4
@@ -115,9 +128,21 @@ def evaluation_must_not_run(monkeypatch):
     "make, flags, message",
     [
         (lambda tmp: (tmp / "taken").write_text("x"), ["--out", "taken"], "--out {tmp}/taken is a file, not a folder"),
-        (lambda tmp: (tmp / "taken").write_text("x"), ["--out", "taken/pictures"], "--out {tmp}/taken/pictures cannot be created: {tmp}/taken is a file, not a folder"),
-        (lambda tmp: (tmp / "scores").mkdir(), ["--json", "scores"], "--json {tmp}/scores is a folder; give a file name"),
-        (lambda tmp: (tmp / "taken").write_text("x"), ["--json", "taken/scores.json"], "--json {tmp}/taken/scores.json cannot be created: {tmp}/taken is a file, not a folder"),
+        (
+            lambda tmp: (tmp / "taken").write_text("x"),
+            ["--out", "taken/pictures"],
+            "--out {tmp}/taken/pictures cannot be created: {tmp}/taken is a file, not a folder",
+        ),
+        (
+            lambda tmp: (tmp / "scores").mkdir(),
+            ["--json", "scores"],
+            "--json {tmp}/scores is a folder; give a file name",
+        ),
+        (
+            lambda tmp: (tmp / "taken").write_text("x"),
+            ["--json", "taken/scores.json"],
+            "--json {tmp}/taken/scores.json cannot be created: {tmp}/taken is a file, not a folder",
+        ),
     ],
     ids=["out-is-a-file", "out-inside-a-file", "json-is-a-folder", "json-inside-a-file"],
 )
@@ -132,22 +157,30 @@ def test_outputs_that_cannot_be_written_are_refused_in_one_line_before_the_evalu
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_an_out_folder_without_write_permission_is_refused_before_the_evaluation_runs(cli, pretrained_runs, tmp_path, evaluation_must_not_run):
+def test_an_out_folder_without_write_permission_is_refused_before_the_evaluation_runs(
+    cli, pretrained_runs, tmp_path, evaluation_must_not_run
+):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     result = cli("evaluate", "--runs-root", pretrained_runs, "--out", locked / "pictures")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"error: --out {locked / 'pictures'} cannot be written: no permission to write in {locked}"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --out {locked / 'pictures'} cannot be written: no permission to write in {locked}"
+    ]
 
 
-def test_a_write_that_fails_after_the_evaluation_is_one_line_naming_the_file(cli, pretrained_runs, tmp_path, monkeypatch):
+def test_a_write_that_fails_after_the_evaluation_is_one_line_naming_the_file(
+    cli, pretrained_runs, tmp_path, monkeypatch
+):
     import cicld.cli.evaluate
 
     def refuse(path, write):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(cicld.cli.evaluate, "atomic_write", refuse, raising=False)
-    result = cli("evaluate", "--runs-root", pretrained_runs, "--out", tmp_path / "pictures", "--json", tmp_path / "scores.json")
+    result = cli(
+        "evaluate", "--runs-root", pretrained_runs, "--out", tmp_path / "pictures", "--json", tmp_path / "scores.json"
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'scores.json'}: Permission denied"]
 
@@ -162,7 +195,9 @@ def test_a_model_folder_copied_elsewhere_scores_exactly_as_in_place(cli, toy_roo
     scores = []
     for model in (run / "final", copied):
         json_file = tmp_path / "scores.json"
-        result = cli("evaluate", model, "--data", toy_root / "cityscapes", "--limit", "2", "--json", json_file, "--out", tmp_path)
+        result = cli(
+            "evaluate", model, "--data", toy_root / "cityscapes", "--limit", "2", "--json", json_file, "--out", tmp_path
+        )
         assert result.exit_code == 0, result.stderr
         scores.append({k: v for k, v in json.loads(json_file.read_text()).items() if k != "model"})
     assert scores[0] == scores[1]

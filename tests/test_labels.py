@@ -38,7 +38,24 @@ def test_train_ids_map_back_to_their_label_ids_and_ignore_to_unlabeled():
 
 def test_synthia_ids_map_as_in_the_design_table():
     # DESIGN.md §2: the 16 classes SYNTHIA->Cityscapes evaluates.
-    design_table = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18}
+    design_table = {
+        3: 0,
+        4: 1,
+        2: 2,
+        21: 3,
+        5: 4,
+        7: 5,
+        15: 6,
+        9: 7,
+        6: 8,
+        1: 10,
+        10: 11,
+        17: 12,
+        8: 13,
+        19: 15,
+        12: 17,
+        11: 18,
+    }
     for synthia_id, train_id in design_table.items():
         assert labels.synthia_ids_to_train_ids(np.array([synthia_id]))[0] == train_id
 

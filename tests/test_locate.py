@@ -95,7 +95,8 @@ def test_resume_naming_a_model_folder_says_it_is_not_a_run(cli, paths):
     result = cli("pretrain-ldm", "--resume", paths["finished"] / "final")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --resume {paths['finished'] / 'final'} is a model folder, not a run; name the run folder it came from, or latest"
+        f"error: --resume {paths['finished'] / 'final'} is a model folder, not a run; name the run folder it "
+        "came from, or latest"
     ]
 
 

@@ -159,12 +159,18 @@ def test_segmentation_loss_is_zero_not_nan_when_every_pixel_is_ignored():
 
 def test_segmentation_loss_scales_with_a_pixel_weight():
     logits, labels = torch.randn(2, 4, 3, 3, generator=seeded()), torch.randint(0, 4, (2, 3, 3), generator=seeded(1))
-    torch.testing.assert_close(segmentation_loss(logits, labels, pixel_weight=0.25), 0.25 * segmentation_loss(logits, labels))
+    torch.testing.assert_close(
+        segmentation_loss(logits, labels, pixel_weight=0.25), 0.25 * segmentation_loss(logits, labels)
+    )
     weight = torch.zeros(2, 3, 3)
     weight[0] = 1.0
-    torch.testing.assert_close(segmentation_loss(logits, labels, pixel_weight=weight), segmentation_loss(logits[:1], labels[:1]) / 2)
+    torch.testing.assert_close(
+        segmentation_loss(logits, labels, pixel_weight=weight), segmentation_loss(logits[:1], labels[:1]) / 2
+    )
     per_image = torch.tensor([1.0, 0.0])
-    torch.testing.assert_close(segmentation_loss(logits, labels, pixel_weight=per_image), segmentation_loss(logits[:1], labels[:1]) / 2)
+    torch.testing.assert_close(
+        segmentation_loss(logits, labels, pixel_weight=per_image), segmentation_loss(logits[:1], labels[:1]) / 2
+    )
 
 
 def test_diffusion_loss_is_the_mean_squared_noise_error():
@@ -175,9 +181,13 @@ def test_diffusion_loss_is_the_mean_squared_noise_error():
 def test_discriminator_loss_is_cross_entropy_to_the_domain_label(model):
     z = torch.randn(3, 4, 8, 8, generator=seeded())
     logits = model.discriminator(z)
-    torch.testing.assert_close(discriminator_loss(model.discriminator, z, domain=1), F.cross_entropy(logits, torch.ones(3, dtype=torch.long)))
+    torch.testing.assert_close(
+        discriminator_loss(model.discriminator, z, domain=1), F.cross_entropy(logits, torch.ones(3, dtype=torch.long))
+    )
     per_sample = torch.tensor([0, 1, 2])
-    torch.testing.assert_close(discriminator_loss(model.discriminator, z, domain=per_sample), F.cross_entropy(logits, per_sample))
+    torch.testing.assert_close(
+        discriminator_loss(model.discriminator, z, domain=per_sample), F.cross_entropy(logits, per_sample)
+    )
 
 
 class FixedLogits(torch.nn.Module):
@@ -230,7 +240,9 @@ def test_prototype_contrastive_loss_is_lower_for_features_aligned_with_their_cla
     labels = torch.tensor([[[0, 1], [2, 0]]])
     aligned = prototypes[labels].permute(0, 3, 1, 2)
     misaligned = prototypes[(labels + 1) % 3].permute(0, 3, 1, 2)
-    assert prototype_contrastive_loss(aligned, labels, prototypes) < prototype_contrastive_loss(misaligned, labels, prototypes)
+    assert prototype_contrastive_loss(aligned, labels, prototypes) < prototype_contrastive_loss(
+        misaligned, labels, prototypes
+    )
 
 
 def test_prototype_contrastive_loss_resizes_labels_and_skips_absent_classes():

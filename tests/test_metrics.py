@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from cicld.data.labels import CLASSES, MIOU13_CLASSES, MIOU16_CLASSES, cityscapes_ids_to_train_ids, train_ids_to_cityscapes_ids
+from cicld.data.labels import (
+    CLASSES,
+    MIOU13_CLASSES,
+    MIOU16_CLASSES,
+    cityscapes_ids_to_train_ids,
+    train_ids_to_cityscapes_ids,
+)
 from cicld.data.pngio import write_image
 from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
 
@@ -45,7 +51,10 @@ def _ours(pairs):
     matrix = ConfusionMatrix()
     for pred, gt in pairs:
         # What evaluate does: predictions against labels mapped from the labelId files.
-        matrix.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(cityscapes_ids_to_train_ids(train_ids_to_cityscapes_ids(gt)).astype(np.int64)))
+        matrix.update(
+            torch.from_numpy(pred.astype(np.int64)),
+            torch.from_numpy(cityscapes_ids_to_train_ids(train_ids_to_cityscapes_ids(gt)).astype(np.int64)),
+        )
     return matrix.scores()
 
 

@@ -211,13 +211,16 @@ def test_tiny_prediction_at_64x128_costs_under_half_a_gflop(model):
 
 def test_segmentation_runs_the_decoder_only_at_the_latent_scale(model):
     called = []
-    hooks = [m.register_forward_hook(lambda *a, name=n: called.append(name)) for n, m in (
-        ("up_blocks.1", model.decoder.up_blocks[1]),
-        ("up_blocks.2", model.decoder.up_blocks[2]),
-        ("up_blocks.3", model.decoder.up_blocks[3]),
-        ("conv_out", model.decoder.conv_out),
-        ("up_blocks.0.upsampler", model.decoder.up_blocks[0].upsamplers[0]),
-    )]
+    hooks = [
+        m.register_forward_hook(lambda *a, name=n: called.append(name))
+        for n, m in (
+            ("up_blocks.1", model.decoder.up_blocks[1]),
+            ("up_blocks.2", model.decoder.up_blocks[2]),
+            ("up_blocks.3", model.decoder.up_blocks[3]),
+            ("conv_out", model.decoder.conv_out),
+            ("up_blocks.0.upsampler", model.decoder.up_blocks[0].upsamplers[0]),
+        )
+    ]
     try:
         model.predict(images())
         model.forward_train(images(), labels())
@@ -260,11 +263,15 @@ def test_sliding_window_prediction_does_not_depend_on_the_other_images_in_its_ba
 
 
 def test_predict_with_zero_steps_ignores_the_noise_seed(model):
-    assert torch.equal(model.predict(images(), steps=0, generator=seeded(1)), model.predict(images(), steps=0, generator=seeded(2)))
+    assert torch.equal(
+        model.predict(images(), steps=0, generator=seeded(1)), model.predict(images(), steps=0, generator=seeded(2))
+    )
 
 
 def test_predict_with_steps_depends_on_the_noise_seed(model):
-    assert not torch.equal(model.predict(images(), steps=1, generator=seeded(1)), model.predict(images(), steps=1, generator=seeded(2)))
+    assert not torch.equal(
+        model.predict(images(), steps=1, generator=seeded(1)), model.predict(images(), steps=1, generator=seeded(2))
+    )
 
 
 def test_refinement_passes_condition_on_the_previous_prediction(model):
@@ -288,7 +295,11 @@ def test_batchnorm_layers_of_a_frozen_part_keep_their_statistics_in_training():
 # ---------------------------------------------------------------------- architecture switches
 @pytest.mark.parametrize(
     "switch, value, part",
-    [("inter_coder", False, "decoder.fusions."), ("conditioning", False, "mask_encoder."), ("discriminator", "2class", "discriminator.")],
+    [
+        ("inter_coder", False, "decoder.fusions."),
+        ("conditioning", False, "mask_encoder."),
+        ("discriminator", "2class", "discriminator."),
+    ],
 )
 def test_with_switches_changes_only_the_switched_part_and_keeps_every_other_weight(switch, value, part):
     model = tiny()
@@ -397,7 +408,10 @@ def test_conditioning_switch_off_removes_the_mask_encoder_and_the_hook_and_ignor
     model = tiny(conditioning=False)
     assert model.mask_encoder is None
     assert len(model.unet.mid_block._forward_hooks) == 0
-    assert tiny().parameter_counts()["total"] - model.parameter_counts()["total"] == tiny().parameter_counts()["mask_encoder"]
+    assert (
+        tiny().parameter_counts()["total"] - model.parameter_counts()["total"]
+        == tiny().parameter_counts()["mask_encoder"]
+    )
     x = images()
     a = model.forward_train(x, labels(seed=2), generator=seeded(), condition_dropout=0.0)
     b = model.forward_train(x, labels(seed=3), generator=seeded(), condition_dropout=0.0)
@@ -484,7 +498,9 @@ def test_sliding_window_covering_the_whole_image_equals_whole_image_prediction(m
     x = images(2)
     for steps in (0, 2):
         whole = model.predict(x, steps=steps)
-        torch.testing.assert_close(model.predict_sliding(x, window=(128, 64), overlap=0, steps=steps), whole, rtol=0, atol=0)
+        torch.testing.assert_close(
+            model.predict_sliding(x, window=(128, 64), overlap=0, steps=steps), whole, rtol=0, atol=0
+        )
         torch.testing.assert_close(model.predict_sliding(x, window=256, overlap=32, steps=steps), whole, rtol=0, atol=0)
 
 
@@ -575,7 +591,9 @@ def test_loading_weights_into_a_different_architecture_names_the_mismatched_keys
     config["num_classes"] = 7
     config["classes"] = {"classes": [{"name": f"class {i}", "color": [i, i, i]} for i in range(7)]}
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(CicldError, match=r"shape mismatches: decoder.f_cls.classifier.weight \(19, 32, 1, 1\) vs \(7, 32, 1, 1\)"):
+    with pytest.raises(
+        CicldError, match=r"shape mismatches: decoder.f_cls.classifier.weight \(19, 32, 1, 1\) vs \(7, 32, 1, 1\)"
+    ):
         CICLD.from_pretrained(tmp_path)
 
 
@@ -655,11 +673,15 @@ def test_an_autoencoder_kl_config_lacking_a_setting_is_a_one_line_error_not_a_gu
 
     def without_attention_setting(*args, **kwargs):  # as a config written without the key reads
         autoencoder = load(*args, **kwargs)
-        autoencoder._internal_dict = FrozenDict({k: v for k, v in autoencoder.config.items() if k != "mid_block_add_attention"})
+        autoencoder._internal_dict = FrozenDict(
+            {k: v for k, v in autoencoder.config.items() if k != "mid_block_add_attention"}
+        )
         return autoencoder
 
     monkeypatch.setattr(AutoencoderKL, "from_pretrained", without_attention_setting)
-    with pytest.raises(CicldError, match="lacks mid_block_add_attention; cannot check that it matches this model") as error:
+    with pytest.raises(
+        CicldError, match="lacks mid_block_add_attention; cannot check that it matches this model"
+    ) as error:
         model.load_autoencoder_kl(tmp_path / "vae")
     assert "\n" not in str(error.value)
 

@@ -24,12 +24,14 @@ def uda_batch():
     return source, source_labels, mixed, mixed_labels, mixed_weights, target
 
 
-def segment_everything_then_slice(model: CICLD, config: AdaptConfig, source, source_labels, mixed, mixed_labels,
-                                  mixed_weights, target) -> dict[str, torch.Tensor]:  # fmt: skip
+def segment_everything_then_slice(
+    model: CICLD, config: AdaptConfig, source, source_labels, mixed, mixed_labels, mixed_weights, target
+) -> dict[str, torch.Tensor]:
     """The UDA losses computed the plain way: all three batches through the whole network, D and
     f_cls included, and the target's logits thrown away."""
     out = model.forward_train(
-        torch.cat([source, mixed, target]), torch.cat([source_labels, mixed_labels, torch.full_like(source_labels, IGNORE_INDEX)])
+        torch.cat([source, mixed, target]),
+        torch.cat([source_labels, mixed_labels, torch.full_like(source_labels, IGNORE_INDEX)]),
     )
     logits, z0_hat = out["logits"], out["z0_hat"]
     domains = torch.tensor([0] * B + [1] * B + [2] * B)
@@ -61,7 +63,9 @@ def test_uda_objective_gives_the_losses_and_gradients_of_segmenting_the_target_t
     objective = UDAObjective(model, config)
 
     losses, grads = losses_and_gradients(model, lambda: objective(*batch))
-    expected_losses, expected_grads = losses_and_gradients(model, lambda: segment_everything_then_slice(model, config, *batch))
+    expected_losses, expected_grads = losses_and_gradients(
+        model, lambda: segment_everything_then_slice(model, config, *batch)
+    )
 
     assert losses.keys() == expected_losses.keys()
     for key, value in expected_losses.items():

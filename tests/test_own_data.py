@@ -9,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _fixtures_own import FIVE_CLASSES, scene_values, write_class_list, write_pairs, write_photos
 from PIL import Image
 
 from cicld.data.datasets import SourceDataset, TargetDataset
 from cicld.data.labels import ClassList
-from cicld.data.prepare import find_frames, prepare_dataset
 from cicld.data.pngio import read_image, write_image, write_png16
+from cicld.data.prepare import find_frames, prepare_dataset
 from cicld.errors import DataError
 from cicld.training.runs import stage_runs
-
-from _fixtures_own import FIVE_CLASSES, scene_values, write_class_list, write_pairs, write_photos
 
 CLASSES = ClassList.from_dict(FIVE_CLASSES)
 
@@ -199,11 +198,33 @@ class OwnData:
 
     def flags(self, runs: Path | None = None) -> list:
         return [
-            "--source", "pairs", "--source-root", self.mine, "--target-root", self.photos,
-            "--runs-root", runs or self.runs, "--steps", "2", "--batch-size", "2", "--crop", "32x32",
-            "--source-resize", "64x32", "--target-resize", "64x32", "--num-workers", "0", "--checkpoint-every", "2",
-            "--warmup-steps", "1", "--val-limit", "2",
-        ]  # fmt: skip
+            "--source",
+            "pairs",
+            "--source-root",
+            self.mine,
+            "--target-root",
+            self.photos,
+            "--runs-root",
+            runs or self.runs,
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--crop",
+            "32x32",
+            "--source-resize",
+            "64x32",
+            "--target-resize",
+            "64x32",
+            "--num-workers",
+            "0",
+            "--checkpoint-every",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--val-limit",
+            "2",
+        ]
 
 
 def _main(*args) -> None:
@@ -230,7 +251,9 @@ def test_your_classes_go_from_prepare_data_through_adapt_to_predictions_in_their
     unvalidated = cli("adapt", *own.flags(runs))
     assert unvalidated.exit_code == 0, unvalidated.stderr
     assert (
-        " ".join(unvalidated.stdout.split()).count(f"note: not validated: no labelled frames of the target {own.photos}")
+        " ".join(unvalidated.stdout.split()).count(
+            f"note: not validated: no labelled frames of the target {own.photos}"
+        )
         == 1
     )
     validated = cli("adapt", *own.flags(runs), "--val-root", own.val, "--classes", own.classes)
@@ -298,8 +321,13 @@ def test_a_model_of_other_classes_than_the_data_is_one_line_in_training_and_in_e
 
 def test_a_val_folder_of_other_classes_than_the_source_is_one_line(cli, own, tmp_path):
     val = write_pairs(tmp_path / "val", [(64, 32), (64, 32)])
-    four = write_class_list(tmp_path / "four.json", {**FIVE_CLASSES, "classes": FIVE_CLASSES["classes"][:3] + [
-        {"name": "vehicle", "color": [0, 0, 142], "values": [5, 6]}]})  # fmt: skip
+    four = write_class_list(
+        tmp_path / "four.json",
+        {
+            **FIVE_CLASSES,
+            "classes": FIVE_CLASSES["classes"][:3] + [{"name": "vehicle", "color": [0, 0, 142], "values": [5, 6]}],
+        },
+    )
     assert cli("prepare-data", "pairs", val, "--classes", four).exit_code == 0
     result = cli("pretrain-ldm", *own.flags(tmp_path / "runs"), "--val-root", val)
     assert one_line_error(result) == (

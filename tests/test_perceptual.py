@@ -40,8 +40,9 @@ def test_a_file_that_is_not_vgg16_is_a_clear_error(tmp_path):
 
 
 def test_pretrain_ae_uses_the_perceptual_loss_when_given_a_weight_file(cli, toy_root, tmp_path, vgg_file):
-    from conftest import stage_flags
     from cicld.training.runs import stage_runs
+
+    from conftest import stage_flags
 
     runs = tmp_path / "runs"
     result = cli("pretrain-ae", *stage_flags(toy_root, runs), "--perceptual-weights", vgg_file)

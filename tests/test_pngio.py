@@ -49,7 +49,9 @@ def _filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
             b = previous[i]
             c = previous[i - bpp] if i >= bpp else 0
             p = a + b - c
-            paeth = a if abs(p - a) <= abs(p - b) and abs(p - a) <= abs(p - c) else (b if abs(p - b) <= abs(p - c) else c)
+            paeth = (
+                a if abs(p - a) <= abs(p - b) and abs(p - a) <= abs(p - c) else (b if abs(p - b) <= abs(p - c) else c)
+            )
             predictor = [0, a, b, (a + b) // 2, paeth][kind]
             encoded.append((value - predictor) % 256)
         out += bytes([kind]) + encoded
@@ -59,7 +61,9 @@ def _filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b"")
+    )
 
 
 def test_all_five_png_row_filters_are_undone_exactly(tmp_path):
@@ -186,7 +190,9 @@ def test_a_32_bit_integer_image_holding_16_bit_values_is_scaled_like_a_16_bit_on
     np.testing.assert_array_equal(read_image(tmp_path / "wide.tif", "RGB")[..., 0], (values >> 8).astype(np.uint8))
 
 
-@pytest.mark.parametrize("mode, suffix", [("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "tif")])
+@pytest.mark.parametrize(
+    "mode, suffix", [("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "tif")]
+)
 def test_every_8_bit_mode_reaches_rgb_with_its_colours(tmp_path, mode, suffix):
     rgb = np.array([[[0, 0, 0], [255, 255, 255], [200, 30, 90], [10, 160, 240]]], dtype=np.uint8)
     if mode in ("1", "L", "LA"):
@@ -217,6 +223,8 @@ def test_every_kind_of_16_bit_png_reaches_rgb_as_its_high_bytes(tmp_path, channe
     if channels in (2, 4):
         samples[..., -1] = 65535  # opaque
     with open(tmp_path / "x.png", "wb") as handle:
-        png.Writer(8, 4, bitdepth=16, greyscale=channels < 3, alpha=channels in (2, 4)).write(handle, samples.reshape(4, -1).tolist())
+        png.Writer(8, 4, bitdepth=16, greyscale=channels < 3, alpha=channels in (2, 4)).write(
+            handle, samples.reshape(4, -1).tolist()
+        )
     expected = np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2)
     np.testing.assert_array_equal(read_image(tmp_path / "x.png", "RGB"), expected)

@@ -26,7 +26,12 @@ def test_each_output_has_the_input_size_the_right_mode_and_consistent_values(cli
     for stem, size in (("a", (64, 32)), ("nested/b", (50, 40))):
         files = {kind: Image.open(out / f"{stem}_{kind}.png") for kind in ("trainIds", "labelIds", "color", "overlay")}
         assert {kind: im.size for kind, im in files.items()} == dict.fromkeys(files, size)
-        assert (files["trainIds"].mode, files["labelIds"].mode, files["color"].mode, files["overlay"].mode) == ("L", "L", "RGB", "RGB")
+        assert (files["trainIds"].mode, files["labelIds"].mode, files["color"].mode, files["overlay"].mode) == (
+            "L",
+            "L",
+            "RGB",
+            "RGB",
+        )
         train_ids = np.asarray(files["trainIds"])
         assert train_ids.max() < 19
         np.testing.assert_array_equal(cityscapes_ids_to_train_ids(np.asarray(files["labelIds"])), train_ids)
@@ -55,24 +60,34 @@ def test_non_images_are_skipped_with_a_warning(cli, images, pretrained_runs, tmp
     assert result.exit_code == 0 and "skipping" in result.stdout and "notes.txt" in result.stdout
 
 
-def test_predicting_a_folder_into_a_folder_inside_it_never_segments_its_own_outputs(cli, images, pretrained_runs, tmp_path):
+def test_predicting_a_folder_into_a_folder_inside_it_never_segments_its_own_outputs(
+    cli, images, pretrained_runs, tmp_path
+):
     out = images / "predictions"
-    for run in range(2):  # the second run finds the first one's outputs inside the input folder
+    for _ in range(2):  # the second run finds the first one's outputs inside the input folder
         result = cli("predict", images, out, "--runs-root", pretrained_runs, "--overwrite")
         assert result.exit_code == 0, result.stderr
         assert "\n2 images segmented" in result.stdout, result.stdout
     assert not list(out.glob("predictions/**/*")) and not list(out.glob("**/*_color_color.png"))
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_trainIds.png")) == ["a_trainIds.png", "nested/b_trainIds.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_trainIds.png")) == [
+        "a_trainIds.png",
+        "nested/b_trainIds.png",
+    ]
 
 
 def test_a_broken_symbolic_link_among_the_inputs_is_skipped_with_a_warning(cli, images, pretrained_runs, tmp_path):
     (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
     result = cli("predict", images, tmp_path / "out", "--runs-root", pretrained_runs)
     assert result.exit_code == 0, result.stderr
-    assert f"warning: skipping {images / 'gone.png'}: a broken symbolic link (to {tmp_path / 'nowhere.png'})" in " ".join(result.stdout.split())
+    assert (
+        f"warning: skipping {images / 'gone.png'}: a broken symbolic link (to {tmp_path / 'nowhere.png'})"
+        in " ".join(result.stdout.split())
+    )
 
 
-def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_so(cli, images, pretrained_runs, tmp_path):
+def test_a_corrupt_image_is_listed_the_rest_are_written_and_the_exit_code_says_so(
+    cli, images, pretrained_runs, tmp_path
+):
     (images / "broken.png").write_bytes((images / "a.png").read_bytes()[:100])
     out = tmp_path / "out"
     result = cli("predict", images, out, "--runs-root", pretrained_runs)
@@ -123,13 +138,24 @@ def test_a_16_bit_greyscale_png_is_predicted_like_its_8_bit_twin(cli, pretrained
     Image.fromarray(grey).save(tmp_path / "eight.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # mode I;16, same picture
     out = tmp_path / "out"
-    result = cli("predict", tmp_path / "eight.png", tmp_path / "sixteen.png", out, "--runs-root", pretrained_runs, "--outputs", "trainids,overlay")
+    result = cli(
+        "predict",
+        tmp_path / "eight.png",
+        tmp_path / "sixteen.png",
+        out,
+        "--runs-root",
+        pretrained_runs,
+        "--outputs",
+        "trainids,overlay",
+    )
     assert result.exit_code == 0, result.stderr
     for kind in ("trainIds", "overlay"):
         assert (out / f"sixteen_{kind}.png").read_bytes() == (out / f"eight_{kind}.png").read_bytes()
 
 
-def test_a_model_folder_whose_config_has_a_wrongly_typed_value_is_a_one_line_error_naming_the_key(cli, images, tmp_path):
+def test_a_model_folder_whose_config_has_a_wrongly_typed_value_is_a_one_line_error_naming_the_key(
+    cli, images, tmp_path
+):
     import json
 
     from cicld.models import CICLD, CICLDConfig
@@ -139,11 +165,15 @@ def test_a_model_folder_whose_config_has_a_wrongly_typed_value_is_a_one_line_err
     (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "latent_channels": "4"}))
     result = cli("predict", images, tmp_path / "out", "--checkpoint", tmp_path / "model")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == ["error: invalid model config: latent_channels must be an integer, got '4'"]
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid model config: latent_channels must be an integer, got '4'"
+    ]
     assert not (tmp_path / "out").exists()
 
 
-def test_an_output_folder_that_cannot_be_created_is_refused_in_one_line_before_predicting(cli, images, pretrained_runs, tmp_path, monkeypatch):
+def test_an_output_folder_that_cannot_be_created_is_refused_in_one_line_before_predicting(
+    cli, images, pretrained_runs, tmp_path, monkeypatch
+):
     import cicld.evaluation.predict
 
     monkeypatch.setattr(cicld.evaluation.predict, "predict_files", lambda *a, **k: pytest.fail("predicted"))
@@ -151,11 +181,14 @@ def test_an_output_folder_that_cannot_be_created_is_refused_in_one_line_before_p
     result = cli("predict", images, tmp_path / "taken" / "out", "--runs-root", pretrained_runs)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: output folder {tmp_path / 'taken' / 'out'} cannot be created: {tmp_path / 'taken'} is a file, not a folder"
+        f"error: output folder {tmp_path / 'taken' / 'out'} cannot be created: {tmp_path / 'taken'} is a file, "
+        "not a folder"
     ]
 
 
-def test_an_output_that_cannot_be_written_is_one_line_naming_the_file(cli, images, pretrained_runs, tmp_path, monkeypatch):
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_file(
+    cli, images, pretrained_runs, tmp_path, monkeypatch
+):
     import cicld.evaluation.predict
 
     def refuse(path, array, palette=None):
@@ -207,7 +240,12 @@ def test_the_model_folder_says_how_the_model_runs_and_flags_override_it(cli, ima
     image = images / "nested" / "b.png"  # 50x40: at height 32 it runs at 48x32 (multiples of 16)
     default, flagged, other = tmp_path / "default", tmp_path / "flagged", tmp_path / "other"
     assert cli("predict", image, default, "--checkpoint", run / "final", "--outputs", "trainids").exit_code == 0
-    assert cli("predict", image, flagged, "--checkpoint", run / "final", "--outputs", "trainids", "--height", "32").exit_code == 0
+    assert (
+        cli(
+            "predict", image, flagged, "--checkpoint", run / "final", "--outputs", "trainids", "--height", "32"
+        ).exit_code
+        == 0
+    )
     assert (default / "b_trainIds.png").read_bytes() == (flagged / "b_trainIds.png").read_bytes()
     model_config = json.loads((run / "final" / "config.json").read_text())
     (run / "final" / "config.json").write_text(json.dumps({**model_config, "input_size": None}))

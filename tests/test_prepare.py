@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from cicld.data.labels import cityscapes_ids_to_train_ids
-from cicld.data.prepare import SizeMismatchPolicy, find_frames, prepare_dataset
 from cicld.data.pngio import read_image
+from cicld.data.prepare import SizeMismatchPolicy, find_frames, prepare_dataset
 
 from conftest import GTA5_IDS, write_gta5_frame
 
@@ -98,8 +98,9 @@ def test_frames_missing_a_partner_are_reported_not_converted(gta5_root):
 
 
 def test_synthia_16bit_class_ids_become_train_ids(synthia_root):
-    from conftest import write_synthia_label
     from cicld.data.labels import synthia_ids_to_train_ids
+
+    from conftest import write_synthia_label
 
     classes = np.array([[3, 4, 2, 8], [10, 1, 22, 13]])
     write_synthia_label(synthia_root / "GT" / "LABELS" / "0000000.png", classes, np.full(classes.shape, 1234))

@@ -140,7 +140,7 @@ def test_missing_stats_file_tells_the_user_to_run_prepare_data(tmp_path):
         ("{not json", "not valid JSON"),
         (json.dumps({"file": "x"}), "non-empty JSON list"),
         (json.dumps([]), "non-empty JSON list"),
-        (json.dumps([{"0": 5}]), "entry 0 is not an object with a \"file\""),
+        (json.dumps([{"0": 5}]), 'entry 0 is not an object with a "file"'),
         (json.dumps([STATS[0], {"file": "a", "road": 5}]), "entry 1 has class key 'road'"),
         (json.dumps([{"file": "a", "19": 5}]), "class key '19'"),
         (json.dumps([{"file": "a", "3": -1}]), "pixel count -1"),

@@ -42,7 +42,9 @@ COUNTS = dict(num_source=6, num_target_train=4, num_target_val=3)
 
 def files_of(root: Path) -> dict[str, bytes]:
     """Every file under root (relative path -> bytes), the manifest left out."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,11 @@ def test_cityscapes_names_alternate_train_cities_and_keep_val_in_a_city_of_its_o
 
 def test_images_are_8bit_rgb_of_the_requested_size(pair):
     root, _ = pair
-    for path in [*root.glob("gta5/images/*.png"), *root.glob("synthia/RGB/*.png"), *root.glob("cityscapes/leftImg8bit/*/*/*.png")]:
+    for path in [
+        *root.glob("gta5/images/*.png"),
+        *root.glob("synthia/RGB/*.png"),
+        *root.glob("cityscapes/leftImg8bit/*/*/*.png"),
+    ]:
         with Image.open(path) as image:
             assert (image.mode, image.size) == ("RGB", SIZE), path
 
@@ -119,7 +125,9 @@ def test_synthia_labels_are_16bit_rgb_with_class_in_red_and_instance_in_green(pa
         # the same scene as the GTA5 copy: same image bytes, same classes
         gta5 = cityscapes_ids_to_train_ids(read_image(root / "gta5" / "labels" / f"{i:05d}.png"))
         np.testing.assert_array_equal(synthia_ids_to_train_ids(red), gta5)
-        assert (root / "synthia" / "RGB" / f"{i:07d}.png").read_bytes() == (root / "gta5" / "images" / f"{i:05d}.png").read_bytes()
+        assert (root / "synthia" / "RGB" / f"{i:07d}.png").read_bytes() == (
+            root / "gta5" / "images" / f"{i:05d}.png"
+        ).read_bytes()
         # instance ids on things (person ... bicycle) only, one id per object
         things = (gta5 >= 11) & (gta5 <= 18)
         assert not green[~things].any()
@@ -178,7 +186,9 @@ def test_source_is_flat_and_saturated_target_is_textured_darker_and_warm():
             interior = np.ones_like(label[1:-1, 1:-1], bool)
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
-                    interior &= label[1 + dy : label.shape[0] - 1 + dy, 1 + dx : label.shape[1] - 1 + dx] == label[1:-1, 1:-1]
+                    interior &= (
+                        label[1 + dy : label.shape[0] - 1 + dy, 1 + dx : label.shape[1] - 1 + dx] == label[1:-1, 1:-1]
+                    )
             lap = 4 * rgb[1:-1, 1:-1] - rgb[:-2, 1:-1] - rgb[2:, 1:-1] - rgb[1:-1, :-2] - rgb[1:-1, 2:]
             grain.append(np.median(np.abs(lap)[interior]))
             saturation.append((rgb.max(-1) - rgb.min(-1)).mean())
@@ -222,7 +232,15 @@ def test_same_seed_gives_identical_bytes_and_another_seed_other_images(tmp_path,
 def test_two_workers_write_the_same_files_as_one(tmp_path, pair):
     root, _ = pair
     calls = []
-    summary = generate_toy_pair(tmp_path / "w2", seed=3, size=SIZE, source_formats=("gta5", "synthia"), workers=2, progress=calls.append, **COUNTS)
+    summary = generate_toy_pair(
+        tmp_path / "w2",
+        seed=3,
+        size=SIZE,
+        source_formats=("gta5", "synthia"),
+        workers=2,
+        progress=calls.append,
+        **COUNTS,
+    )
     assert files_of(tmp_path / "w2") == files_of(root)
     assert calls == [13] * 13  # once per frame, with the total
     assert summary.written == 13 and summary.class_pixels == pair[1].class_pixels
@@ -273,7 +291,11 @@ def test_an_interrupted_run_is_resumed(tmp_path, pair):
 
 @pytest.mark.parametrize(
     "change, mentioned",
-    [({"seed": 4}, "seed 3 (asked 4)"), ({"size": (64, 32)}, "size [96, 48] (asked [64, 32])"), ({"num_source": 7}, "num_source")],
+    [
+        ({"seed": 4}, "seed 3 (asked 4)"),
+        ({"size": (64, 32)}, "size [96, 48] (asked [64, 32])"),
+        ({"num_source": 7}, "num_source"),
+    ],
 )
 def test_other_parameters_in_an_existing_root_are_an_error(tmp_path, change, mentioned):
     root = tmp_path / "toy"
@@ -352,7 +374,9 @@ def test_prepare_toy_pair_prepares_every_dataset_the_pair_holds_and_refuses_a_da
 def test_generic_frames_have_random_colours_per_frame_and_both_renderings():
     frames = [render_frame("generic", index=i, size=(128, 64)) for i in range(8)]
     road = CLASSES.index("road")
-    road_colours = np.stack([f.image[f.train_ids == road].astype(np.float32).mean(0) for f in frames if (f.train_ids == road).any()])
+    road_colours = np.stack(
+        [f.image[f.train_ids == road].astype(np.float32).mean(0) for f in frames if (f.train_ids == road).any()]
+    )
     assert road_colours.std(0).max() > 30  # each frame paints the road in other colours
     grain = []
     for f in frames:  # flat frames have almost no pixel-to-pixel texture, photographed ones a lot
@@ -376,7 +400,9 @@ def test_generic_frames_are_written_in_the_gta5_format_and_prepared_with_the_pai
     assert sum(summary.class_pixels["generic"]) == 5 * SIZE[0] * SIZE[1]
     # the pair itself is untouched, and the generic frames are the generic world's
     assert {k: v for k, v in files_of(root).items() if not k.startswith("generic/")} == files_of(pair[0])
-    assert np.array_equal(read_image(root / "generic" / "images" / "00002.png"), render_frame("generic", seed=3, index=2, size=SIZE).image)
+    assert np.array_equal(
+        read_image(root / "generic" / "images" / "00002.png"), render_frame("generic", seed=3, index=2, size=SIZE).image
+    )
     reports = prepare_toy_pair(summary)
     assert list(reports) == ["gta5", "synthia", "cityscapes", "generic"] and reports["generic"].converted == 5
 
@@ -393,8 +419,13 @@ def test_generic_frames_are_kept_when_not_asked_for_and_redone_alone_for_another
     fewer = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=2, **COUNTS)
     assert fewer.written == 2 and fewer.num_generic == 2
     after = files_of(root)
-    assert sorted(k for k in after if k.startswith("generic/images/")) == ["generic/images/00000.png", "generic/images/00001.png"]
+    assert sorted(k for k in after if k.startswith("generic/images/")) == [
+        "generic/images/00000.png",
+        "generic/images/00001.png",
+    ]
     assert after["generic/images/00001.png"] == before["generic/images/00001.png"]
-    assert {k: v for k, v in after.items() if not k.startswith("generic/")} == {k: v for k, v in before.items() if not k.startswith("generic/")}
+    assert {k: v for k, v in after.items() if not k.startswith("generic/")} == {
+        k: v for k, v in before.items() if not k.startswith("generic/")
+    }
     none = generate_toy_pair(root, seed=3, size=SIZE, source_formats=("gta5", "synthia"), num_generic=0, **COUNTS)
     assert none.generic_root is None and not (root / "generic").exists()

@@ -165,7 +165,10 @@ def test_the_optimizer_gives_the_fresh_heads_head_lr_mult_times_the_learning_rat
     base, heads = build_optimizer(SegmentationObjective(model, 1.0), config).param_groups
     counts = model.parameter_counts()
     assert _numel(base["params"]) == counts["decoder"] + counts["unet"]
-    assert _numel(heads["params"]) == counts["f_cls"] + counts["inter_coder"] + counts["mask_encoder"] + counts["discriminator"]
+    assert (
+        _numel(heads["params"])
+        == counts["f_cls"] + counts["inter_coder"] + counts["mask_encoder"] + counts["discriminator"]
+    )
     assert base["lr"] == base["initial_lr"] == pytest.approx(1e-3)
     assert heads["lr"] == heads["initial_lr"] == pytest.approx(1e-2)
 
@@ -176,17 +179,29 @@ def test_parameters_an_objective_adds_to_the_model_train_at_the_base_learning_ra
     patch_discriminator = PatchDiscriminator()
     base, heads = build_optimizer(AutoencoderObjective(model, patch_discriminator, None, config), config).param_groups
     counts = model.parameter_counts()
-    assert _numel(base["params"]) == counts["encoder"] + counts["decoder"] + counts["unet"] + _numel(patch_discriminator.parameters())
+    assert _numel(base["params"]) == counts["encoder"] + counts["decoder"] + counts["unet"] + _numel(
+        patch_discriminator.parameters()
+    )
     assert _numel(heads["params"]) == counts["total"] - counts["encoder"] - counts["decoder"] - counts["unet"]
     assert (base["lr"], heads["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-2))
 
 
 def _config(stage, toy_root, runs, steps, **extra):
     return make_config(
-        stage, source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
-        runs_root=str(runs), steps=steps, crop=(32, 32), batch_size=2, val_limit=2, checkpoint_every=2,
-        warmup_steps=1, keep_checkpoints=5, **extra,
-    )  # fmt: skip
+        stage,
+        source="toy",
+        source_root=str(toy_root / "gta5"),
+        target_root=str(toy_root / "cityscapes"),
+        runs_root=str(runs),
+        steps=steps,
+        crop=(32, 32),
+        batch_size=2,
+        val_limit=2,
+        checkpoint_every=2,
+        warmup_steps=1,
+        keep_checkpoints=5,
+        **extra,
+    )
 
 
 def _adapt_config(toy_root, runs, steps):
@@ -243,7 +258,9 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
         shutil.copytree(pretrained_runs, runs, symlinks=True)
     expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, grad_accum_steps=2))
     with pytest.raises(KeyboardInterrupt):
-        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, grad_accum_steps=2), on_step=_crash_after(3))
+        pretrain_ldm(
+            _config("pretrain-ldm", toy_root, interrupted, steps=4, grad_accum_steps=2), on_step=_crash_after(3)
+        )
     # As on the command line: the resumed run is named with the defaults, the saved settings win.
     resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
 
@@ -308,9 +325,10 @@ def test_resuming_a_named_checkpoint_continues_from_exactly_that_step(toy_root, 
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     steps_run = []
     result = pretrain_ldm(
-        _config("pretrain-ldm", toy_root, runs, steps=5), resume=str(run / "checkpoints" / "step-00000002"),
+        _config("pretrain-ldm", toy_root, runs, steps=5),
+        resume=str(run / "checkpoints" / "step-00000002"),
         on_step=lambda step, row: steps_run.append(step),
-    )  # fmt: skip
+    )
     assert steps_run == [3, 4, 5]
     assert result.run_dir == run and (run / "final" / "model.safetensors").is_file()
 
@@ -322,7 +340,9 @@ def test_resuming_a_checkpoint_that_is_not_complete_is_a_clear_error(toy_root, p
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     run = stage_runs(runs, "pretrain-ldm")[0]
     with pytest.raises(CicldError, match=r"step-00000001 is not a complete checkpoint of"):
-        pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=2), resume=str(run / "checkpoints" / "step-00000001"))
+        pretrain_ldm(
+            _config("pretrain-ldm", toy_root, runs, steps=2), resume=str(run / "checkpoints" / "step-00000001")
+        )
 
 
 @pytest.mark.parametrize(
@@ -407,7 +427,9 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message_and_keeps_the_last_checkp
         return losses
 
     monkeypatch.setattr(objectives.UDAObjective, "forward", poisoned)
-    with pytest.raises(CicldError, match=r"diverged at step 2 \(ce_source=nan.*last good checkpoint is .*step-00000002"):
+    with pytest.raises(
+        CicldError, match=r"diverged at step 2 \(ce_source=nan.*last good checkpoint is .*step-00000002"
+    ):
         adapt(_adapt_config(toy_root, runs, steps=4))
     (run,) = stage_runs(runs, "adapt")
     assert not (run / "final").exists()
@@ -432,7 +454,9 @@ def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(
     result = cli("pretrain-ldm", *stage_flags(toy_root, runs), *flags)
     assert result.exit_code == 2 and message in result.stderr
     assert sorted((runs / "pretrain-ldm").iterdir()) == before
-    assert Session(make_config("pretrain-ldm", source="toy", runs_root=str(runs)), resume="latest").run_dir == unfinished
+    assert (
+        Session(make_config("pretrain-ldm", source="toy", runs_root=str(runs)), resume="latest").run_dir == unfinished
+    )
 
 
 def _interrupt_at(monkeypatch, interrupted_step):
@@ -598,9 +622,16 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
 ):
     run = _unfinished_run(toy_root, pretrained_runs, tmp_path / "runs")
     holder = subprocess.Popen(  # another process training the run (it holds the run's lock)
-        [sys.executable, "-c", f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         for resume in (str(run), "latest"):
@@ -652,7 +683,9 @@ def test_report_to_tensorboard_writes_what_log_csv_holds_as_event_files_in_the_r
     expected = _csv_scalars(run / "log.csv")
     assert set(expected) >= {"diffusion", "lr", "val_miou"}
     shown = _tensorboard_scalars(run)
-    assert {tag: [step for step, _ in values] for tag, values in shown.items()} == {tag: [step for step, _ in values] for tag, values in expected.items()}
+    assert {tag: [step for step, _ in values] for tag, values in shown.items()} == {
+        tag: [step for step, _ in values] for tag, values in expected.items()
+    }
     for tag, values in expected.items():
         assert [value for _, value in shown[tag]] == pytest.approx([value for _, value in values], rel=1e-6)
     (hparams,) = (run / "trackers" / "cicld").glob("*/hparams.yml")
@@ -670,7 +703,10 @@ def test_a_resumed_run_drops_the_tensorboard_events_logged_after_its_checkpoint(
         shutil.copytree(pretrained_runs, runs, symlinks=True)
     expected = pretrain_ldm(_config("pretrain-ldm", toy_root, straight, steps=4, log_every=1, report_to="tensorboard"))
     with pytest.raises(KeyboardInterrupt):  # step 3 is logged, then lost: the checkpoint is step 2's
-        pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4, log_every=1, report_to="tensorboard"), on_step=_crash_after(3))
+        pretrain_ldm(
+            _config("pretrain-ldm", toy_root, interrupted, steps=4, log_every=1, report_to="tensorboard"),
+            on_step=_crash_after(3),
+        )
     resumed = pretrain_ldm(_config("pretrain-ldm", toy_root, interrupted, steps=4), resume="latest")
 
     shown, straight_shown = _tensorboard_scalars(resumed.run_dir), _tensorboard_scalars(expected.run_dir)
@@ -698,7 +734,10 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_anything_is_
 @pytest.mark.parametrize(
     "report_to, message",
     [
-        ("tensorbord", "--report-to must be one of none, all, tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, got 'tensorbord'"),
+        (
+            "tensorbord",
+            "--report-to must be one of none, all, tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, got 'tensorbord'",
+        ),
         ("all", "--report-to all: none of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive is installed"),
     ],
 )
@@ -721,8 +760,14 @@ def test_the_trackers_get_each_logged_row_at_its_step_and_the_runs_config_as_fla
     from accelerate import Accelerator
 
     started, logged = [], []
-    monkeypatch.setattr(Accelerator, "init_trackers", lambda self, project, config=None, init_kwargs=None: started.append((project, config)))
-    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, log_kwargs=None: logged.append((step, values)))
+    monkeypatch.setattr(
+        Accelerator,
+        "init_trackers",
+        lambda self, project, config=None, init_kwargs=None: started.append((project, config)),
+    )
+    monkeypatch.setattr(
+        Accelerator, "log", lambda self, values, step=None, log_kwargs=None: logged.append((step, values))
+    )
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     result = pretrain_ldm(_config("pretrain-ldm", toy_root, runs, steps=2, log_every=1))
@@ -752,11 +797,17 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders_even_in_a_rac
     second = runs_module.new_run_dir(tmp_path, "adapt", "toy")
     third = runs_module.new_run_dir(tmp_path, "adapt", "toy")
     monkeypatch.undo()
-    assert [first.name, second.name, third.name] == ["toy-20261125-120000", "toy-20261125-120000-2", "toy-20261125-120000-3"]
+    assert [first.name, second.name, third.name] == [
+        "toy-20261125-120000",
+        "toy-20261125-120000-2",
+        "toy-20261125-120000-3",
+    ]
 
 
 def test_missing_data_is_a_one_line_hint(cli, tmp_path):
-    result = cli("adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere")
+    result = cli(
+        "adapt", "--source", "synthia", "--runs-root", tmp_path / "runs", "--source-root", tmp_path / "nowhere"
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nowhere'} does not exist; put the synthia dataset there and run "
@@ -829,7 +880,10 @@ def test_zoom_max_reaches_every_labelled_dataset_and_is_off_by_default(toy_root)
 
 def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):
     lines = " ".join(cli("adapt", "--help").stdout.split())
-    assert "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)" in lines
+    assert (
+        "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)"
+        in lines
+    )
     assert "--val-limit <int> validate on at most this many val images, at least 1 (None: all)" in lines
 
 
@@ -859,7 +913,10 @@ def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     run = max(stage_runs(runs, "pretrain-ldm"))
-    assert "NaN or inf weights after step 4" in line and f"the last good checkpoint is {run / 'checkpoints' / 'step-00000002'}" in line
+    assert (
+        "NaN or inf weights after step 4" in line
+        and f"the last good checkpoint is {run / 'checkpoints' / 'step-00000002'}" in line
+    )
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
     assert not (run / "final").exists()
     assert (runs / "latest").resolve() == latest
@@ -873,7 +930,10 @@ def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
     model = CICLD(CICLDConfig.preset("tiny"))
     with torch.no_grad():
         model.decoder.f_cls.parameters().__next__().view(-1)[0] = float("inf")
-    with pytest.raises(TrainingDiverged, match="NaN or inf weights in the model to export: final/ was not written.*no checkpoint was written yet"):
+    with pytest.raises(
+        TrainingDiverged,
+        match="NaN or inf weights in the model to export: final/ was not written.*no checkpoint was written yet",
+    ):
         session.export(model, update_latest=True)
     assert not (session.run_dir / "final").exists() and not (tmp_path / "runs" / "latest").exists()
 
@@ -1009,7 +1069,9 @@ def test_a_run_config_records_the_recipe_its_settings_came_from(resolved, pretra
     assert real["recipe"] == "default" and real["lr"] == 6e-5 and real["steps"] == 40000
     # A recipe can be named: the toy pair with the real-data recipe, or the toy recipe on real data.
     assert resolved("adapt", "--source", "toy", "--recipe", "default")["lr"] == 6e-5
-    assert resolved("adapt", "--source", "gta5", "--recipe", "toy") | {"source": "toy"} == resolved("adapt", "--source", "toy")
+    assert resolved("adapt", "--source", "gta5", "--recipe", "toy") | {"source": "toy"} == resolved(
+        "adapt", "--source", "toy"
+    )
     # Runs saved before runs recorded their recipe load with the one they were made with.
     (run,) = stage_runs(pretrained_runs, "pretrain-ldm")
     older = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "recipe"}
@@ -1057,34 +1119,74 @@ def _write(path: Path, text: str) -> Path:
         (lambda d, runs: d / "missing.json", [], "--config: {file} does not exist"),
         (lambda d, runs: _write(d / "broken.json", '{"stage": "adapt",'), [], "--config: {file} is not valid JSON ("),
         (lambda d, runs: _write(d / "list.json", "[1, 2]"), [], "--config: {file} is not a training run's config"),
-        (lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "final" / "config.json", [], "--config: {file} is not a training run's config"),
         (
-            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "config.json", [],
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "final" / "config.json",
+            [],
+            "--config: {file} is not a training run's config",
+        ),
+        (
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")) / "config.json",
+            [],
             "--config: {file} is a pretrain-ldm config, not adapt's; use `cicld pretrain-ldm --config {file}`",
         ),
-        (lambda d, runs: _write(d / "extra.json", '{"stage": "adapt", "colour": "red"}'), [], "--config: unknown adapt config keys: colour"),
-        (lambda d, runs: _write(d / "typed.json", '{"stage": "adapt", "steps": "many"}'), [], "--config: invalid adapt config: steps must be"),
-        (lambda d, runs: _write(d / "range.json", '{"stage": "adapt", "source": "toy", "steps": 0}'), [], "--steps must be at least 1, got 0"),
+        (
+            lambda d, runs: _write(d / "extra.json", '{"stage": "adapt", "colour": "red"}'),
+            [],
+            "--config: unknown adapt config keys: colour",
+        ),
+        (
+            lambda d, runs: _write(d / "typed.json", '{"stage": "adapt", "steps": "many"}'),
+            [],
+            "--config: invalid adapt config: steps must be",
+        ),
+        (
+            lambda d, runs: _write(d / "range.json", '{"stage": "adapt", "source": "toy", "steps": 0}'),
+            [],
+            "--steps must be at least 1, got 0",
+        ),
         (lambda d, runs: _write(d / "crop.json", '{"stage": "adapt", "crop": [0, 0]}'), [], "--crop 0x0 is too small"),
         (
-            lambda d, runs: _write(d / "resize.json", '{"stage": "adapt", "target_resize": [-5, 3]}'), [],
+            lambda d, runs: _write(d / "resize.json", '{"stage": "adapt", "target_resize": [-5, 3]}'),
+            [],
             "--target-resize -5x3 is too small; use at least 1x1",
         ),
         (
-            lambda d, runs: _write(d / "seed.json", f'{{"stage": "adapt", "seed": {2**70}}}'), [],
+            lambda d, runs: _write(d / "seed.json", f'{{"stage": "adapt", "seed": {2**70}}}'),
+            [],
             "--seed must be between 0 and 4294967295",
         ),
         (
-            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")), [],
+            lambda d, runs: max(stage_runs(runs, "pretrain-ldm")),
+            [],
             "--config: {file} is a folder; give the config file itself: `--config {file}/config.json`",
         ),
-        (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--recipe", "toy"], "--config gives every setting, so no recipe fills any: drop --recipe"),
-        (lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'), ["--resume", "latest"], "--resume continues a run with its saved settings; drop --config"),
+        (
+            lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'),
+            ["--recipe", "toy"],
+            "--config gives every setting, so no recipe fills any: drop --recipe",
+        ),
+        (
+            lambda d, runs: _write(d / "ok.json", '{"stage": "adapt"}'),
+            ["--resume", "latest"],
+            "--resume continues a run with its saved settings; drop --config",
+        ),
     ],
     ids=[
-        "missing", "not-json", "not-an-object", "a-model-config", "another-stage", "unknown-key", "wrong-type",
-        "out-of-range", "zero-crop", "negative-resize", "huge-seed", "a-run-folder", "with-recipe", "with-resume",
-    ],  # fmt: skip
+        "missing",
+        "not-json",
+        "not-an-object",
+        "a-model-config",
+        "another-stage",
+        "unknown-key",
+        "wrong-type",
+        "out-of-range",
+        "zero-crop",
+        "negative-resize",
+        "huge-seed",
+        "a-run-folder",
+        "with-recipe",
+        "with-resume",
+    ],
 )
 def test_a_config_file_that_cannot_be_used_is_a_one_line_error_before_anything_is_created(
     cli, pretrained_runs, tmp_path, make_file, extra, message
@@ -1117,10 +1219,19 @@ def test_pretrain_ae_batch_size_is_split_between_the_domains_as_its_help_says(to
 
     monkeypatch.setattr(ae_stage, "step_batches", record)
     with pytest.raises(Stop):
-        ae_stage.pretrain_ae(make_config(
-            "pretrain-ae", source="toy", source_root=str(toy_root / "gta5"), target_root=str(toy_root / "cityscapes"),
-            runs_root=str(tmp_path / "runs"), steps=1, crop=(32, 32), batch_size=6, preset="tiny",
-        ))  # fmt: skip
+        ae_stage.pretrain_ae(
+            make_config(
+                "pretrain-ae",
+                source="toy",
+                source_root=str(toy_root / "gta5"),
+                target_root=str(toy_root / "cityscapes"),
+                runs_root=str(tmp_path / "runs"),
+                steps=1,
+                crop=(32, 32),
+                batch_size=6,
+                preset="tiny",
+            )
+        )
     assert per_domain == [3]  # 6 images a step: 3 source + 3 target
 
 
@@ -1159,7 +1270,11 @@ def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_i
     from cicld.data.toy import generate_toy_pair, prepare_toy_pair
 
     pair = tmp_path / "pair"
-    prepare_toy_pair(generate_toy_pair(pair, size=(64, 32), num_source=4, num_target_train=4, num_target_val=2, source_formats=("synthia",)))
+    prepare_toy_pair(
+        generate_toy_pair(
+            pair, size=(64, 32), num_source=4, num_target_train=4, num_target_val=2, source_formats=("synthia",)
+        )
+    )
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     flags = [str(f) for f in stage_flags(toy_root, runs)]
@@ -1183,9 +1298,20 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        "-m", "cicld.cli", "adapt", *map(str, stage_flags(toy_root, runs)), "--batch-size", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "cicld.cli",
+        "adapt",
+        *map(str, stage_flags(toy_root, runs)),
+        "--batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
@@ -1200,7 +1326,15 @@ def test_a_real_ctrl_c_in_a_real_process_prints_how_to_resume(toy_root, tmp_path
     import time
 
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "cicld", "pretrain-ae", *map(str, stage_flags(toy_root, runs, steps=100_000)), "--num-workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "cicld",
+        "pretrain-ae",
+        *map(str, stage_flags(toy_root, runs, steps=100_000)),
+        "--num-workers",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -1229,7 +1363,11 @@ def _checkpoint_to_damage(pretrained_runs, tmp_path) -> Path:
     "damaged, content, message",
     [
         ("model.safetensors", b"\x00" * 50, "the checkpoint is corrupt or does not fit this run (SafetensorError"),
-        ("optimizer.safetensors", b"not a safetensors file", "the checkpoint is corrupt or does not fit this run (SafetensorError"),
+        (
+            "optimizer.safetensors",
+            b"not a safetensors file",
+            "the checkpoint is corrupt or does not fit this run (SafetensorError",
+        ),
         ("optimizer.json", b'{"dict": [', "the checkpoint is corrupt or does not fit this run (JSONDecodeError"),
         ("trainer_state.json", b'{"step": ', "trainer_state.json is corrupt"),
     ],
@@ -1289,7 +1427,9 @@ def test_a_crop_the_model_cannot_tile_is_one_line_naming_crop_before_anything_is
 def test_resume_naming_nothing_that_exists_is_a_one_line_error(cli, tmp_path):
     result = cli("adapt", "--resume", tmp_path / "nowhere")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"error: --resume {tmp_path / 'nowhere'}: no such run or checkpoint folder"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume {tmp_path / 'nowhere'}: no such run or checkpoint folder"
+    ]
 
 
 def test_a_data_error_with_loader_workers_is_the_same_one_short_line_as_without(cli, toy_root, tmp_path):
@@ -1322,7 +1462,9 @@ def test_losses_are_read_from_the_device_once_per_optimizer_step_not_per_micro_b
     reads = []
     for name in ("item", "tolist", "__float__", "__bool__"):  # every way a tensor's value reaches Python
         original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1]
+        )
 
     def losses(micro):
         out = objective(torch.full((1, 2), float(micro))).sum()

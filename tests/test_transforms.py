@@ -44,7 +44,9 @@ def test_normalize_gives_float32_chw_with_imagenet_mean_and_std():
 def test_denormalize_inverts_normalize_back_to_the_uint8_image():
     image = _rgb(seed=3)
     assert np.array_equal(T.to_uint8_image(T.normalize(image)), image)
-    assert torch.allclose(T.denormalize(T.normalize(image)), torch.from_numpy(image).permute(2, 0, 1) / 255.0, atol=1e-6)
+    assert torch.allclose(
+        T.denormalize(T.normalize(image)), torch.from_numpy(image).permute(2, 0, 1) / 255.0, atol=1e-6
+    )
 
 
 def test_renormalize_inverts_denormalize_on_batches():
@@ -192,4 +194,3 @@ def test_hflip_mirrors_columns_of_images_and_labels():
     assert np.array_equal(T.hflip(image)[:, 0], image[:, -1])
     assert np.array_equal(T.hflip(label), label[:, ::-1])
     assert np.array_equal(T.hflip(T.hflip(image)), image)
-

@@ -4,7 +4,6 @@ jitter and blur of the mixed images, pseudo-label weights), as DAFormer/HRDA/MIC
 from __future__ import annotations
 
 import colorsys
-
 import types
 
 import numpy as np
@@ -236,7 +235,9 @@ def test_pseudo_label_weight_is_the_confident_fraction_per_image_with_rows_zeroe
     confident = torch.zeros(2, 4, 5, dtype=torch.bool)
     confident[0, :2] = True  # image 0: 10 of 20 pixels confident
     confident[1] = True  # image 1: all
-    labels, weight = uda.pseudo_label_weight(_two_class_probs(confident), threshold=0.968, ignore_top=1, ignore_bottom=1)
+    labels, weight = uda.pseudo_label_weight(
+        _two_class_probs(confident), threshold=0.968, ignore_top=1, ignore_bottom=1
+    )
     assert labels.dtype == torch.long and torch.equal(labels, confident.long())
     assert weight.shape == (2, 4, 5) and weight.dtype == torch.float32
     assert (weight[:, 0] == 0).all() and (weight[:, 3] == 0).all()
@@ -264,7 +265,9 @@ def test_pseudo_label_weight_default_rows_match_daformer_on_a_512_crop():
 
 
 def test_pseudo_label_weight_accepts_a_single_unbatched_image():
-    labels, weight = uda.pseudo_label_weight(_two_class_probs(torch.ones(1, 3, 3, dtype=torch.bool))[0], ignore_top=0, ignore_bottom=0)
+    labels, weight = uda.pseudo_label_weight(
+        _two_class_probs(torch.ones(1, 3, 3, dtype=torch.bool))[0], ignore_top=0, ignore_bottom=0
+    )
     assert labels.shape == (3, 3) and weight.shape == (3, 3)
 
 

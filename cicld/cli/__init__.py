@@ -36,14 +36,15 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Unsupervised domain-adaptive semantic segmentation with a conditional latent diffusion model (CICLD)."""
 
 
 # Commands register themselves on `app` when their module is imported.
 from cicld.cli import demo, evaluate, predict, prepare, train  # noqa: E402,F401
-
 
 _INTERRUPTED = "interrupted; finished files are kept and a re-run resumes where this one stopped"
 

@@ -14,10 +14,19 @@ from cicld.cli._console import console, progress_bar
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("cicld-demo"), "--out", "-o", help="Folder for the toy data, runs, scores and pictures."),
+    out: Path = typer.Option(
+        Path("cicld-demo"), "--out", "-o", help="Folder for the toy data, runs, scores and pictures."
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the toy world and of every training stage."),
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Processes generating the toy pair."),
-    quick: bool = typer.Option(False, "--quick", help="A smoke test of the install in well under a minute (tiny data, four steps per stage; the scores mean nothing)."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help=(
+            "A smoke test of the install in well under a minute (tiny data, four steps per stage; the scores "
+            "mean nothing)."
+        ),
+    ),
 ) -> None:
     """Run the whole method on the toy pair: data, three training stages, evaluation, pictures.
 
@@ -41,7 +50,9 @@ def _results_table(result) -> Table:
     for column in ("model", "mIoU19", "mIoU16", "mIoU13", "pixel acc."):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, scores in result.scores.items():
-        table.add_row(name, *(f"{100 * v:.1f}" for v in (scores.miou19, scores.miou16, scores.miou13, scores.pixel_accuracy)))
+        table.add_row(
+            name, *(f"{100 * v:.1f}" for v in (scores.miou19, scores.miou16, scores.miou13, scores.pixel_accuracy))
+        )
     return table
 
 

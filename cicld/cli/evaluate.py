@@ -128,7 +128,14 @@ def evaluate(
     if not accelerator.is_main_process:
         return
     console.print(_scores_table(scores, f"{model_dir} on {data} ({dataset} {split}, {len(val)} images)"))
-    result = {"model": str(model_dir), "data": str(data), "dataset": dataset, "split": split, "images": len(val), **scores.as_dict()}
+    result = {
+        "model": str(model_dir),
+        "data": str(data),
+        "dataset": dataset,
+        "split": split,
+        "images": len(val),
+        **scores.as_dict(),
+    }
     pictures = [out / "confusion.png", out / "iou.png"]
     # The outputs were checked before the evaluation, but a disk can fill up or a folder change
     # in the meantime: a failed write is a one-line error naming the file.
@@ -137,6 +144,8 @@ def evaluate(
             draw(scores, path)
     if json_file is not None:
         with writing(json_file):
-            atomic_write(json_file, json.dumps(result, indent=2, allow_nan=False))  # strict JSON: undefined scores are null
+            atomic_write(
+                json_file, json.dumps(result, indent=2, allow_nan=False)
+            )  # strict JSON: undefined scores are null
         console.print(f"scores: {json_file}")
     console.print(f"pictures: {', '.join(map(str, pictures))}")

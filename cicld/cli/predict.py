@@ -17,13 +17,24 @@ from cicld.errors import CicldError, PartialFailure
 
 @app.command("predict")
 def predict(
-    paths: list[Path] = typer.Argument(..., help="Input files, folders (recursive) or globs, then the output folder OUT."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Input files, folders (recursive) or globs, then the output folder OUT."
+    ),
     checkpoint: Optional[Path] = typer.Option(None, help="Model folder or finished run. [default: runs/latest]"),
     outputs: str = typer.Option(
         "trainIds,labelIds,color,overlay", help="Which files to write per image (comma-separated, in any case)."
     ),
-    height: Optional[int] = typer.Option(None, min=16, help="Run the model at this image height, keeping the aspect ratio. [default: the model's input height, else the image's]"),
-    window: Optional[str] = typer.Option(None, help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window. [default: the model's]"),
+    height: Optional[int] = typer.Option(
+        None,
+        min=16,
+        help=(
+            "Run the model at this image height, keeping the aspect ratio. [default: the model's input height, "
+            "else the image's]"
+        ),
+    ),
+    window: Optional[str] = typer.Option(
+        None, help="Sliding window WIDTHxHEIGHT; larger images are predicted window by window. [default: the model's]"
+    ),
     overlap: Optional[str] = typer.Option(None, help="Sliding-window overlap WIDTHxHEIGHT. [default: the model's]"),
     window_batch: int = typer.Option(4, min=1, help="Windows run at once (bounds memory)."),
     batch_size: int = typer.Option(4, min=1, help="Images per batch."),
@@ -31,7 +42,8 @@ def predict(
     overwrite: bool = typer.Option(False, help="Replace outputs that already exist."),
     runs_root: Path = typer.Option(Path("runs"), help="Folder of all runs (for the default checkpoint)."),
 ) -> None:
-    """Segment images: per image a trainId PNG, a Cityscapes labelId PNG (submission format), a colour map and an overlay.
+    """Segment images: per image a trainId PNG, a Cityscapes labelId PNG (submission format), a colour map and an
+    overlay.
 
     Example: `cicld predict images/ out/`, `cicld predict 'photos/*.jpg' out/ --outputs color,overlay`.
     """
@@ -72,14 +84,28 @@ def predict(
         task = progress.add_task("predicting", total=len(entries), rate="")
 
         def on_image(done: int) -> None:
-            progress.update(task, completed=done, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} images/s")
+            progress.update(
+                task, completed=done, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} images/s"
+            )
 
         report = predict_files(
-            model, entries, out, kinds=kinds, options=options, target_height="model" if height is None else height,
-            batch_size=batch_size, overwrite=overwrite, on_image=on_image,
-        )  # fmt: skip
-    console.print(f"{report.images} images segmented into {out} ({len(report.written)} files, {time.perf_counter() - started:.1f} s)")
+            model,
+            entries,
+            out,
+            kinds=kinds,
+            options=options,
+            target_height="model" if height is None else height,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            on_image=on_image,
+        )
+    console.print(
+        f"{report.images} images segmented into {out} ({len(report.written)} files, "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
     for path, reason in report.failed:  # on stderr, above the error line that counts them
         error_console.print(f"failed: {path}: {reason}", markup=False)
     if report.failed:
-        raise PartialFailure(f"{len(report.failed)} of {len(entries)} images could not be read (listed above); the others were written")
+        raise PartialFailure(
+            f"{len(report.failed)} of {len(entries)} images could not be read (listed above); the others were written"
+        )

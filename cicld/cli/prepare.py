@@ -52,11 +52,15 @@ def prepare_data(
     on_size_mismatch: SizeMismatchPolicy = typer.Option(
         SizeMismatchPolicy.resize, help="A label not the size of its image: resize it (nearest) or skip the frame."
     ),
-    verify_images: bool = typer.Option(True, help="Decode every image once, so corrupt or truncated files are found now."),
+    verify_images: bool = typer.Option(
+        True, help="Decode every image once, so corrupt or truncated files are found now."
+    ),
     seed: Optional[int] = typer.Option(None, min=0, help="toy only: random seed of the generated world. [default: 0]"),
     size: Optional[str] = typer.Option(None, help="toy only: image size WIDTHxHEIGHT. [default: 256x128]"),
     source_format: Optional[SourceFormat] = typer.Option(None, help="toy only: source domain format. [default: gta5]"),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="toy only: regenerate a toy pair made with other parameters."),
+    overwrite: Optional[bool] = typer.Option(
+        None, "--overwrite", help="toy only: regenerate a toy pair made with other parameters."
+    ),
     generic: Optional[int] = typer.Option(
         None,
         min=0,
@@ -73,7 +77,13 @@ def prepare_data(
     `cicld prepare-data toy --generic 2000` (adds data/toy/generic, a pre-training set).
     """
     root = root if root is not None else default_root(dataset.value)
-    toy_options = {"--seed": seed, "--size": size, "--source-format": source_format, "--overwrite": overwrite, "--generic": generic}
+    toy_options = {
+        "--seed": seed,
+        "--size": size,
+        "--source-format": source_format,
+        "--overwrite": overwrite,
+        "--generic": generic,
+    }
     if classes is not None and dataset is not DatasetChoice.pairs:
         raise CicldError("--classes only applies to `prepare-data pairs`; the other datasets have Cityscapes' classes")
     if dataset is DatasetChoice.pairs and classes is None:
@@ -86,7 +96,9 @@ def prepare_data(
         _prepare_and_report(root, dataset.value, workers, on_size_mismatch, verify_images, classes=class_list)
         return
     size_wh = parse_size(size or "256x128", "--size")
-    pair = _generate_toy(root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite), generic)
+    pair = _generate_toy(
+        root, workers, seed or 0, size_wh, source_format or SourceFormat.gta5, bool(overwrite), generic
+    )
     for folder, dataset in pair.datasets.items():
         _prepare_and_report(root / folder, dataset, workers, on_size_mismatch, verify_images, label=folder)
     console.print(
@@ -101,7 +113,13 @@ def prepare_data(
 
 
 def _generate_toy(
-    root: Path, workers: int, seed: int, size: tuple[int, int], source_format: SourceFormat, overwrite: bool, generic: int | None
+    root: Path,
+    workers: int,
+    seed: int,
+    size: tuple[int, int],
+    source_format: SourceFormat,
+    overwrite: bool,
+    generic: int | None,
 ) -> ToyPairSummary:
     from cicld.data.toy import generate_toy_pair
 
@@ -114,7 +132,13 @@ def _generate_toy(
 
         with writing(f"the toy pair to {root}", DataError):
             summary = generate_toy_pair(
-                root, seed=seed, size=size, source_formats=formats, num_generic=generic, workers=workers, progress=advance,
+                root,
+                seed=seed,
+                size=size,
+                source_formats=formats,
+                num_generic=generic,
+                workers=workers,
+                progress=advance,
                 overwrite=overwrite,
             )
     console.print(f"Toy pair: {summary}")
@@ -165,7 +189,10 @@ def _summary_table(report: PrepareReport) -> Table:
     table.add_column("count", justify="right")
     table.add_row("converted", human_count(report.converted))
     table.add_row("skipped (already prepared)", human_count(report.skipped))
-    table.add_row("size-mismatched (label resized)" if not report.mismatch_skipped else "size-mismatched", human_count(report.size_mismatched))
+    table.add_row(
+        "size-mismatched (label resized)" if not report.mismatch_skipped else "size-mismatched",
+        human_count(report.size_mismatched),
+    )
     if report.mismatch_skipped:
         table.add_row("  of which left out", human_count(report.mismatch_skipped))
     table.add_row("missing partner (image or label)", human_count(len(report.missing_partner)))

@@ -56,7 +56,9 @@ def _config_parameters(config_class: type[CommonConfig]) -> list[inspect.Paramet
         flag = _flag(field.name)
         declarations = (f"{flag}/--no-{field.name.replace('_', '-')}",) if kind is bool else (flag,)
         option = typer.Option(None, *declarations, help=help_text, show_default=False)
-        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
+        parameters.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+        )
     return parameters
 
 
@@ -68,10 +70,14 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         # Only the flags given on the command line count: they override --config and the recipe.
         values = {k: v for k, v in values.items() if context.get_parameter_source(k).name == "COMMANDLINE"}
         if resume is not None:
-            ignored = [_flag(k) for k in values if k not in ("source", "runs_root")] + (["--config"] if config_file else [])
+            ignored = [_flag(k) for k in values if k not in ("source", "runs_root")] + (
+                ["--config"] if config_file else []
+            )
             if ignored:
                 # The saved config wins on resume; a flag that would be dropped silently is an error.
-                raise CicldError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} (or start a new run)")
+                raise CicldError(
+                    f"--resume continues a run with its saved settings; drop {', '.join(ignored)} (or start a new run)"
+                )
         for key in ("crop", "source_resize", "target_resize"):
             if key in values:
                 values[key] = parse_size(values[key], _flag(key))

@@ -34,8 +34,8 @@ different sizes, which :meth:`require_batchable` refuses in one line.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -61,9 +61,12 @@ Size = tuple[int, int]  # (width, height)
 #: DAFormer/HRDA/MIC training resolutions, ``(width, height)``; a user's own frames (pairs, a
 #: folder of images) get the Cityscapes target's.
 DEFAULT_RESIZE: dict[str, Size] = {
-    "gta5": (1280, 720), "synthia": (1280, 760), "cityscapes": (1024, 512),
-    "pairs": (1024, 512), IMAGES: (1024, 512),
-}  # fmt: skip
+    "gta5": (1280, 720),
+    "synthia": (1280, 760),
+    "cityscapes": (1024, 512),
+    "pairs": (1024, 512),
+    IMAGES: (1024, 512),
+}
 #: Training crop, ``(width, height)``.
 DEFAULT_CROP: Size = (512, 512)
 #: DAFormer's re-crop rule: a class may fill at most this share of a crop's labelled pixels.
@@ -126,7 +129,9 @@ def _labelled(samples: Iterable[Sample], dataset: str, root: Path, split: str) -
     skipped = _skipped_frames(root, dataset)
     labelled = [s for s in samples if s.label is not None and s.name not in skipped]
     if not labelled and skipped:
-        raise DataError(f"{root} has no labelled {dataset} frames left: prepare-data left out all of them ({SKIPPED_FRAMES_FILE})")
+        raise DataError(
+            f"{root} has no labelled {dataset} frames left: prepare-data left out all of them ({SKIPPED_FRAMES_FILE})"
+        )
     if not labelled:
         where = f"gtFine/{split}/" if dataset == "cityscapes" else "the label folder"
         raise DataError(f"{root} has no labelled {dataset} frames (no labels in {where})")
@@ -380,7 +385,9 @@ class ValDataset(_FrameDataset):
             by_name = {s.name: s for s in samples}
             unknown = [n for n in wanted if n not in by_name]
             if unknown:
-                raise DataError(f"{root} has no labelled {dataset} frame named {unknown[0]!r} ({len(unknown)} unknown names)")
+                raise DataError(
+                    f"{root} has no labelled {dataset} frame named {unknown[0]!r} ({len(unknown)} unknown names)"
+                )
             samples = [by_name[n] for n in wanted]
         self.samples = samples
         self.classes = dataset_classes(self.root, dataset)

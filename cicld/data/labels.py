@@ -88,12 +88,31 @@ CITYSCAPES_ID_TO_TRAINID: dict[int, int] = {lab.id: lab.train_id for lab in _EVA
 #: SYNTHIA->Cityscapes reports mIoU16 without them. 0 void, 13 parking slot, 14 road-work and
 #: 22 lane marking map to IGNORE_INDEX.
 SYNTHIA_ID_TO_TRAINID: dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,
-    1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
-}  # fmt: skip
+    3: 0,
+    4: 1,
+    2: 2,
+    21: 3,
+    5: 4,
+    7: 5,
+    15: 6,
+    9: 7,
+    6: 8,
+    16: 9,
+    1: 10,
+    10: 11,
+    17: 12,
+    8: 13,
+    18: 14,
+    19: 15,
+    20: 16,
+    12: 17,
+    11: 18,
+}
 
 #: Class subsets of the SYNTHIA->Cityscapes protocol, as trainIds.
-MIOU16_CLASSES: tuple[int, ...] = tuple(i for i in range(NUM_CLASSES) if CLASSES[i] not in ("terrain", "truck", "train"))
+MIOU16_CLASSES: tuple[int, ...] = tuple(
+    i for i in range(NUM_CLASSES) if CLASSES[i] not in ("terrain", "truck", "train")
+)
 MIOU13_CLASSES: tuple[int, ...] = tuple(i for i in MIOU16_CLASSES if CLASSES[i] not in ("wall", "fence", "pole"))
 
 
@@ -210,7 +229,7 @@ class ClassList:
         return data
 
     @classmethod
-    def from_dict(cls, data: object) -> "ClassList":
+    def from_dict(cls, data: object) -> ClassList:
         """A class list from its JSON form; :class:`DataError` (one line) for anything malformed::
 
             {"classes": [{"name": "road", "color": [128, 64, 128], "values": [1, 7]}, ...],
@@ -231,7 +250,7 @@ class ClassList:
             colors.append(_as_tuple(entry["color"], f"the colour of {entry['name']!r}"))
             values.append(_as_tuple(entry.get("values", [index]), f"the values of {entry['name']!r}"))
             if not values[-1]:
-                raise DataError(f"{entry['name']!r} has no label values; leave \"values\" out to use its position")
+                raise DataError(f'{entry["name"]!r} has no label values; leave "values" out to use its position')
         ignore_color = data.get("ignore_color")
         return cls(
             tuple(names),
@@ -242,7 +261,7 @@ class ClassList:
         )
 
     @classmethod
-    def read(cls, path: str | Path) -> "ClassList":
+    def read(cls, path: str | Path) -> ClassList:
         """The class list in the JSON file ``path``; a one-line :class:`DataError` naming it otherwise."""
         path = Path(path)
         try:
@@ -254,7 +273,7 @@ class ClassList:
         except DataError as exc:
             raise DataError(f"class list {path}: {exc}") from None
 
-    def difference(self, other: "ClassList", these: str, those: str) -> str | None:
+    def difference(self, other: ClassList, these: str, those: str) -> str | None:
         """How ``other`` names other classes than this list (trainIds that mean other things), said
         of ``these`` (this list's owner) and ``those``; None where the names agree, position by
         position (colours and raw values may differ)."""

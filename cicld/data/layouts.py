@@ -146,7 +146,9 @@ def list_samples(root: str | Path, dataset: str, split: str = "train") -> Listin
 
 
 def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".") and not p.name.endswith(TRAIN_IDS_SUFFIX))
+    return sorted(
+        p for p in folder.glob("*.png") if not p.name.startswith(".") and not p.name.endswith(TRAIN_IDS_SUFFIX)
+    )
 
 
 def _require_dirs(root: Path, dataset: str, *folders: Path) -> None:
@@ -182,7 +184,9 @@ def _images_below(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in suffixes and p.is_file() and not p.name.endswith(TRAIN_IDS_SUFFIX)
+        if p.suffix.lower() in suffixes
+        and p.is_file()
+        and not p.name.endswith(TRAIN_IDS_SUFFIX)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -227,9 +231,14 @@ def _list_cityscapes(root: Path, split: str) -> Listing:
         for p in sorted(image_dir.glob("*/*_leftImg8bit.png"))
     }
     if not images:
-        raise DataError(f"{root} is not a cityscapes dataset: leftImg8bit/{split}/<city>/ has no *_leftImg8bit.png images")
+        raise DataError(
+            f"{root} is not a cityscapes dataset: leftImg8bit/{split}/<city>/ has no *_leftImg8bit.png images"
+        )
     labels = (
-        {str(p.relative_to(label_dir))[: -len("_gtFine_labelIds.png")]: p for p in sorted(label_dir.glob("*/*_gtFine_labelIds.png"))}
+        {
+            str(p.relative_to(label_dir))[: -len("_gtFine_labelIds.png")]: p
+            for p in sorted(label_dir.glob("*/*_gtFine_labelIds.png"))
+        }
         if label_dir.is_dir()
         else {}
     )

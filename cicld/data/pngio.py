@@ -77,7 +77,9 @@ def _decode(source: Path | io.BytesIO, path: Path, mode: str | None = None) -> n
         with Image.open(source) as image:
             image.load()
             if mode is not None and image.mode != mode:
-                image = image.convert(mode) if image.mode not in _WIDE_MODES else _wide_to_8bit(image, path).convert(mode)
+                image = (
+                    image.convert(mode) if image.mode not in _WIDE_MODES else _wide_to_8bit(image, path).convert(mode)
+                )
             return np.asarray(image)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None

@@ -33,8 +33,8 @@ import numpy as np
 
 from cicld.data.labels import CITYSCAPES, SYNTHIA, ClassList
 from cicld.data.layouts import CLASS_LIST_FILE, CLASS_STATS_FILE, SKIPPED_FRAMES_FILE, Sample, list_samples
-from cicld.data.transforms import resize_label
 from cicld.data.pngio import PNG_SIGNATURE, image_format, image_mode, image_size, read_image, read_png, write_image
+from cicld.data.transforms import resize_label
 from cicld.errors import DataError
 from cicld.files import atomic_write, writing
 

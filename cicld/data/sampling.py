@@ -65,7 +65,7 @@ def load_class_stats(path: str | Path, num_classes: int = NUM_CLASSES) -> list[d
     for number, entry in enumerate(entries):
         where = f"{path} is malformed: entry {number}"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise DataError(f"{where} is not an object with a \"file\" string")
+            raise DataError(f'{where} is not an object with a "file" string')
         counts = {}
         for key, value in entry.items():
             if key == "file":

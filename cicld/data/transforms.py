@@ -17,7 +17,8 @@ Conventions (every function says which it takes):
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ def _stats(like: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     )
 
 
-def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """``(H, W, 3) uint8`` RGB -> ``(3, H, W) float32``: ``(x / 255 - mean) / std``.
 
     Equal to mmseg's ``Normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])``.
@@ -54,19 +57,25 @@ def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Seq
     return renormalize(tensor, mean, std)
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """Normalised ``(..., 3, H, W)`` -> ``[0, 1]``-scaled RGB of the same shape (not clamped)."""
     m, s = _stats(images, mean, std)
     return images * s + m
 
 
-def renormalize(images01: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def renormalize(
+    images01: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """``[0, 1]``-scaled ``(..., 3, H, W)`` -> normalised; the inverse of :func:`denormalize`."""
     m, s = _stats(images01, mean, std)
     return (images01 - m) / s
 
 
-def to_uint8_image(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def to_uint8_image(
+    image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """Normalised ``(3, H, W)`` -> ``(H, W, 3) uint8`` (for overlays and visual checks)."""
     rgb = denormalize(image.detach().float().cpu(), mean, std).clamp_(0, 1).mul_(255).round_()
     return rgb.to(torch.uint8).permute(1, 2, 0).numpy()

@@ -47,10 +47,15 @@ class InferenceOptions:
     def windows(self, model: CICLD) -> tuple[tuple[int, int], tuple[int, int]]:
         """The sliding window and overlap to run ``model`` with, as (width, height); a one-line
         error, sizes as WIDTHxHEIGHT, where the model cannot tile them."""
-        (width, height), (over_w, over_h) = self.window or model.config.sliding_window, self.overlap or model.config.sliding_overlap
+        (width, height), (over_w, over_h) = (
+            self.window or model.config.sliding_window,
+            self.overlap or model.config.sliding_overlap,
+        )
         divisor, factor = model.config.size_divisor, model.config.vae_scale_factor
         if min(width, height) < 1 or width % divisor or height % divisor:
-            raise CicldError(f"sliding window {width}x{height} (WIDTHxHEIGHT) must be positive multiples of {divisor} for this model")
+            raise CicldError(
+                f"sliding window {width}x{height} (WIDTHxHEIGHT) must be positive multiples of {divisor} for this model"
+            )
         if over_w % factor or over_h % factor or not (0 <= over_w < width and 0 <= over_h < height):
             raise CicldError(
                 f"window overlap {over_w}x{over_h} (WIDTHxHEIGHT) must be multiples of {factor} smaller than the window {width}x{height}"

@@ -33,10 +33,10 @@ class ConfusionMatrix:
         counts = torch.bincount(index.cpu(), minlength=self.num_classes**2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes)
 
-    def merge(self, other: "ConfusionMatrix | torch.Tensor") -> None:
+    def merge(self, other: ConfusionMatrix | torch.Tensor) -> None:
         self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else other.to(torch.int64).cpu()
 
-    def scores(self, classes: ClassList = CITYSCAPES) -> "SegmentationScores":
+    def scores(self, classes: ClassList = CITYSCAPES) -> SegmentationScores:
         return SegmentationScores.from_confusion(self.matrix.numpy(), classes)
 
 
@@ -48,7 +48,7 @@ class SegmentationScores:
     classes: ClassList = CITYSCAPES  # what the K classes are
 
     @classmethod
-    def from_confusion(cls, confusion: np.ndarray, classes: ClassList = CITYSCAPES) -> "SegmentationScores":
+    def from_confusion(cls, confusion: np.ndarray, classes: ClassList = CITYSCAPES) -> SegmentationScores:
         confusion = confusion.astype(np.float64)
         true_positive = np.diag(confusion)
         union = confusion.sum(0) + confusion.sum(1) - true_positive

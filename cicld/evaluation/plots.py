@@ -76,11 +76,16 @@ def side_by_side_png(rows: list[list[np.ndarray]], titles: list[str], path: Path
         raise ValueError("all pictures must be RGB arrays of the same size")
     header = 18
     columns = len(titles)
-    image = Image.new("RGB", (columns * width + (columns - 1) * gap, header + len(rows) * (height + gap) - gap), "white")
+    image = Image.new(
+        "RGB", (columns * width + (columns - 1) * gap, header + len(rows) * (height + gap) - gap), "white"
+    )
     draw = ImageDraw.Draw(image)
     for j, title in enumerate(titles):
         draw.text((j * (width + gap) + 2, 3), title, fill="black", font=_FONT)
     for i, row in enumerate(rows):
         for j, picture in enumerate(row):
-            image.paste(Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)), (j * (width + gap), header + i * (height + gap)))
+            image.paste(
+                Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)),
+                (j * (width + gap), header + i * (height + gap)),
+            )
     return _save(image, path)

@@ -81,7 +81,9 @@ def collect_inputs(
     seen: dict[Path, Path] = {}
     for entry in found:
         if entry.relative in seen:
-            raise CicldError(f"{seen[entry.relative]} and {entry.path} would write the same outputs; predict them separately")
+            raise CicldError(
+                f"{seen[entry.relative]} and {entry.path} would write the same outputs; predict them separately"
+            )
         seen[entry.relative] = entry.path
     return found, not_images, broken
 
@@ -116,7 +118,9 @@ def check_output_kinds(kinds: tuple[str, ...]) -> None:
 def refuse_existing_outputs(out: Path, inputs: list[PredictionInput], kinds: tuple[str, ...]) -> None:
     existing = [p for entry in inputs for p in output_paths(out, entry, kinds).values() if p.exists()]
     if existing:
-        raise CicldError(f"{len(existing)} outputs already exist in {out} (first: {existing[0]}); pass --overwrite to replace them")
+        raise CicldError(
+            f"{len(existing)} outputs already exist in {out} (first: {existing[0]}); pass --overwrite to replace them"
+        )
 
 
 def inference_size(width: int, height: int, target_height: int | None, divisor: int) -> tuple[int, int]:
@@ -168,7 +172,9 @@ def predict_files(
                 batch = torch.stack([normalize(resize_image(image, size), mean, std) for _, image in chunk]).to(device)
                 logits = options.logits(model, batch)
                 for (entry, image), logit in zip(chunk, logits):
-                    full = F.interpolate(logit[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+                    full = F.interpolate(
+                        logit[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False
+                    )
                     labels = full.argmax(1)[0].to(torch.uint8).cpu().numpy()
                     report.written += _write_outputs(out, entry, kinds, image, labels, classes)
                     report.images += 1

@@ -113,7 +113,9 @@ class BackboneEncoder(nn.Module):
         eighth = pyramid[1]
         size = eighth.shape[-2:]
         hidden = sum(
-            F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else lateral(f)
+            F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False)
+            if f.shape[-2:] != size
+            else lateral(f)
             for lateral, f in zip(self.lateral, pyramid[1:])
         )
         hidden = hidden + self.fuse_conv(self.conv_act(self.fuse_norm(hidden)))

@@ -157,7 +157,9 @@ def backbone_config(transformers_config) -> dict[str, Any]:
     if family in VIT_FAMILIES:
         layers = config.num_hidden_layers
         if layers < 4 or layers % 4:
-            raise CicldError(f"a {family} backbone needs a multiple of 4 layers to give four feature levels, it has {layers}")
+            raise CicldError(
+                f"a {family} backbone needs a multiple of 4 layers to give four feature levels, it has {layers}"
+            )
         config.out_features = [f"stage{layers // 4 * (i + 1)}" for i in range(4)]
         config.reshape_hidden_states = True
         config.apply_layernorm = True
@@ -248,7 +250,9 @@ def _check_strides(backbone: PretrainedBackbone, shown: str) -> None:
     backbone.train()
     strides = [side // size if size else 0 for size in sizes]
     if strides != list(FEATURE_STRIDES):
-        raise CicldError(f"{shown}: its four feature maps are at strides {strides}; cicld needs {list(FEATURE_STRIDES)}")
+        raise CicldError(
+            f"{shown}: its four feature maps are at strides {strides}; cicld needs {list(FEATURE_STRIDES)}"
+        )
 
 
 def load_starting_backbone(config, what: str) -> PretrainedBackbone:

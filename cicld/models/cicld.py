@@ -123,7 +123,7 @@ class CICLD(nn.Module):
         )
         self.diffusion = LatentDiffusion.from_config(config)
 
-    def train(self, mode: bool = True) -> "CICLD":
+    def train(self, mode: bool = True) -> CICLD:
         """``nn.Module.train``, except that BatchNorm layers whose parameters are frozen stay in eval
         mode: a part a stage does not train (E in ``pretrain-ldm --no-train-encoder``) keeps its
         statistics too, exactly as the previous stage left it. Freeze first, then call this."""
@@ -186,7 +186,9 @@ class CICLD(nn.Module):
             condition = condition * keep.to(condition)[:, None]
         return condition
 
-    def predict_noise(self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_noise(
+        self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """ε_θ(z_t, t | c): the UNet with Eq. 5 applied to its mid-block output."""
         mid_block = self.unet.mid_block
         if condition is not None and self.mask_encoder is not None:
@@ -339,7 +341,10 @@ class CICLD(nn.Module):
                 crop_noise = crop_labels = None
                 if noise is not None:
                     crop_noise = torch.stack(
-                        [noise[b, :, y // factor : (y + win_h) // factor, x // factor : (x + win_w) // factor] for b, y, x in chunk]
+                        [
+                            noise[b, :, y // factor : (y + win_h) // factor, x // factor : (x + win_w) // factor]
+                            for b, y, x in chunk
+                        ]
                     )
                 if labels is not None:
                     crop_labels = torch.stack([labels[b, y : y + win_h, x : x + win_w] for b, y, x in chunk])
@@ -409,7 +414,9 @@ class CICLD(nn.Module):
             "inter_coder": fusions,
             "f_cls": f_cls,
             "unet": sum(p.numel() for p in self.unet.parameters()),
-            "mask_encoder": sum(p.numel() for p in self.mask_encoder.parameters()) if self.mask_encoder is not None else 0,
+            "mask_encoder": sum(p.numel() for p in self.mask_encoder.parameters())
+            if self.mask_encoder is not None
+            else 0,
             "discriminator": sum(p.numel() for p in self.discriminator.parameters()),
         }
         counts["total"] = sum(counts.values())
@@ -429,7 +436,11 @@ class CICLD(nn.Module):
         by parameter name, so that a wrapper (an objective, DDP) cannot hide them behind a prefix.
         Frozen parameters are left out.
         """
-        heads = [m for m in (self.decoder.f_cls, self.decoder.fusions, self.mask_encoder, self.discriminator) if m is not None]
+        heads = [
+            m
+            for m in (self.decoder.f_cls, self.decoder.fusions, self.mask_encoder, self.discriminator)
+            if m is not None
+        ]
         head_ids = {id(p) for m in heads for p in m.parameters()}
         backbone_ids = {id(p) for p in self.backbone_parameters()}
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -450,7 +461,7 @@ class CICLD(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> "CICLD":
+    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> CICLD:
         """Rebuild from ``config.json`` and load ``model.safetensors`` strictly."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -474,7 +485,7 @@ class CICLD(nn.Module):
         load_state_dict_strict(model, state, what=f"weights in {weights_path}")
         return model.to(device) if device is not None else model
 
-    def with_switches(self, **switches: Any) -> "CICLD":
+    def with_switches(self, **switches: Any) -> CICLD:
         """This model with architecture switches changed: ``inter_coder``, ``conditioning`` (Table 1)
         and ``discriminator`` ("3class" or "2class", Table 2).
 
@@ -484,7 +495,9 @@ class CICLD(nn.Module):
         """
         unknown = sorted(set(switches) - set(SWITCHED_PARTS))
         if unknown:
-            raise CicldError(f"not an architecture switch: {', '.join(unknown)}; switches are {', '.join(SWITCHED_PARTS)}")
+            raise CicldError(
+                f"not an architecture switch: {', '.join(unknown)}; switches are {', '.join(SWITCHED_PARTS)}"
+            )
         changed = {k: v for k, v in switches.items() if getattr(self.config, k) != v}
         if not changed:
             return self
@@ -492,7 +505,9 @@ class CICLD(nn.Module):
         fresh = tuple(SWITCHED_PARTS[k] for k in changed)
         kept = {k: v for k, v in self.state_dict().items() if not k.startswith(fresh)}
         state = model.state_dict()
-        check_state_dict({k: v for k, v in state.items() if not k.startswith(fresh)}, kept, what="weights kept across the switch")
+        check_state_dict(
+            {k: v for k, v in state.items() if not k.startswith(fresh)}, kept, what="weights kept across the switch"
+        )
         state.update(kept)
         model.load_state_dict(state, strict=True)
         return model.train(self.training)
@@ -506,7 +521,9 @@ class CICLD(nn.Module):
         from diffusers import AutoencoderKL
 
         if self.config.backbone is not None:
-            raise CicldError("this model's encoder is a pretrained backbone (--backbone): an AutoencoderKL cannot initialise it")
+            raise CicldError(
+                "this model's encoder is a pretrained backbone (--backbone): an AutoencoderKL cannot initialise it"
+            )
         if self.config.ae_norm != "group":
             raise CicldError(f"an AutoencoderKL uses GroupNorm; this model has ae_norm {self.config.ae_norm!r}")
         path = Path(path)
@@ -527,9 +544,14 @@ class CICLD(nn.Module):
         }
         lacking = [key for key in expected if key not in ae_config]
         if lacking:  # never guess a value: a guess could pass the check below for the wrong network
-            raise CicldError(f"the AutoencoderKL config in {path} lacks {', '.join(lacking)}; cannot check that it matches this model")
+            raise CicldError(
+                f"the AutoencoderKL config in {path} lacks {', '.join(lacking)}; cannot check that it matches "
+                "this model"
+            )
         found = {key: tuple(v) if isinstance(v := ae_config[key], list) else v for key in expected}
-        differing = [f"{key} {found[key]} (model has {value})" for key, value in expected.items() if found[key] != value]
+        differing = [
+            f"{key} {found[key]} (model has {value})" for key, value in expected.items() if found[key] != value
+        ]
         if differing:
             raise CicldError(f"the AutoencoderKL in {path} does not match this model: {'; '.join(differing)}")
         encoder_state, decoder_state, unmapped = {}, {}, []
@@ -550,7 +572,9 @@ class CICLD(nn.Module):
         own = {k: v for k, v in self.decoder.state_dict().items() if k.startswith(("f_cls.", "fusions."))}
         encoder_what, decoder_what = f"encoder weights of {path}", f"decoder weights of {path}"
         check_state_dict(self.encoder.state_dict(), encoder_state, what=encoder_what)
-        check_state_dict({k: v for k, v in self.decoder.state_dict().items() if k not in own}, decoder_state, what=decoder_what)
+        check_state_dict(
+            {k: v for k, v in self.decoder.state_dict().items() if k not in own}, decoder_state, what=decoder_what
+        )
         load_state_dict_strict(self.encoder, encoder_state, what=encoder_what)
         load_state_dict_strict(self.decoder, {**decoder_state, **own}, what=decoder_what)
         self.config.scaling_factor = float(ae_config.get("scaling_factor", 1.0) or 1.0)

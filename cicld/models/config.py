@@ -163,7 +163,10 @@ class CICLDConfig:
             if not (isinstance(self.backbone_source, str) and isinstance(self.backbone_sha256, str)):
                 fail("a backbone needs its backbone_source and backbone_sha256")
             if len(self.ae_block_out_channels) != 4:
-                fail(f"a backbone gives a latent at 1/8: ae_block_out_channels needs 4 widths, got {len(self.ae_block_out_channels)}")
+                fail(
+                    "a backbone gives a latent at 1/8: ae_block_out_channels needs 4 widths, got "
+                    f"{len(self.ae_block_out_channels)}"
+                )
         if len(self.ae_block_out_channels) < 2:
             fail("ae_block_out_channels needs at least two widths")
         for name, widths, groups in (
@@ -215,7 +218,7 @@ class CICLDConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CICLDConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CICLDConfig:
         if not isinstance(data, dict):
             raise CicldError(f"a model config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -227,7 +230,7 @@ class CICLDConfig:
         # anything: a string where a number belongs must be a one-line error naming the key.
         return cls(**{key: typed_config_value(key, value, hints[key]) for key, value in data.items()})
 
-    def replace(self, **changes: Any) -> "CICLDConfig":
+    def replace(self, **changes: Any) -> CICLDConfig:
         """A copy with some fields changed (validated like a new config)."""
         return self.from_dict({**self.to_dict(), **changes})
 
@@ -237,7 +240,7 @@ class CICLDConfig:
         return tuple(_PRESETS)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "CICLDConfig":
+    def preset(cls, name: str, **overrides: Any) -> CICLDConfig:
         if name not in _PRESETS:
             raise CicldError(f"unknown model preset {name!r}; choose one of {', '.join(_PRESETS)}")
         return cls.from_dict({**cls().to_dict(), **_PRESETS[name], **overrides})
@@ -299,7 +302,9 @@ def _type_name(hint: Any) -> str:
             plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
             return f"a list of {plural.get(args[0], _type_name(args[0]))}"
         return f"a list of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 _TINY_UNET: dict[str, Any] = {

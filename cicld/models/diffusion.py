@@ -14,7 +14,7 @@ This object holds no parameters; the network calls it with a closure over ε_θ.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -47,12 +47,14 @@ class LatentDiffusion:
         )
         self.train_scheduler = DDPMScheduler(**schedule)
         # set_alpha_to_one: the last DDIM step lands exactly on ẑ0 (ᾱ_prev = 1).
-        self.inference_scheduler = DDIMScheduler(**schedule, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing")
+        self.inference_scheduler = DDIMScheduler(
+            **schedule, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing"
+        )
         self.num_train_timesteps = num_train_timesteps
         self.t_star_step = max(1, min(num_train_timesteps, round(t_star * num_train_timesteps)))
 
     @classmethod
-    def from_config(cls, config) -> "LatentDiffusion":
+    def from_config(cls, config) -> LatentDiffusion:
         return cls(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,

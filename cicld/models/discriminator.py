@@ -48,7 +48,9 @@ class DomainDiscriminator(nn.Module):
     def domain_index(self, domain: str) -> int:
         """Class index of "source", "mixed" or "target" for this variant."""
         if domain not in self.domains:
-            raise ValueError(f"the {self.num_domains}-class discriminator has no domain {domain!r}; it has {self.domains}")
+            raise ValueError(
+                f"the {self.num_domains}-class discriminator has no domain {domain!r}; it has {self.domains}"
+            )
         return self.domains.index(domain)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

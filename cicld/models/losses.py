@@ -90,7 +90,9 @@ def _domain_targets(domain: int | torch.Tensor, logits: torch.Tensor) -> torch.T
 
 
 # ---------------------------------------------------------------------- alignment (Table 2)
-def mmd_loss(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)) -> torch.Tensor:
+def mmd_loss(
+    x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+) -> torch.Tensor:
     """Biased squared MMD between samples x (N, D) and y (M, D) under a sum of Gaussian kernels.
 
     Bandwidths are multiples of the median pairwise squared distance, so the loss is

@@ -49,11 +49,13 @@ class PerceptualLoss(nn.Module):
         found = {k: tuple(v.shape) for k, v in state.items()}
         if found != expected:
             wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-            raise CicldError(f"{path} is not a VGG16 features state dict (missing or mis-shaped: {', '.join(wrong[:3])})")
+            raise CicldError(
+                f"{path} is not a VGG16 features state dict (missing or mis-shaped: {', '.join(wrong[:3])})"
+            )
         self.features.load_state_dict(state)
         self.features.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         return super().train(False)  # a fixed feature extractor: always in eval mode
 
     def forward(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

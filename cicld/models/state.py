@@ -15,7 +15,9 @@ def state_dict_problems(expected: Mapping[str, torch.Tensor], given: Mapping[str
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     mismatched = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in given and given[k].shape != v.shape
+        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
     ]
     return key_problems(missing, unexpected, mismatched)
 

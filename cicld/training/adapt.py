@@ -44,7 +44,9 @@ from cicld.training.session import Session, TrainResult
 from cicld.training.uda import mix, pseudo_label
 
 
-def adapt(config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+def adapt(
+    config: AdaptConfig, resume: str | None = None, on_step: Callable[[int, dict], None] | None = None
+) -> TrainResult:
     session = Session(config, resume)
     return run_training(session, build(session), on_step)
 
@@ -78,8 +80,14 @@ def build(session: Session) -> Stage:
     objective, optimizer, start = session.prepare(objective, optimizer, ema_model)
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    batches = dict(start_step=start * config.grad_accum_steps, seed=config.seed, rank=rank, world_size=world,
-                   num_workers=config.num_workers, device=device)  # fmt: skip
+    batches = dict(
+        start_step=start * config.grad_accum_steps,
+        seed=config.seed,
+        rank=rank,
+        world_size=world,
+        num_workers=config.num_workers,
+        device=device,
+    )
     source_stream = step_batches(labelled, config.batch_size, **batches)
     target_stream = step_batches(target, config.batch_size, **batches) if target is not None else None
 

@@ -310,7 +310,9 @@ def checkpoint_model_config(checkpoint: Path) -> CICLDConfig | None:
     try:
         return CICLDConfig.from_dict(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, ValueError, CicldError) as exc:
-        raise CicldError(f"cannot resume from {checkpoint}: {MODEL_CONFIG_FILE} is corrupt ({_first_line(exc)})") from None
+        raise CicldError(
+            f"cannot resume from {checkpoint}: {MODEL_CONFIG_FILE} is corrupt ({_first_line(exc)})"
+        ) from None
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:

@@ -27,6 +27,7 @@ from cicld.models.losses import THING_CLASSES
 from cicld.training.config import CommonConfig
 from cicld.training.objectives import FeatureDistance
 
+
 def require_prepared(root: Path, dataset: str, toy: bool = False) -> None:
     """One-line hint when a dataset folder is missing or not prepared yet."""
     if toy and not (root / CLASS_STATS_FILE).is_file():

@@ -47,7 +47,12 @@ DEFAULT_BACKBONE = "facebook/dinov2-base"
 
 
 def _help(
-    text: str, default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None, positive: bool = False
+    text: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    positive: bool = False,
 ) -> Any:
     """A config field with its help text and, for numbers, its valid range (``low`` ≤ value ≤ ``high``,
     value > 0 where ``positive``), checked by :func:`check_ranges`."""
@@ -109,7 +114,10 @@ class CommonConfig:
     batch_size: int = _help("images per domain per process and step", 2, low=1)
     crop: tuple[int, int] | None = _help("random crop (width, height); None trains on whole images", DEFAULT_CROP)
     # "dataset": the dataset's usual size (DEFAULT_RESIZE; the toy pair as it is); None: no resizing.
-    source_resize: tuple[int, int] | str | None = _help("resize source images to (width, height) before cropping; none keeps them as they are [default: per dataset]", PER_DATASET)
+    source_resize: tuple[int, int] | str | None = _help(
+        "resize source images to (width, height) before cropping; none keeps them as they are [default: per dataset]",
+        PER_DATASET,
+    )
     target_resize: tuple[int, int] | str | None = _help(
         "resize target images to (width, height), each whatever its own size and aspect ratio; none keeps them as "
         "they are [default: 1024x512]",
@@ -125,7 +133,9 @@ class CommonConfig:
     )
     rcs_min_pixels: int = _help("RCS: a frame counts for a class with at least this many pixels of it", 3000, low=0)
     lr: float = _help("AdamW learning rate of the pre-trained parts", 6e-5, positive=True)
-    head_lr_mult: float = _help("learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0, positive=True)
+    head_lr_mult: float = _help(
+        "learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0, positive=True
+    )
     weight_decay: float = _help("AdamW weight decay", 0.01, low=0)
     warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500, low=0)
     poly_power: float = _help("power of the polynomial learning-rate decay", 1.0, low=0)
@@ -140,7 +150,9 @@ class CommonConfig:
         high=2**32 - 1,
     )
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", 2000, low=1)
-    keep_checkpoints: int = _help("how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1)
+    keep_checkpoints: int = _help(
+        "how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)", 2, low=1
+    )
     log_every: int = _help("write a log row (log.csv and the --report-to trackers) every N steps", 50, low=1)
     val_every: int = _help("validate on the target val split every N steps (0: only at the end)", 4000, low=0)
     val_limit: int | None = _help("validate on at most this many val images, at least 1 (None: all)", None, low=1)
@@ -259,9 +271,13 @@ class AutoencoderConfig(CommonConfig):
     kl_weight: float = _help("weight of the KL term of the latent posterior", 1e-6, low=0)
     gan_weight: float = _help("weight of the patch-GAN loss once it starts", 0.5, low=0)
     gan_start: int = _help("step at which the patch-GAN loss starts (warm-up on reconstruction only)", 20000, low=0)
-    perceptual_weights: str | None = _help("local VGG16 safetensors file for the perceptual loss (None: no perceptual loss)", None)
+    perceptual_weights: str | None = _help(
+        "local VGG16 safetensors file for the perceptual loss (None: no perceptual loss)", None
+    )
     perceptual_weight: float = _help("weight of the perceptual loss", 1.0, low=0)
-    init_autoencoder: str | None = _help("local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None)
+    init_autoencoder: str | None = _help(
+        "local diffusers AutoencoderKL folder to initialise E/D from (e.g. an SD-VAE copy)", None
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -292,16 +308,21 @@ class SegmentationStageConfig(CommonConfig):
         None,
     )
     inter_coder: bool | None = _help(
-        "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]", None
+        "inter-coder connection on/off (Table 1); a change starts the fusions afresh [default: as the starting model]",
+        None,
     )
     conditioning: bool | None = _help(
-        "label conditioning (f_mask, Eq. 5) on/off (Table 1); a change starts f_mask afresh [default: as the starting model]", None
+        "label conditioning (f_mask, Eq. 5) on/off (Table 1); a change starts f_mask afresh [default: as the "
+        "starting model]",
+        None,
     )
 
     class_weights: bool = _help(
         "weight the cross-entropy by √(median frequency / class frequency) of the labelled data (clipped to 5)", False
     )
-    backbone_lr_mult: float = _help("learning-rate multiplier of the pretrained backbone (a model with one)", 1.0, positive=True)
+    backbone_lr_mult: float = _help(
+        "learning-rate multiplier of the pretrained backbone (a model with one)", 1.0, positive=True
+    )
     freeze_backbone_stages: int = _help(
         "keep the pretrained backbone's stem and first N of its 4 stages frozen (0: train it all)", 0, low=0, high=4
     )
@@ -321,7 +342,8 @@ class SegmentationStageConfig(CommonConfig):
         super().validate()
         if self.feature_distance_classes not in FEATURE_DISTANCE_CLASSES:
             raise CicldError(
-                f"--feature-distance-classes must be one of {', '.join(FEATURE_DISTANCE_CLASSES)}, got {self.feature_distance_classes!r}"
+                f"--feature-distance-classes must be one of {', '.join(FEATURE_DISTANCE_CLASSES)}, got "
+                f"{self.feature_distance_classes!r}"
             )
 
     @property
@@ -358,10 +380,16 @@ class AdaptConfig(SegmentationStageConfig):
     lambda_dis: float = _help("weight of the discriminator's own loss", 1.0, low=0)
     lambda_cl: float = _help("weight of the contrastive loss", 0.1, low=0)
     lambda_mmd: float = _help("weight of the MMD loss", 0.1, low=0)
-    ema_alpha: float = _help("EMA: ema_model = α·ema_model + (1 − α)·model, α = min(1 − 1/(t+1), this)", 0.999, low=0, high=1)
-    pseudo_threshold: float = _help("pseudo-label confidence threshold for the mixed-image weight", 0.968, low=0, high=1)
+    ema_alpha: float = _help(
+        "EMA: ema_model = α·ema_model + (1 − α)·model, α = min(1 − 1/(t+1), this)", 0.999, low=0, high=1
+    )
+    pseudo_threshold: float = _help(
+        "pseudo-label confidence threshold for the mixed-image weight", 0.968, low=0, high=1
+    )
     pseudo_ignore_top: int = _help("target rows from the top whose pseudo-labels get weight 0", 15, low=0)
-    pseudo_ignore_bottom: int = _help("target rows from the bottom whose pseudo-labels get weight 0 (ego vehicle)", 120, low=0)
+    pseudo_ignore_bottom: int = _help(
+        "target rows from the bottom whose pseudo-labels get weight 0 (ego vehicle)", 120, low=0
+    )
     mix_jitter_p: float = _help("probability of colour jitter on a mixed image", 0.8, low=0, high=1)
     mix_blur_p: float = _help("probability of Gaussian blur on a mixed image", 0.5, low=0, high=1)
 
@@ -457,7 +485,9 @@ def read_config_file(path: Path, stage: str) -> dict[str, Any]:
             raise CicldError(f"{path} is a folder; give the config file itself: {hint}")
         data = read_json(path)
         if not isinstance(data, dict) or "stage" not in data:
-            raise CicldError(f"{path} is not a training run's config (it has no \"stage\"; a run's is <run>/{RUN_CONFIG})")
+            raise CicldError(
+                f"{path} is not a training run's config (it has no \"stage\"; a run's is <run>/{RUN_CONFIG})"
+            )
         if data["stage"] != stage:
             other = data["stage"]
             raise CicldError(

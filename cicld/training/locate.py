@@ -94,7 +94,9 @@ def find_model(path: Path, what: str = "") -> Path:
         )
     if (path / CONFIG_NAME).is_file():
         raise CicldError(f"{what}{path} has a {CONFIG_NAME} but no {WEIGHTS_NAME}: not a complete model folder")
-    raise CicldError(f"{what}{path} is neither a model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a finished run ({FINAL}/)")
+    raise CicldError(
+        f"{what}{path} is neither a model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a finished run ({FINAL}/)"
+    )
 
 
 def resolve_model_dir(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
@@ -103,7 +105,9 @@ def resolve_model_dir(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
     if path is None:
         latest = Path(runs_root) / "latest"
         if not latest.exists():
-            raise CicldError(f"no finished run in {runs_root}/ (no {latest}); train one with `cicld adapt` or name a CHECKPOINT")
+            raise CicldError(
+                f"no finished run in {runs_root}/ (no {latest}); train one with `cicld adapt` or name a CHECKPOINT"
+            )
         return find_model(latest.resolve())
     return find_model(path)
 
@@ -150,7 +154,9 @@ def resolve_resume(resume: str, runs_root: Path, stage: str, source: str) -> tup
         if run_dir.name.startswith("step-"):  # a checkpoint folder: exactly that step, its run two levels up
             run_dir, checkpoint = run_dir.parent.parent, run_dir
         elif is_model_folder(run_dir):
-            raise CicldError(f"--resume {resume} is a model folder, not a run; name the run folder it came from, or latest")
+            raise CicldError(
+                f"--resume {resume} is a model folder, not a run; name the run folder it came from, or latest"
+            )
     saved = read_run_config(run_dir)
     if saved.get("stage") != stage:
         raise CicldError(f"{run_dir} is {with_article(str(saved.get('stage')))} run, not {stage}")

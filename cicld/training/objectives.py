@@ -44,7 +44,9 @@ class FeatureDistance:
         self.reference = reference.eval().requires_grad_(False)
         self.weight, self.classes, self.num_classes = weight, classes, num_classes
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, backbone_features: list[torch.Tensor]) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, backbone_features: list[torch.Tensor]
+    ) -> torch.Tensor:
         with torch.no_grad():
             reference = self.reference.raw_features(images)[-1]
         distance = feature_distance(backbone_features[-1], reference, labels, self.classes, self.num_classes)
@@ -54,7 +56,9 @@ class FeatureDistance:
 class AutoencoderObjective(nn.Module):
     """``pretrain-ae``: L1 + KL (+ perceptual) + patch-GAN after ``gan_start`` (hinge loss)."""
 
-    def __init__(self, model: CICLD, patch_discriminator: PatchDiscriminator, perceptual: PerceptualLoss | None, config):
+    def __init__(
+        self, model: CICLD, patch_discriminator: PatchDiscriminator, perceptual: PerceptualLoss | None, config
+    ):
         super().__init__()
         self.model = model
         self.patch_discriminator = patch_discriminator
@@ -116,7 +120,11 @@ class UDAObjective(nn.Module):
     """
 
     def __init__(
-        self, model: CICLD, config, class_weight: torch.Tensor | None = None, feature_distance: FeatureDistance | None = None
+        self,
+        model: CICLD,
+        config,
+        class_weight: torch.Tensor | None = None,
+        feature_distance: FeatureDistance | None = None,
     ):
         super().__init__()
         self.model = model
@@ -162,7 +170,9 @@ class UDAObjective(nn.Module):
             losses["dis"] = 0.0 * sum(p.sum() for p in discriminator.parameters())
         if config.contrastive:
             prototypes, present = class_prototypes(z0_hat[source], source_labels, self.model.config.num_classes)
-            losses["cl"] = config.lambda_cl * prototype_contrastive_loss(z0_hat[mixed], mixed_labels, prototypes, present)
+            losses["cl"] = config.lambda_cl * prototype_contrastive_loss(
+                z0_hat[mixed], mixed_labels, prototypes, present
+            )
         if config.mmd:
             losses["mmd"] = config.lambda_mmd * mmd_loss(_positions(z0_hat[source]), _positions(z0_hat[target]))
         if self.feature_distance is not None:
@@ -187,9 +197,14 @@ class SelfTrainingObjective(nn.Module):
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(
-        self, source_images: torch.Tensor, source_labels: torch.Tensor, mixed_images: torch.Tensor,
-        mixed_labels: torch.Tensor, mixed_weights: torch.Tensor, target_images: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        self,
+        source_images: torch.Tensor,
+        source_labels: torch.Tensor,
+        mixed_images: torch.Tensor,
+        mixed_labels: torch.Tensor,
+        mixed_weights: torch.Tensor,
+        target_images: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         b = source_images.shape[0]
         images = torch.cat([source_images, mixed_images])
         z0, features, backbone_features = self.model.encode_with_backbone(images)

@@ -52,7 +52,9 @@ def new_model(config: AutoencoderConfig) -> CICLD:
             model.load_autoencoder_kl(config.init_autoencoder)
         return model
     backbone, record = load_backbone(config.backbone)
-    model = CICLD(model_config.replace(backbone=record.config, backbone_source=record.source, backbone_sha256=record.sha256))
+    model = CICLD(
+        model_config.replace(backbone=record.config, backbone_source=record.source, backbone_sha256=record.sha256)
+    )
     model.encoder.backbone.model.load_state_dict(backbone.model.state_dict(), strict=True)
     return model
 
@@ -74,9 +76,16 @@ def build(session: Session) -> Stage:
     # Half of each batch from the source, half from the target: the latent space must serve both.
     half = max(1, config.batch_size // 2)
     streams = [
-        step_batches(dataset, half, start_step=start * config.grad_accum_steps, seed=config.seed + k,
-                     rank=accelerator.process_index, world_size=accelerator.num_processes,
-                     num_workers=config.num_workers, device=accelerator.device)  # fmt: skip
+        step_batches(
+            dataset,
+            half,
+            start_step=start * config.grad_accum_steps,
+            seed=config.seed + k,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            num_workers=config.num_workers,
+            device=accelerator.device,
+        )
         for k, dataset in enumerate(datasets)
     ]
 

@@ -56,10 +56,15 @@ def build(session: Session) -> Stage:
     objective, optimizer, start = session.prepare(objective, optimizer)
 
     source_stream = step_batches(
-        source, config.batch_size, start_step=start * config.grad_accum_steps, seed=config.seed,
-        rank=accelerator.process_index, world_size=accelerator.num_processes, num_workers=config.num_workers,
+        source,
+        config.batch_size,
+        start_step=start * config.grad_accum_steps,
+        seed=config.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        num_workers=config.num_workers,
         device=accelerator.device,
-    )  # fmt: skip
+    )
 
     def compute_losses(micro_step: int) -> dict[str, torch.Tensor]:
         batch = next(source_stream)

@@ -50,7 +50,7 @@ def configuration_reference() -> str:
         "- Sizes are `WIDTHxHEIGHT` or `none`; switches are `--name` / `--no-name`; "
         f"{_UNSET} means unset (the meaning column says what that does).",
         "- Each run saves the resolved values in `runs/<stage>/<run>/config.json`, keyed by the field",
-        "  name (`--batch-size` is `batch_size`), with the recipe they came from (`\"recipe\": \"toy\"`);",
+        '  name (`--batch-size` is `batch_size`), with the recipe they came from (`"recipe": "toy"`);',
         "  `--resume` continues with those saved values, and `--config FILE` starts a new run with them",
         "  (the flags you give override the file's values).",
         "",
@@ -84,7 +84,9 @@ def _row(name: str, options: dict, stages: list[str]) -> list[str]:
     # A field every stage shares is described by its common help (a stage may word its own flag's
     # help for itself, as pretrain-ae does for --batch-size; STAGE_NOTES says how it differs).
     common = {f.name: f for f in dataclasses.fields(CommonConfig)}
-    help_text = (common[name] if len(stages) > 1 and name in common else _field(stages[0], name)).metadata.get("help", "")
+    help_text = (common[name] if len(stages) > 1 and name in common else _field(stages[0], name)).metadata.get(
+        "help", ""
+    )
     meaning = _DEFAULT_IN_HELP.sub("", help_text) + "."
     if name in STAGE_NOTES and len(stages) > 1:
         meaning += " " + STAGE_NOTES[name]
@@ -136,7 +138,10 @@ def _derived_defaults() -> dict[str, tuple[str, str]]:
         "source_root": (source_roots, f"`{toy.resolved_source_root}`"),
         "target_root": (f"`{CommonConfig().resolved_target_root}`", f"`{toy.resolved_target_root}`"),
         "source_resize": (source_sizes, _format(toy.resolved_source_resize, size=True)),
-        "target_resize": (_format(CommonConfig().resolved_target_resize, size=True), _format(toy.resolved_target_resize, size=True)),
+        "target_resize": (
+            _format(CommonConfig().resolved_target_resize, size=True),
+            _format(toy.resolved_target_resize, size=True),
+        ),
     }
 
 
@@ -192,7 +197,10 @@ def _preset_section() -> list[str]:
         "|---|" + "---|" * len(names),
     ]
     for key in differing:
-        cells = [", ".join(map(str, value)) if isinstance(value, list) else str(value) for value in (c[key] for c in configs.values())]
+        cells = [
+            ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            for value in (c[key] for c in configs.values())
+        ]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return lines
 

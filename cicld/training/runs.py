@@ -65,7 +65,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self._descriptor: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             import fcntl
         except ImportError:

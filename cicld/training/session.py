@@ -34,7 +34,13 @@ from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write, disk_space_note, tensor_bytes
 from cicld.models import CICLD, CICLDConfig
-from cicld.training.checkpoint import TrainingState, checkpoint_model_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from cicld.training.checkpoint import (
+    TrainingState,
+    checkpoint_model_config,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cicld.training.config import TRACKERS, CommonConfig
 from cicld.training.locate import is_model_folder, newest_resumable_run, resolve_init_from, resolve_resume
 from cicld.training.runs import (
@@ -94,7 +100,9 @@ def trackers_to_use(report_to: str) -> list[str] | None:
     available = {str(tracker) for tracker in get_available_trackers()}
     if report_to == "all":
         if not available & set(TRACKERS):
-            raise CicldError(f"--report-to all: none of {', '.join(TRACKERS)} is installed; install one, or use --report-to none")
+            raise CicldError(
+                f"--report-to all: none of {', '.join(TRACKERS)} is installed; install one, or use --report-to none"
+            )
         return ["all"]
     if report_to not in available:
         raise CicldError(
@@ -431,9 +439,14 @@ class Session:
             model_config = self._model.config if self._model is not None else None
             try:
                 save_checkpoint(
-                    self.accelerator, self.run_dir, step_done, self._training, state, self.config.keep_checkpoints,
+                    self.accelerator,
+                    self.run_dir,
+                    step_done,
+                    self._training,
+                    state,
+                    self.config.keep_checkpoints,
                     model_config,
-                )  # fmt: skip
+                )
             except CicldError as exc:  # a failed write (a full disk), its temporary folder removed
                 raise self.write_failed(str(exc)) from None
 
@@ -471,10 +484,16 @@ class Session:
     def interrupted(self) -> TrainingInterrupted:
         """What to raise on Ctrl-C in the training loop: where the run stopped and how to resume it."""
         stage, done = self.config.stage, self.steps_done
-        where = f"in step {done + 1}" if done < self.config.steps else f"after its last step ({done}), before final/ was written"
+        where = (
+            f"in step {done + 1}"
+            if done < self.config.steps
+            else f"after its last step ({done}), before final/ was written"
+        )
         advice = self._resume_advice()
         if advice is None:
-            return TrainingInterrupted(f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again")
+            return TrainingInterrupted(
+                f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again"
+            )
         return TrainingInterrupted(f"{stage} interrupted {where}; {advice}")
 
     def write_failed(self, message: str) -> CicldError:

@@ -15,7 +15,7 @@ its seed.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from cicld.data.labels import IGNORE_INDEX
 from cicld.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, renormalize
 
-Rng = Union[np.random.Generator, torch.Generator]
+Rng = np.random.Generator | torch.Generator
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision/kornia grayscale
 
@@ -33,7 +33,9 @@ _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision/kornia g
 
 
 @torch.no_grad()
-def pseudo_label(ema_model, images: torch.Tensor, config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label(
+    ema_model, images: torch.Tensor, config, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels of the target ``images`` by ``ema_model`` and their pixel weights
     (:func:`pseudo_label_weight` with the ``--pseudo-*`` settings of the adapt ``config``).
 
@@ -139,7 +141,9 @@ def classmix_classes(source_label: np.ndarray | torch.Tensor, rng: Rng, ignore_i
     return np.sort(chosen)
 
 
-def classmix_mask(source_label: np.ndarray | torch.Tensor, rng: Rng, ignore_index: int = IGNORE_INDEX) -> np.ndarray | torch.Tensor:
+def classmix_mask(
+    source_label: np.ndarray | torch.Tensor, rng: Rng, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray | torch.Tensor:
     """Boolean ``(H, W)`` mask of the pixels of :func:`classmix_classes` (same library as the label)."""
     chosen = classmix_classes(source_label, rng, ignore_index)
     if isinstance(source_label, torch.Tensor):

@@ -102,8 +102,12 @@ class _Canvas:
         z0 = max(z0, 0.5)
         if z1 <= z0:
             return None
-        pts = [(self.px(x, z0), self.py(y0, z0)), (self.px(x, z1), self.py(y0, z1)),
-               (self.px(x, z1), self.py(y1, z1)), (self.px(x, z0), self.py(y1, z0))]  # fmt: skip
+        pts = [
+            (self.px(x, z0), self.py(y0, z0)),
+            (self.px(x, z1), self.py(y0, z1)),
+            (self.px(x, z1), self.py(y1, z1)),
+            (self.px(x, z0), self.py(y1, z0)),
+        ]
         return self.polygon(pts)
 
     def blob(self, x: float, y: float, z: float, rx: float, ry: float, inner: float = 0.0) -> Region | None:

@@ -93,7 +93,9 @@ class _Job:
     files: tuple[tuple[str, str], ...]  # (kind, path)
 
 
-def _jobs(root: Path, num_source: int, num_train: int, num_val: int, formats: Sequence[str], num_generic: int = 0) -> list[_Job]:
+def _jobs(
+    root: Path, num_source: int, num_train: int, num_val: int, formats: Sequence[str], num_generic: int = 0
+) -> list[_Job]:
     jobs = []
     generic = root / GENERIC_FOLDER
     for i in range(num_generic):
@@ -102,9 +104,15 @@ def _jobs(root: Path, num_source: int, num_train: int, num_val: int, formats: Se
     for i in range(num_source):
         files: list[tuple[str, str]] = []
         if "gta5" in formats:
-            files += [("rgb", str(root / "gta5" / "images" / f"{i:05d}.png")), ("gta5", str(root / "gta5" / "labels" / f"{i:05d}.png"))]
+            files += [
+                ("rgb", str(root / "gta5" / "images" / f"{i:05d}.png")),
+                ("gta5", str(root / "gta5" / "labels" / f"{i:05d}.png")),
+            ]
         if "synthia" in formats:
-            files += [("rgb", str(root / "synthia" / "RGB" / f"{i:07d}.png")), ("synthia", str(root / "synthia" / "GT" / "LABELS" / f"{i:07d}.png"))]
+            files += [
+                ("rgb", str(root / "synthia" / "RGB" / f"{i:07d}.png")),
+                ("synthia", str(root / "synthia" / "GT" / "LABELS" / f"{i:07d}.png")),
+            ]
         jobs.append(_Job("source", "train", i, tuple(files)))
     for split, count in (("train", num_train), ("val", num_val)):
         for i in range(count):
@@ -240,7 +248,9 @@ def prepare_toy_pair(pair: ToyPairSummary, workers: int = 1) -> dict[str, Prepar
     for folder, dataset in pair.datasets.items():
         reports[folder] = report = prepare_dataset(find_frames(pair.root / folder, dataset), workers=workers)
         if report.failures:
-            raise DataError(f"the toy {folder} data in {pair.root} is damaged ({report.failures[0][1]}); delete it and re-run")
+            raise DataError(
+                f"the toy {folder} data in {pair.root} is damaged ({report.failures[0][1]}); delete it and re-run"
+            )
     return reports
 
 
@@ -307,7 +317,8 @@ def generate_toy_pair(
             if not overwrite:
                 differ = ", ".join(f"{k} {recorded[k]} (asked {params[k]})" for k in params if recorded[k] != params[k])
                 raise DataError(
-                    f"{root} holds a toy pair made with other parameters: {differ}; choose another ROOT or use --overwrite"
+                    f"{root} holds a toy pair made with other parameters: {differ}; choose another ROOT or use "
+                    "--overwrite"
                 )
             for folder in _toy_folders(root):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -318,15 +329,28 @@ def generate_toy_pair(
         shutil.rmtree(root / GENERIC_FOLDER, ignore_errors=True)
         existing = {**existing, "complete": False}
     jobs = _jobs(root, num_source, num_target_train, num_target_val, formats, num_generic)
-    if existing is not None and existing.get("complete") and all(os.path.exists(p) for job in jobs for _, p in job.files):
+    if (
+        existing is not None
+        and existing.get("complete")
+        and all(os.path.exists(p) for job in jobs for _, p in job.files)
+    ):
         if progress is not None:
             for _ in jobs:
                 progress(len(jobs))
         return ToyPairSummary(
-            root, seed, (width, height), num_source, num_target_train, num_target_val, formats, num_generic,
-            written=0, skipped=len(jobs), seconds=time.perf_counter() - started,
+            root,
+            seed,
+            (width, height),
+            num_source,
+            num_target_train,
+            num_target_val,
+            formats,
+            num_generic,
+            written=0,
+            skipped=len(jobs),
+            seconds=time.perf_counter() - started,
             class_pixels={k: tuple(v) for k, v in existing.get("class_pixels", {}).items()},
-        )  # fmt: skip
+        )
     if existing is None:
         occupied = [f.name + "/" for f in _toy_folders(root) if f.exists() and any(f.iterdir())]
         if occupied:
@@ -355,12 +379,32 @@ def generate_toy_pair(
     else:
         chunk = max(1, min(16, len(jobs) // (4 * workers)))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_run_chunk, jobs[i : i + chunk], seed, (width, height)) for i in range(0, len(jobs), chunk)]
+            futures = [
+                pool.submit(_run_chunk, jobs[i : i + chunk], seed, (width, height)) for i in range(0, len(jobs), chunk)
+            ]
             for future in as_completed(futures):
                 record(future.result())
     class_pixels = {k: tuple(int(c) for c in v) for k, v in totals.items()}
-    _write_manifest(manifest, {**params, "num_generic": num_generic, "complete": True, "class_pixels": {k: list(v) for k, v in class_pixels.items()}})
+    _write_manifest(
+        manifest,
+        {
+            **params,
+            "num_generic": num_generic,
+            "complete": True,
+            "class_pixels": {k: list(v) for k, v in class_pixels.items()},
+        },
+    )
     return ToyPairSummary(
-        root, seed, (width, height), num_source, num_target_train, num_target_val, formats, num_generic,
-        written=written, skipped=skipped, seconds=time.perf_counter() - started, class_pixels=class_pixels,
-    )  # fmt: skip
+        root,
+        seed,
+        (width, height),
+        num_source,
+        num_target_train,
+        num_target_val,
+        formats,
+        num_generic,
+        written=written,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+        class_pixels=class_pixels,
+    )

@@ -11,9 +11,28 @@ from PIL import Image
 
 from cicld.data.toy.scene import _Scene
 from cicld.data.toy.world import (  # the label codes
-    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY,
-    PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE, STATIC, EGO, UNLABELED,
-)  # fmt: skip
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    EGO,
+    FENCE,
+    LIGHT,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    STATIC,
+    TERRAIN,
+    TRUCK,
+    UNLABELED,
+    VEGETATION,
+    WALL,
+)
 
 
 @dataclass(frozen=True)
@@ -36,12 +55,27 @@ _CAMERA = _Photo()
 # Per-class texture amplitudes of the photographed domain: fine grain, medium blotches, coarse.
 _TEX = np.zeros((3, 256), np.float32)
 for _cls, (_fine, _medium, _coarse) in {
-    ROAD: (0.10, 0.08, 0.10), SIDEWALK: (0.10, 0.10, 0.06), BUILDING: (0.07, 0.06, 0.10), WALL: (0.10, 0.12, 0.06),
-    FENCE: (0.12, 0.10, 0.05), POLE: (0.05, 0.05, 0.0), LIGHT: (0.03, 0.0, 0.0), SIGN: (0.03, 0.03, 0.0),
-    VEGETATION: (0.35, 0.30, 0.15), TERRAIN: (0.25, 0.25, 0.12), SKY: (0.01, 0.03, 0.06), PERSON: (0.08, 0.06, 0.0),
-    RIDER: (0.08, 0.06, 0.0), CAR: (0.04, 0.04, 0.03), TRUCK: (0.05, 0.05, 0.04), BUS: (0.05, 0.05, 0.04),
-    MOTORCYCLE: (0.05, 0.03, 0.0), BICYCLE: (0.05, 0.03, 0.0), STATIC: (0.08, 0.06, 0.0), EGO: (0.02, 0.02, 0.05),
-}.items():  # fmt: skip
+    ROAD: (0.10, 0.08, 0.10),
+    SIDEWALK: (0.10, 0.10, 0.06),
+    BUILDING: (0.07, 0.06, 0.10),
+    WALL: (0.10, 0.12, 0.06),
+    FENCE: (0.12, 0.10, 0.05),
+    POLE: (0.05, 0.05, 0.0),
+    LIGHT: (0.03, 0.0, 0.0),
+    SIGN: (0.03, 0.03, 0.0),
+    VEGETATION: (0.35, 0.30, 0.15),
+    TERRAIN: (0.25, 0.25, 0.12),
+    SKY: (0.01, 0.03, 0.06),
+    PERSON: (0.08, 0.06, 0.0),
+    RIDER: (0.08, 0.06, 0.0),
+    CAR: (0.04, 0.04, 0.03),
+    TRUCK: (0.05, 0.05, 0.04),
+    BUS: (0.05, 0.05, 0.04),
+    MOTORCYCLE: (0.05, 0.03, 0.0),
+    BICYCLE: (0.05, 0.03, 0.0),
+    STATIC: (0.08, 0.06, 0.0),
+    EGO: (0.02, 0.02, 0.05),
+}.items():
     _TEX[:, _cls] = (_fine, _medium, _coarse)
 
 
@@ -98,7 +132,9 @@ def _photograph(scene: _Scene, photo: _Photo | None = None) -> None:
     rows = cv.rows[:, None]
     hood_mask = rows >= top[None, :]
     label[hood_mask] = EGO
-    img[hood_mask] = np.array((0.1, 0.1, 0.12), np.float32) + 0.25 * np.clip((top[None, :] + 3 - rows) / 3, 0, 1)[hood_mask][:, None]
+    img[hood_mask] = (
+        np.array((0.1, 0.1, 0.12), np.float32) + 0.25 * np.clip((top[None, :] + 3 - rows) / 3, 0, 1)[hood_mask][:, None]
+    )
     cv.inst[hood_mask] = 0
     bottom = rows >= h - max(1.0, 0.015 * h)
     label[np.broadcast_to(bottom, label.shape)] = UNLABELED

@@ -32,7 +32,9 @@ def render_preview(root: Path, out_png: Path, *, count: int = 4, source_format: 
             train_ids = synthia_ids_to_train_ids(read_png(root / "synthia" / "GT" / "LABELS" / f"{i:07d}.png")[..., 0])
         stem = cityscapes_stem("val", i)
         target = read_image(root / "cityscapes" / "leftImg8bit" / "val" / VAL_CITY / f"{stem}_leftImg8bit.png", "RGB")
-        target_ids = cityscapes_ids_to_train_ids(read_image(root / "cityscapes" / "gtFine" / "val" / VAL_CITY / f"{stem}_gtFine_labelIds.png"))
+        target_ids = cityscapes_ids_to_train_ids(
+            read_image(root / "cityscapes" / "gtFine" / "val" / VAL_CITY / f"{stem}_gtFine_labelIds.png")
+        )
         for row, tile in zip(rows, (image, colorize(train_ids), target, colorize(target_ids))):
             row.append(tile)
     if not rows[0]:

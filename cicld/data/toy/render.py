@@ -53,7 +53,9 @@ def frame_seed(seed: int, domain: str, split: str, index: int) -> np.random.Seed
     return np.random.SeedSequence([seed, _DOMAINS[domain], _SPLITS[split], index])
 
 
-def render_frame(domain: str, *, seed: int = 0, split: str = "train", index: int = 0, size: tuple[int, int] = DEFAULT_SIZE) -> ToyFrame:
+def render_frame(
+    domain: str, *, seed: int = 0, split: str = "train", index: int = 0, size: tuple[int, int] = DEFAULT_SIZE
+) -> ToyFrame:
     """Render frame ``index`` of ``domain`` ("source", "target" or "generic": a world of random
     colours, :func:`~cicld.data.toy.world.generic_world`) and ``split`` ("train"/"val")."""
     if domain not in _DOMAINS or split not in _SPLITS:

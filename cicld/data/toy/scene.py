@@ -12,9 +12,26 @@ import numpy as np
 from cicld.data.labels import NUM_CLASSES
 from cicld.data.toy.canvas import _Canvas
 from cicld.data.toy.world import (  # the label codes
-    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN,
-    PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE, STATIC, _World,
-)  # fmt: skip
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    LIGHT,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    STATIC,
+    TERRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+    _World,
+)
 
 
 class _Scene:
@@ -193,7 +210,9 @@ class _Scene:
         while x < right:
             width = rng.uniform(8.0, 25.0)
             if rng.random() < 0.25:
-                cv.paint(cv.front(x, x + width, 0.0, rng.uniform(4.0, 10.0), z), VEGETATION, self.pick("vegetation") * 0.8)
+                cv.paint(
+                    cv.front(x, x + width, 0.0, rng.uniform(4.0, 10.0), z), VEGETATION, self.pick("vegetation") * 0.8
+                )
             else:
                 cv.paint(cv.front(x, x + width, 0.0, rng.uniform(5.0, 35.0), z), BUILDING, self.pick("building") * 0.95)
             x += width
@@ -222,7 +241,11 @@ class _Scene:
             code = np.where(along > s["edge"], setback_code[index], code)
             code = np.where(along > s["plane"], beyond_code[index], code)
         colors = np.zeros((NUM_CLASSES, 3), np.float32)
-        colors[ROAD], colors[SIDEWALK], colors[TERRAIN] = self.colors["road"], self.colors["sidewalk"], self.colors["terrain"]
+        colors[ROAD], colors[SIDEWALK], colors[TERRAIN] = (
+            self.colors["road"],
+            self.colors["sidewalk"],
+            self.colors["terrain"],
+        )
         rgb = colors[code]
         # lane markings: solid edge lines, dashed lane lines, a zebra crossing before an intersection
         on_road = (code == ROAD) & (x > -self.road_l) & (x < self.road_r)
@@ -253,7 +276,9 @@ class _Scene:
         lanes = np.arange(-self.road_l + 1.65, self.road_r - 1.0, 3.3)
         for _ in range(poisson(world.moving_cars)):
             lane = lanes[rng.integers(len(lanes))] if len(lanes) else 0.0
-            self.add_car(lane + rng.uniform(-0.4, 0.4), rng.uniform(7.0, 90.0), rng.uniform(3.8, 4.8), facing_away=lane > -1.0)
+            self.add_car(
+                lane + rng.uniform(-0.4, 0.4), rng.uniform(7.0, 90.0), rng.uniform(3.8, 4.8), facing_away=lane > -1.0
+            )
         for _ in range(poisson(world.buses)):
             lane = lanes[rng.integers(len(lanes))] if len(lanes) else 0.0
             self.add_bus(lane, rng.uniform(10.0, 70.0))
@@ -309,7 +334,10 @@ class _Scene:
         radius = rng.uniform(1.6, 3.5) if big else rng.uniform(1.2, 2.4)
         trunk_w = rng.uniform(0.2, 0.4)
         color, trunk = self.pick("vegetation"), self.pick("trunk")
-        blobs = [(rng.uniform(-0.5, 0.5) * radius, rng.uniform(-0.4, 0.4) * radius, rng.uniform(0.55, 0.9) * radius) for _ in range(4)]
+        blobs = [
+            (rng.uniform(-0.5, 0.5) * radius, rng.uniform(-0.4, 0.4) * radius, rng.uniform(0.55, 0.9) * radius)
+            for _ in range(4)
+        ]
 
         def draw() -> None:
             cv.paint(cv.front(x - trunk_w / 2, x + trunk_w / 2, 0.0, height - radius * 0.5, z), VEGETATION, trunk)
@@ -336,8 +364,28 @@ class _Scene:
                     cv.paint(cv.blob(sx, 0.33, wz, 0.06, 0.33), CAR, tyre, instance)
             cv.paint(cv.front(x0, x1, 0.15, belt, z), CAR, color, instance)
             inset = width * 0.12
-            cv.paint(cv.shape([(x0 + inset, belt), (x1 - inset, belt), (x1 - inset * 2, height), (x0 + inset * 2, height)], z), CAR, color * 0.9, instance)
-            cv.paint(cv.shape([(x0 + inset * 1.4, belt + 0.05), (x1 - inset * 1.4, belt + 0.05), (x1 - inset * 2.3, height - 0.08), (x0 + inset * 2.3, height - 0.08)], z), CAR, glass, instance)
+            cv.paint(
+                cv.shape(
+                    [(x0 + inset, belt), (x1 - inset, belt), (x1 - inset * 2, height), (x0 + inset * 2, height)], z
+                ),
+                CAR,
+                color * 0.9,
+                instance,
+            )
+            cv.paint(
+                cv.shape(
+                    [
+                        (x0 + inset * 1.4, belt + 0.05),
+                        (x1 - inset * 1.4, belt + 0.05),
+                        (x1 - inset * 2.3, height - 0.08),
+                        (x0 + inset * 2.3, height - 0.08),
+                    ],
+                    z,
+                ),
+                CAR,
+                glass,
+                instance,
+            )
             for wx in (x0 + 0.1, x1 - 0.35):
                 cv.paint(cv.front(wx, wx + 0.25, 0.0, 0.3, z + 0.05), CAR, tyre, instance)
             lamp = np.array((0.9, 0.1, 0.1) if facing_away else (0.95, 0.95, 0.85), np.float32)
@@ -390,7 +438,18 @@ class _Scene:
 
         self.objects.append((z, draw))
 
-    def _figure(self, code: int, x: float, y: float, z: float, height: float, instance: int, colors, lean: float = 0.0, sitting: bool = False) -> None:
+    def _figure(
+        self,
+        code: int,
+        x: float,
+        y: float,
+        z: float,
+        height: float,
+        instance: int,
+        colors,
+        lean: float = 0.0,
+        sitting: bool = False,
+    ) -> None:
         """A person (standing) or the upper body of a rider (sitting), ``y`` at the feet/seat."""
         cv = self.cv
         skin, top, legs = colors
@@ -398,13 +457,61 @@ class _Scene:
         shoulder = hip + 0.36 * height
         if not sitting:
             stride = self.rng.uniform(-0.15, 0.15)
-            cv.paint(cv.shape([(x - 0.17, hip), (x - 0.02, hip), (x - 0.04 + stride, y), (x - 0.16 + stride, y)], z), code, legs, instance)
-            cv.paint(cv.shape([(x + 0.02, hip), (x + 0.17, hip), (x + 0.16 - stride, y), (x + 0.04 - stride, y)], z), code, legs * 0.9, instance)
+            cv.paint(
+                cv.shape([(x - 0.17, hip), (x - 0.02, hip), (x - 0.04 + stride, y), (x - 0.16 + stride, y)], z),
+                code,
+                legs,
+                instance,
+            )
+            cv.paint(
+                cv.shape([(x + 0.02, hip), (x + 0.17, hip), (x + 0.16 - stride, y), (x + 0.04 - stride, y)], z),
+                code,
+                legs * 0.9,
+                instance,
+            )
         else:
-            cv.paint(cv.shape([(x - 0.05, hip + 0.05), (x + 0.1, hip + 0.05), (x + 0.35, hip - 0.5), (x + 0.25, hip - 0.5)], z), code, legs, instance)
-        cv.paint(cv.shape([(x - 0.2, hip), (x + 0.2, hip), (x + 0.21 + lean, shoulder), (x - 0.21 + lean, shoulder)], z), code, top, instance)
-        cv.paint(cv.shape([(x - 0.27 + lean, shoulder), (x - 0.19 + lean, shoulder), (x - 0.2, hip + 0.05), (x - 0.27, hip + 0.05)], z), code, top * 0.85, instance)
-        cv.paint(cv.shape([(x + 0.19 + lean, shoulder), (x + 0.27 + lean, shoulder), (x + 0.27 + lean * 1.5, hip + 0.05), (x + 0.2 + lean * 1.5, hip + 0.05)], z), code, top * 0.85, instance)
+            cv.paint(
+                cv.shape(
+                    [(x - 0.05, hip + 0.05), (x + 0.1, hip + 0.05), (x + 0.35, hip - 0.5), (x + 0.25, hip - 0.5)], z
+                ),
+                code,
+                legs,
+                instance,
+            )
+        cv.paint(
+            cv.shape([(x - 0.2, hip), (x + 0.2, hip), (x + 0.21 + lean, shoulder), (x - 0.21 + lean, shoulder)], z),
+            code,
+            top,
+            instance,
+        )
+        cv.paint(
+            cv.shape(
+                [
+                    (x - 0.27 + lean, shoulder),
+                    (x - 0.19 + lean, shoulder),
+                    (x - 0.2, hip + 0.05),
+                    (x - 0.27, hip + 0.05),
+                ],
+                z,
+            ),
+            code,
+            top * 0.85,
+            instance,
+        )
+        cv.paint(
+            cv.shape(
+                [
+                    (x + 0.19 + lean, shoulder),
+                    (x + 0.27 + lean, shoulder),
+                    (x + 0.27 + lean * 1.5, hip + 0.05),
+                    (x + 0.2 + lean * 1.5, hip + 0.05),
+                ],
+                z,
+            ),
+            code,
+            top * 0.85,
+            instance,
+        )
         cv.paint(cv.blob(x + lean * 1.1, shoulder + 0.13 * height * 0.75, z, 0.11, 0.13), code, skin, instance)
 
     def add_person(self, x: float, z: float) -> None:
@@ -422,12 +529,33 @@ class _Scene:
             cv.paint(cv.blob(wx, radius, z, radius, radius, inner=ring), code, tyre, instance)
         if code == BICYCLE:
             seat, bar = (x - direction * 0.15, 0.95), (x + direction * 0.42, 1.0)
-            for a, b in ((back, seat), (seat, (x + direction * 0.05, radius)), ((x + direction * 0.05, radius), bar), (seat, bar), (bar, (ahead, radius))):
+            for a, b in (
+                (back, seat),
+                (seat, (x + direction * 0.05, radius)),
+                ((x + direction * 0.05, radius), bar),
+                (seat, bar),
+                (bar, (ahead, radius)),
+            ):
                 a = a if isinstance(a, tuple) else (a, radius)
                 cv.paint(cv.shape(_stroke(a, b, 0.035), z), code, frame, instance)
         else:
-            cv.paint(cv.shape([(back + direction * 0.1, radius + 0.1), (ahead - direction * 0.15, radius + 0.05), (ahead - direction * 0.3, 0.85), (back + direction * 0.25, 0.9)], z), code, frame, instance)
-            cv.paint(cv.shape(_stroke((ahead, radius), (ahead - direction * 0.2, 1.05), 0.05), z), code, tyre * 3.0, instance)
+            cv.paint(
+                cv.shape(
+                    [
+                        (back + direction * 0.1, radius + 0.1),
+                        (ahead - direction * 0.15, radius + 0.05),
+                        (ahead - direction * 0.3, 0.85),
+                        (back + direction * 0.25, 0.9),
+                    ],
+                    z,
+                ),
+                code,
+                frame,
+                instance,
+            )
+            cv.paint(
+                cv.shape(_stroke((ahead, radius), (ahead - direction * 0.2, 1.05), 0.05), z), code, tyre * 3.0, instance
+            )
 
     def add_rider(self, x: float, z: float, motorcycle: bool) -> None:
         rng = self.rng
@@ -440,7 +568,17 @@ class _Scene:
 
         def draw() -> None:
             self._two_wheeler(bike_code, x, z, direction, frame, tyre, bike_instance)
-            self._figure(RIDER, x - direction * 0.15, 0.9, z - 0.05, height, rider_instance, colors, lean=direction * 0.12, sitting=True)
+            self._figure(
+                RIDER,
+                x - direction * 0.15,
+                0.9,
+                z - 0.05,
+                height,
+                rider_instance,
+                colors,
+                lean=direction * 0.12,
+                sitting=True,
+            )
 
         self.objects.append((z, draw))
 
@@ -454,7 +592,9 @@ class _Scene:
         cv, rng = self.cv, self.rng
         color = self.pick("static")
         width, height = (rng.uniform(0.5, 0.8), rng.uniform(0.8, 1.1)) if rng.random() < 0.6 else (0.15, 0.9)
-        self.objects.append((z, lambda: cv.paint(cv.front(x - width / 2, x + width / 2, 0.0, height, z), STATIC, color)))
+        self.objects.append(
+            (z, lambda: cv.paint(cv.front(x - width / 2, x + width / 2, 0.0, height, z), STATIC, color))
+        )
 
     def add_pole(self, side: int, x: float, z: float) -> None:
         rng, cv = self.rng, self.cv
@@ -470,7 +610,11 @@ class _Scene:
             if kind == 0:  # a lamp arm reaching over the road
                 arm = x - side * 1.6
                 cv.paint(cv.front(min(x, arm), max(x, arm), height - 0.15, height, z), POLE, color)
-                cv.paint(cv.front(min(arm, arm - side * 0.5), max(arm, arm - side * 0.5), height - 0.3, height, z), POLE, color * 0.8)
+                cv.paint(
+                    cv.front(min(arm, arm - side * 0.5), max(arm, arm - side * 0.5), height - 0.3, height, z),
+                    POLE,
+                    color * 0.8,
+                )
             elif kind == 1:
                 top = height
                 for sign_color, shape, size in signs:
