@@ -8,6 +8,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,49 @@ class CliResult:
     exit_code: int
     stdout: str
     stderr: str
+
+
+def run_or_show_where_it_hangs(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(command)``; but where it outlives ``timeout``, every Python process it started
+    (torchrun's workers too, which sit in sessions of their own) prints its threads' stacks
+    (faulthandler on SIGABRT) and the test fails with them, so that a hang seen once on a loaded
+    machine says where it was."""
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = _descendants(process.pid)
+        for signal_number, wait in ((signal.SIGABRT, 60), (signal.SIGKILL, None)):
+            for pid in [process.pid, *tree]:
+                try:
+                    os.kill(pid, signal_number)
+                except ProcessLookupError:
+                    pass
+            try:
+                stdout, stderr = process.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        pytest.fail(
+            f"{command[:6]}... still ran after {timeout} s; its stacks:\n{stderr[-12000:]}\nstdout:\n{stdout[-2000:]}"
+        )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux's /proc; none elsewhere)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            queue += kids
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -198,9 +198,9 @@ def test_a_crash_at_any_point_of_an_export_leaves_a_loadable_final(tmp_path, mon
         assert _same_state(loaded, old.state_dict()) or _same_state(loaded, new.state_dict())
 
     _every_crash(monkeypatch, lambda: session.export(new, update_latest=True), final_loads)
-    session.close()  # releases the run's lock (and deletes its lock file)
+    session.close()  # releases the run's lock (its empty lock file stays: see RunLock)
     assert _same_state(CICLD.from_pretrained(final).state_dict(), new.state_dict())
-    assert sorted(p.name for p in session.run_dir.iterdir()) == ["config.json", "final"]  # no leftovers
+    assert sorted(p.name for p in session.run_dir.iterdir()) == [".lock", "config.json", "final"]  # no leftovers
     assert (tmp_path / "runs" / "latest").resolve() == final.resolve()
 
 
@@ -215,8 +215,8 @@ def test_a_crash_at_any_point_of_a_checkpoint_save_leaves_only_complete_checkpoi
         if not exchange:  # what the next save does first
             recover_replaced(checkpoint_root(tmp_path))
         assert "step-00000020" in [p.name for p in list_checkpoints(tmp_path)]
-        for checkpoint in list_checkpoints(tmp_path):
-            assert load_checkpoint(accelerator, checkpoint, training)["step"] in (10, 20)
+        for saved in list_checkpoints(tmp_path):
+            assert load_checkpoint(accelerator, saved, training)["step"] in (10, 20)
 
     # Step 20 again (a run resumed from step 10), pruning step 10 afterwards.
     _every_crash(
@@ -291,8 +291,8 @@ def test_every_stages_checkpoints_hold_only_safetensors_and_json(cli, toy_root, 
         for c in list_checkpoints(r)
     ]
     assert {c.parent.parent.parent.name for c in checkpoints} == {"pretrain-ae", "pretrain-ldm", "adapt"}
-    for checkpoint in checkpoints:
-        for file in checkpoint.iterdir():
+    for saved in checkpoints:
+        for file in saved.iterdir():
             assert file.suffix in (".safetensors", ".json"), file
             head = file.read_bytes()[:2]
             assert head[:1] != b"\x80" and head != b"PK", f"{file} looks like a pickle or a torch.save archive"

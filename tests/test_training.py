@@ -25,10 +25,10 @@ from cicld.training.common import build_optimizer, oracle_dataset, source_datase
 from cicld.training.config import TRACKERS, make_config
 from cicld.training.objectives import AutoencoderObjective, SegmentationObjective
 from cicld.training.pretrain_ldm import pretrain_ldm
-from cicld.training.runs import stage_runs
+from cicld.training.runs import RunLock, stage_runs
 from cicld.training.session import Session
 
-from conftest import REPO, stage_flags
+from conftest import REPO, run_or_show_where_it_hangs, stage_flags
 
 
 def test_pretrain_ae_exports_a_model_but_leaves_runs_latest_alone(pretrained_runs):
@@ -269,6 +269,18 @@ def test_a_resumed_run_accumulates_gradients_as_it_was_started_to(toy_root, pret
     assert _same_weights(expected.final, resumed.final)
 
 
+def test_every_finished_run_has_a_picture_of_its_log(pretrained_runs):
+    from PIL import Image
+
+    from cicld.evaluation.plots import read_log
+
+    for stage in ("pretrain-ae", "pretrain-ldm"):
+        (run,) = stage_runs(pretrained_runs, stage)
+        assert read_log(run / "log.csv")  # what the picture draws
+        with Image.open(run / "curves.png") as picture:
+            assert picture.format == "PNG" and picture.size[1] > 200
+
+
 def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterrupted_one(
     toy_root, pretrained_runs, tmp_path
 ):
@@ -400,7 +412,8 @@ def test_a_checkpoint_without_its_model_config_resumes_from_init_from_or_says_in
     result = cli("pretrain-ldm", "--source", "toy", "--runs-root", interrupted, "--resume", "latest")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: cannot resume from {checkpoint}: an earlier cicld wrote it without its model's config, so it needs the model "
+        f"error: cannot resume from {checkpoint}: an earlier cicld wrote it without its model's config, so it "
+        "needs the model "
         f"the run started from, {started_from / 'final'}, which is no longer there; put that folder back to resume"
     ]
     shutil.move(tmp_path / "moved-away", started_from)
@@ -625,7 +638,8 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
         [
             sys.executable,
             "-c",
-            f"from cicld.training.runs import RunLock; RunLock({str(run)!r}).acquire(); print('locked', flush=True); input()",
+            f"from cicld.training.runs import RunLock; lock = RunLock({str(run)!r}).acquire(); "
+            "print('locked', flush=True); input()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -638,15 +652,17 @@ def test_a_run_being_trained_refuses_a_second_resume_and_a_dead_trainers_lock_is
             result = cli("pretrain-ldm", "--resume", resume, "--source", "toy", "--runs-root", run.parent.parent)
             assert result.exit_code == 2
             assert result.stderr.strip().splitlines() == [
-                f"error: {run} is being trained by another process (pid {holder.pid}); wait for it to end or stop it, then resume"
+                f"error: {run} is being trained by another process (pid {holder.pid}); wait for it to end or "
+                "stop it, then resume"
             ]
     finally:
         holder.kill()  # kill -9: its lock file stays behind, stale
         holder.wait()
-    assert (run / ".lock").read_text().strip() == str(holder.pid)
+    assert (run / ".lock.pid").read_text().strip() == str(holder.pid)  # left behind, stale
     result = cli("pretrain-ldm", "--resume", run)
     assert result.exit_code == 0, result.stderr
-    assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock").exists()  # released
+    assert (run / "final" / "model.safetensors").is_file() and not (run / ".lock.pid").exists()
+    RunLock(run).acquire().release()  # released
 
 
 # ---------------------------------------------------------------- --report-to: Accelerate's trackers
@@ -736,7 +752,8 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_anything_is_
     [
         (
             "tensorbord",
-            "--report-to must be one of none, all, tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, got 'tensorbord'",
+            "--report-to must be one of none, all, tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, "
+            "got 'tensorbord'",
         ),
         ("all", "--report-to all: none of tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive is installed"),
     ],
@@ -881,8 +898,8 @@ def test_zoom_max_reaches_every_labelled_dataset_and_is_off_by_default(toy_root)
 def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):
     lines = " ".join(cli("adapt", "--help").stdout.split())
     assert (
-        "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume continues)"
-        in lines
+        "--keep-checkpoints <int> how many newest checkpoints to keep, at least 1 (the newest is what --resume "
+        "continues)" in lines
     )
     assert "--val-limit <int> validate on at most this many val images, at least 1 (None: all)" in lines
 
@@ -1313,7 +1330,7 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
         "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    process = run_or_show_where_it_hangs(command, env, timeout=300)  # it takes 15-60 s
     assert process.returncode == 0, process.stderr[-3000:]
     (run,) = stage_runs(runs, "adapt")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
@@ -1387,7 +1404,8 @@ def test_resume_naming_a_file_is_a_one_line_error(cli, pretrained_runs, tmp_path
     result = cli("pretrain-ldm", "--resume", checkpoint / "model.safetensors")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --resume {checkpoint / 'model.safetensors'} is a file; name a run folder, one of its checkpoint folders or latest"
+        f"error: --resume {checkpoint / 'model.safetensors'} is a file; name a run folder, one of its "
+        "checkpoint folders or latest"
     ]
 
 

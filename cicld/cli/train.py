@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import time
 import typing
 from collections.abc import Callable
@@ -103,7 +104,10 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
             None,
-            help=f"start a new run with the settings of a saved run config (a run's {RUN_CONFIG}); the flags you give override it",
+            help=(
+                f"start a new run with the settings of a saved run config (a run's {RUN_CONFIG}); the flags "
+                "you give override it"
+            ),
             show_default=False,
         ),
         annotation=Optional[Path],
@@ -127,12 +131,17 @@ def _register(name: str, config_class: type[CommonConfig], train: Callable, summ
 
 def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> None:
     started = time.perf_counter()
+    # With several processes (torchrun, accelerate launch: they set RANK) the first one shows the
+    # progress and the summary; errors print from whichever process meets them.
+    shows_progress = os.environ.get("RANK", "0") == "0"
     # The bar appears with the first step, so that set-up errors print alone.
     progress = progress_bar(TextColumn("{task.fields[status]}"))
     task = progress.add_task(config.stage, total=config.steps, status="")
     first = []
 
     def on_step(step: int, row: dict) -> None:
+        if not shows_progress:
+            return
         if not first:
             first.append((step - 1, time.perf_counter()))
             progress.start()
@@ -149,6 +158,8 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
     finally:
         if first:
             progress.stop()
+    if not shows_progress:
+        return
     console.print(f"[bold]{config.stage}[/] finished in {time.perf_counter() - started:.0f} s: run {result.run_dir}")
     for note in result.notes:
         console.print(f"note: {note}", markup=False)

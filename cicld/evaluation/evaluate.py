@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from cicld.data.datasets import ValDataset
 from cicld.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, renormalize
+from cicld.distributed import sum_everywhere
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from cicld.models import CICLD
@@ -58,7 +59,8 @@ class InferenceOptions:
             )
         if over_w % factor or over_h % factor or not (0 <= over_w < width and 0 <= over_h < height):
             raise CicldError(
-                f"window overlap {over_w}x{over_h} (WIDTHxHEIGHT) must be multiples of {factor} smaller than the window {width}x{height}"
+                f"window overlap {over_w}x{over_h} (WIDTHxHEIGHT) must be multiples of {factor} smaller than "
+                f"the window {width}x{height}"
             )
         return (width, height), (over_w, over_h)
 
@@ -111,9 +113,7 @@ def evaluate_model(
         done += 1
         if on_image is not None:
             on_image(done)
-    matrix = confusion.matrix.to(device)
-    if accelerator.num_processes > 1:
-        matrix = accelerator.reduce(matrix, reduction="sum")
+    matrix = sum_everywhere(accelerator, confusion.matrix.to(device))
     model.train(was_training)
     return SegmentationScores.from_confusion(matrix.cpu().numpy(), model.config.class_list)
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cicld.distributed import everywhere
 from cicld.errors import CicldError
 from cicld.files import atomic_write, disk_space_note, save_tensors, tensor_bytes
 from cicld.models.config import CICLDConfig
@@ -119,7 +120,7 @@ def save_checkpoint(
             _write_folder(root, final, files)
         except OSError as exc:
             error = _write_error(final, files, exc)
-    if not _everywhere(accelerator, error is None):
+    if not everywhere(accelerator, error is None):
         raise error or CicldError(f"checkpoint {final.name} could not be written by the main process")
     if accelerator.is_main_process:
         for old in _outdated(list_checkpoints(run_dir), step, keep):
@@ -173,14 +174,6 @@ def _write_error(final: Path, files: dict, exc: OSError) -> CicldError:
 
 def _is_tensors(content: Any) -> bool:
     return isinstance(content, dict) and bool(content) and all(isinstance(v, torch.Tensor) for v in content.values())
-
-
-def _everywhere(accelerator, flag: bool) -> bool:
-    """Whether ``flag`` holds in every process (one all-reduce with several; also their barrier)."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([int(flag)], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="min").item())
 
 
 def _exclusive(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

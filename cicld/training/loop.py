@@ -12,7 +12,8 @@ A stage (``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) is two things:
 Everything else happens here, once, in this order: seed the step, set its learning rate, take
 the optimizer step (gradient accumulation, clipping, the NaN check: :meth:`Session.optimizer_step
 <cicld.training.session.Session.optimizer_step>`), update the EMA model, then log, validate and
-checkpoint when due; after the last step, validate and export. The bookkeeping behind each line
+checkpoint when due; after the last step, validate, export, and draw the run's curves
+(``curves.png``, from its ``log.csv``). The bookkeeping behind each line
 is in :class:`~cicld.training.session.Session`.
 """
 
@@ -25,10 +26,11 @@ import torch
 from torch import nn
 
 from cicld.data.datasets import ValDataset
+from cicld.evaluation.plots import training_curves_png
 from cicld.files import is_disk_full
 from cicld.models import CICLD
 from cicld.training.common import ema_update, validate
-from cicld.training.session import Session, TrainResult
+from cicld.training.session import CURVES_FILE, LOG_FILE, Session, TrainResult
 
 
 @dataclass
@@ -76,6 +78,9 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
             scores = validate(exported, stage.val, accelerator)
             session.log(config.steps, {"val_miou": scores.miou()})
         final = session.export(exported, update_latest=stage.update_latest)
+        if accelerator.is_main_process:  # the run's log.csv as pictures, beside it
+            title = f"{config.stage} {session.run_dir.name}"
+            training_curves_png(session.run_dir / LOG_FILE, session.run_dir / CURVES_FILE, title)
     except KeyboardInterrupt:
         raise session.interrupted() from None
     except OSError as exc:  # the log, a tracker... on a full disk (checkpoints and final/ say so themselves)

@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from cicld.errors import CicldError
+from cicld.files import atomic_write
 
 RUNS_ROOT = Path("runs")
 STAGES = ("pretrain-ae", "pretrain-ldm", "adapt")
@@ -54,58 +57,42 @@ def new_run_dir(runs_root: Path, stage: str, tag: str) -> Path:
 
 
 class RunLock:
-    """An exclusive lock on a run while one process trains it: ``<run>/.lock``, holding its pid.
+    """An exclusive lock on a run while one process trains it.
 
-    An advisory ``fcntl.flock`` lock, which the system releases when the process ends however it
-    ends (kill -9 included): a lock file left behind by a dead process is stale and simply taken
-    over. The file is deleted on release. Where ``fcntl`` is missing (Windows) runs are not locked.
+    ``<run>/.lock`` is filelock's lock file: an operating-system lock (``flock`` on POSIX, ``msvcrt``
+    on Windows) that the system releases when the process ends however it ends (kill -9
+    included), so a lock left by a dead process is simply taken over. ``<run>/.lock.pid`` says
+    which process holds it, for the message that refuses a second one, and goes on release. The
+    empty lock file stays: deleting it would let a process that opened it just before lock a file
+    no longer there while a third locks the new one.
     """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
-        self._descriptor: int | None = None
+        self.pid_path = self.path.with_name(LOCK_FILE + ".pid")
+        self._lock = FileLock(self.path, timeout=0)
 
     def acquire(self) -> RunLock:
         try:
-            import fcntl
-        except ImportError:
-            return self
-        while True:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock.acquire()
+        except Timeout:
             try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = os.read(descriptor, 64).decode(errors="replace").strip() or "unknown"
-                os.close(descriptor)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise CicldError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-                raise CicldError(
-                    f"{self.path.parent} is being trained by another process (pid {holder}); "
-                    "wait for it to end or stop it, then resume"
-                ) from None
-            if self._is_current(descriptor):
-                break
-            os.close(descriptor)  # locked a file its holder deleted on release: try the new one
-        # Written in place, not with cicld.files.atomic_write: the lock is this very file, which
-        # a rename would replace by another.
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        self._descriptor = descriptor
+                holder = self.pid_path.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise CicldError(
+                f"{self.path.parent} is being trained by another process (pid {holder}); "
+                "wait for it to end or stop it, then resume"
+            ) from None
+        except OSError as exc:
+            raise CicldError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+        atomic_write(self.pid_path, f"{os.getpid()}\n")
         return self
 
-    def _is_current(self, descriptor: int) -> bool:
-        try:
-            return os.path.samestat(os.fstat(descriptor), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
     def release(self) -> None:
-        """Delete the lock file, then unlock (by closing it): a process that opened the file just
-        before sees, once it has the lock, that the file is gone, and starts again."""
-        if self._descriptor is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._descriptor)
-            self._descriptor = None
+        if self._lock.is_locked:
+            self.pid_path.unlink(missing_ok=True)
+            self._lock.release()
 
 
 def read_run_config(run_dir: Path) -> dict:

@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from cicld.data.labels import CITYSCAPES, ClassList
+from cicld.distributed import broadcast_text, everywhere, leave_together
 from cicld.errors import CicldError
 from cicld.evaluation.metrics import SegmentationScores
 from cicld.files import atomic_write, disk_space_note, tensor_bytes
@@ -82,6 +83,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 _HINT = "try a lower --lr or --mixed-precision no"
 LOG_FILE = "log.csv"
+#: The picture of a run's log.csv (losses, learning rate, val mIoU), drawn at the end of the run.
+CURVES_FILE = "curves.png"
 #: The run's subfolder for what the --report-to trackers write locally (TensorBoard's events, Aim's repo).
 TRACKER_DIR = "trackers"
 #: The project name the trackers are given (TensorBoard's folder in TRACKER_DIR, W&B's project...).
@@ -106,7 +109,8 @@ def trackers_to_use(report_to: str) -> list[str] | None:
         return ["all"]
     if report_to not in available:
         raise CicldError(
-            f"--report-to {report_to}: {report_to} is not installed; `pip install {_TRACKER_PACKAGES.get(report_to, report_to)}`, "
+            f"--report-to {report_to}: {report_to} is not installed; `pip install "
+            f"{_TRACKER_PACKAGES.get(report_to, report_to)}`, "
             "or use --report-to none (log.csv is always written)"
         )
     return [report_to]
@@ -198,6 +202,7 @@ class Session:
         self._training = TrainingState()
         self._model: CICLD | None = None  # the network being trained, whose config the checkpoints hold
         self._lock: RunLock | None = None
+        self._exported = False
 
     def starting_model(
         self,
@@ -286,12 +291,7 @@ class Session:
 
     def _broadcast_path(self, make: Callable[[], Path]) -> Path:
         # Only the main process creates the folder; the others learn its name.
-        from accelerate.utils import broadcast_object_list
-
-        holder = [str(make()) if self.accelerator.is_main_process else None]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(holder)
-        return Path(holder[0])
+        return Path(broadcast_text(self.accelerator, str(make()) if self.accelerator.is_main_process else None))
 
     def prepare(self, objective: torch.nn.Module, optimizer, ema_model: torch.nn.Module | None = None):
         """Hand a stage's ``objective`` and ``optimizer`` to Accelerate, put the ``ema_model`` (if
@@ -336,10 +336,7 @@ class Session:
         if any is NaN or inf in any process. One device sync and, with several processes, one
         all-reduce: call it once per optimizer step, not per micro-batch."""
         numbers = dict(zip(losses, torch.stack([v.detach().float().reshape(()) for v in losses.values()]).tolist()))
-        finite = all(math.isfinite(v) for v in numbers.values())
-        if self.accelerator.num_processes > 1:
-            finite = self._everywhere(torch.tensor(finite, device=self.accelerator.device))
-        if not finite:
+        if not everywhere(self.accelerator, all(math.isfinite(v) for v in numbers.values())):
             bad = ", ".join(f"{k}={v:.4g}" for k, v in numbers.items())
             raise TrainingDiverged(f"training diverged at step {step} ({bad}); {self._last_good()}; {_HINT}")
         return numbers
@@ -351,15 +348,8 @@ class Session:
         a NaN gradient norm): a model must never be checkpointed or exported like that.
         """
         flags = [torch.isfinite(t).all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
-        if flags and not self._everywhere(torch.stack(flags).all()):
+        if flags and not everywhere(self.accelerator, torch.stack(flags).all()):
             raise TrainingDiverged(f"training diverged: NaN or inf weights {consequence}; {self._last_good()}; {_HINT}")
-
-    def _everywhere(self, flag: torch.Tensor) -> bool:
-        """Whether the boolean ``flag`` holds in every process (so that they all stop together)."""
-        flag = flag.to(torch.int32).reshape(1)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="min")
-        return bool(flag.item())
 
     def _last_good(self) -> str:
         # Checkpoints are written only with finite weights (check_weights), so the newest is good.
@@ -477,8 +467,9 @@ class Session:
             runs_root = runs_root_of(self.run_dir, self.config.stage)  # not the config's: the run may have moved
             if error is None and update_latest and runs_root is not None:
                 mark_latest(runs_root, final)
-        if not self._everywhere(torch.tensor(error is None, device=self.accelerator.device)):  # all stop together
+        if not everywhere(self.accelerator, error is None):  # all stop together
             raise error or CicldError(f"{final} could not be written by the main process")
+        self._exported = True
         return final
 
     def interrupted(self) -> TrainingInterrupted:
@@ -519,6 +510,8 @@ class Session:
         return command
 
     def close(self) -> None:
+        if self._exported:  # in every process (export agreed): the others are here too
+            leave_together(self.accelerator)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -540,8 +533,8 @@ def _require_crop_to_fit(model: CICLD, crop: tuple[int, int] | None) -> None:
 def truncate_log(path: Path, step: int) -> None:
     """Drop the rows of the CSV log ``path`` logged after ``step`` (the checkpoint a run resumes
     from): the resumed run logs those steps again, so that its log equals an uninterrupted run's.
-    A row cut short by a kill mid-write goes too, and so does a second row of ``step`` itself. The file is replaced atomically, and left alone
-    when there is nothing to drop."""
+    A row cut short by a kill mid-write goes too, and so does a second row of ``step`` itself. The
+    file is replaced atomically, and left alone when there is nothing to drop."""
     if not path.is_file():
         return
     with path.open(newline="") as handle:
