@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ def run_or_show_where_it_hangs(command: list[str], env: dict[str, str], timeout:
             f"{command[:6]}... still ran after {timeout} s; its stacks:\n{stderr[-12000:]}\nstdout:\n{stdout[-2000:]}"
         )
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a rendezvous on localhost."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _descendants(pid: int) -> list[int]:

@@ -4,7 +4,6 @@ sum, `broadcast_text` the main process's text."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import textwrap
 
@@ -13,7 +12,7 @@ from accelerate import Accelerator
 
 from cicld.distributed import broadcast_text, everywhere, sum_everywhere
 
-from conftest import REPO, run_or_show_where_it_hangs
+from conftest import REPO, free_port, run_or_show_where_it_hangs
 
 
 def test_one_process_answers_for_itself():
@@ -52,10 +51,15 @@ def test_two_processes_agree_sum_and_hear_the_main_process(tmp_path):
             """
         )
     )
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = run_or_show_where_it_hangs([*command, str(script), str(tmp_path)], env, timeout=120)
     assert process.returncode == 0, process.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
@@ -28,7 +30,7 @@ from cicld.training.pretrain_ldm import pretrain_ldm
 from cicld.training.runs import RunLock, stage_runs
 from cicld.training.session import Session
 
-from conftest import REPO, run_or_show_where_it_hangs, stage_flags
+from conftest import REPO, free_port, run_or_show_where_it_hangs, stage_flags
 
 
 def test_pretrain_ae_exports_a_model_but_leaves_runs_latest_alone(pretrained_runs):
@@ -184,6 +186,23 @@ def test_parameters_an_objective_adds_to_the_model_train_at_the_base_learning_ra
     )
     assert _numel(heads["params"]) == counts["total"] - counts["encoder"] - counts["decoder"] - counts["unet"]
     assert (base["lr"], heads["lr"]) == (pytest.approx(1e-3), pytest.approx(1e-2))
+
+
+def test_no_decay_norms_takes_the_normalisation_layers_out_of_weight_decay_at_their_own_rate():
+    model = CICLD(CICLDConfig.preset("tiny"))
+    config = make_config("adapt", source="toy", lr=1e-3, head_lr_mult=10.0, weight_decay=0.01, decay_norms=False)
+    groups = build_optimizer(SegmentationObjective(model, 1.0), config).param_groups
+    norms = {id(p) for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for p in m.parameters(False)}
+    assert norms
+    for group in groups:
+        assert group["weight_decay"] == (0.0 if id(group["params"][0]) in norms else 0.01)
+        assert len({id(p) in norms for p in group["params"]}) == 1  # a group is all norms or none
+    assert {(g["lr"], g["weight_decay"]) for g in groups} == {(1e-3, 0.01), (1e-3, 0.0), (1e-2, 0.01), (1e-2, 0.0)}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len([p for p in model.parameters() if p.requires_grad])  # each once
+    default = dataclasses.replace(config, decay_norms=True)
+    decayed = build_optimizer(SegmentationObjective(model, 1.0), default).param_groups
+    assert [g["weight_decay"] for g in decayed] == [0.01, 0.01]  # the default: two groups, as before
 
 
 def _config(stage, toy_root, runs, steps, **extra):
@@ -1335,6 +1354,51 @@ def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pre
     (run,) = stage_runs(runs, "adapt")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_machines_over_localhost_train_one_run_and_resume_it_to_the_same_weights(
+    toy_root, pretrained_runs, tmp_path, launcher
+):
+    """Two "machines" of one process each, started as docs/gpu-training.md starts them."""
+    runs = tmp_path / "runs"
+    shutil.copytree(pretrained_runs, runs, symlinks=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def on_two_nodes(*flags: str) -> None:
+        port = str(free_port())
+        if launcher == "torchrun":
+            launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+            launch += ["--master_addr", "127.0.0.1", "--master_port", port, "--node_rank"]
+        else:  # --multi_gpu: Accelerate's launcher across machines (cicld runs it on the CPU without a GPU)
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2"]
+            launch += ["--num_processes", "2"]
+            launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", port, "--machine_rank"]
+        node = [[*launch, str(rank), "-m", "cicld.cli", "adapt", *flags] for rank in (0, 1)]
+        second = subprocess.Popen(node[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            first = run_or_show_where_it_hangs(node[0], env, timeout=300)
+            _, second_stderr = second.communicate(timeout=120)
+        finally:
+            second.kill()
+            second.wait()
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert second.returncode == 0, second_stderr[-3000:]
+
+    on_two_nodes(*map(str, stage_flags(toy_root, runs, steps=4)), "--batch-size", "1")
+    (run,) = stage_runs(runs, "adapt")  # one world: one run folder
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert (runs / "latest").resolve() == (run / "final").resolve()
+    config = json.loads((run / "config.json").read_text())
+    weights, log = load_file(run / "final" / "model.safetensors"), (run / "log.csv").read_text()
+
+    on_two_nodes("--resume", str(run / "checkpoints" / "step-00000002"))
+    assert stage_runs(runs, "adapt") == [run]  # continued, not a new run
+    assert json.loads((run / "config.json").read_text()) == config
+    resumed = load_file(run / "final" / "model.safetensors")
+    assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
+    assert (run / "log.csv").read_text() == log
 
 
 @pytest.mark.slow

@@ -155,8 +155,21 @@ def build_optimizer(objective: nn.Module, config: CommonConfig) -> torch.optim.A
         "backbone": config.lr * getattr(config, "backbone_lr_mult", 1.0),
     }
     params = {**model_groups, "pretrained": model_groups["pretrained"] + added}
-    groups = [{"params": params[name], "lr": rate, "initial_lr": rate} for name, rate in rates.items()]
+    # --no-decay-norms: DAFormer's decay_mult=0 for norm layers, as a group of its own at each rate.
+    norms = set() if config.decay_norms else norm_parameter_ids(objective)
+    groups = []
+    for name, rate in rates.items():
+        for decay, chosen in ((config.weight_decay, False), (0.0, True)):
+            members = [p for p in params[name] if (id(p) in norms) == chosen]
+            groups.append({"params": members, "lr": rate, "initial_lr": rate, "weight_decay": decay})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
+
+
+def norm_parameter_ids(module: nn.Module) -> set[int]:
+    """The ids of every normalisation layer's own weights and biases in ``module`` (GroupNorm,
+    LayerNorm, BatchNorm and the libraries' own *Norm classes, e.g. transformers' ConvNeXt
+    LayerNorm, which is no subclass of torch's)."""
+    return {id(p) for m in module.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(recurse=False)}
 
 
 def freeze_backbone_stages(model: CICLD, stages: int) -> None:

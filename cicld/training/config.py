@@ -137,6 +137,9 @@ class CommonConfig:
         "learning-rate multiplier for freshly initialised heads (f_cls, f_mask, f_dis)", 10.0, positive=True
     )
     weight_decay: float = _help("AdamW weight decay", 0.01, low=0)
+    decay_norms: bool = _help(
+        "apply --weight-decay to the normalisation layers' weights and biases too (DAFormer: no)", True
+    )
     warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500, low=0)
     poly_power: float = _help("power of the polynomial learning-rate decay", 1.0, low=0)
     grad_accum_steps: int = _help("micro-batches accumulated per optimizer step", 1, low=1)
