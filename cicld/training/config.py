@@ -415,7 +415,7 @@ def toy_recipe(stage: str) -> dict[str, Any]:
     as they are (no resizing), also where ``--source synthia`` reads a toy pair written in SYNTHIA's
     format, whose dataset size (1280×760) would upsample 256×128 frames fivefold. A pretrained
     backbone (``--backbone``) at a tenth of the recipe's high learning rate, and no feature
-    distance: on the toy pair it did not help (docs/benchmarks.md, ninth round).
+    distance: on the toy pair it did not help (docs/benchmarks-archive.md, ninth round).
     """
     common = dict(
         preset="small",
@@ -437,7 +437,7 @@ def toy_recipe(stage: str) -> dict[str, Any]:
     per_stage = {
         # 64×64 crops: the autoencoder learns local appearance, at an eighth of a whole image's cost.
         # No pretrained backbone: the toy's stand-in is benchmarks/toy_backbone.py's, which a CPU
-        # trains in 20 minutes (docs/benchmarks.md, ninth round).
+        # trains in 20 minutes (docs/benchmarks-archive.md, ninth round).
         "pretrain-ae": dict(steps=100, batch_size=8, crop=(64, 64), gan_start=50, kl_weight=1e-6, backbone="none"),
         "pretrain-ldm": dict(steps=500, train_encoder=True, class_weights=True),
         "adapt": dict(

@@ -64,7 +64,7 @@ def mix(
     of the adapt ``config``. Returns (images, labels, weights).
 
     Class weights go to the pasted pixels only: their labels are the source's own, while a class
-    weight on a wrong pseudo-label would multiply the error (docs/benchmarks.md, ninth round)."""
+    weight on a wrong pseudo-label would multiply the error (docs/benchmarks-archive.md, ninth round)."""
     masks = classmix_masks(source["label"], generator)
     images = class_mix(masks, source["image"], target["image"])
     labels = class_mix(masks, source["label"], pseudo)

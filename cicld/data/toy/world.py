@@ -208,7 +208,7 @@ def generic_world(rng: np.random.Generator) -> _World:
 
     The toy pair has no ImageNet: a network trained on it starts from random weights, learns the
     source's colour for each class and has nothing else to fall back on in the target
-    (docs/benchmarks.md, "A prior the toy pair lacks"). Frames of this world, drawn by the same
+    (docs/benchmarks-archive.md, "A prior the toy pair lacks"). Frames of this world, drawn by the same
     street grammar, teach shapes and context but no domain's palette, as a pre-training corpus
     would (domain randomisation); they are neither the source nor the target.
     """
