@@ -1330,28 +1330,23 @@ def test_the_toy_recipe_trains_on_a_toy_pair_written_in_synthias_format_oracle_i
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pretrained_runs, tmp_path):
+@pytest.mark.parametrize(
+    "stage, flags",
+    [
+        ("adapt", []),
+        ("adapt", ["--method", "self-training"]),  # ε_θ, f_mask and f_dis sit out
+        ("pretrain-ae", []),  # the toy recipe's GAN warm-up: the patch discriminator sits out
+    ],
+)
+def test_two_cpu_processes_train_together_and_write_one_checkpoint(toy_root, pretrained_runs, tmp_path, stage, flags):
     runs = tmp_path / "runs"
     shutil.copytree(pretrained_runs, runs, symlinks=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "cicld.cli",
-        "adapt",
-        *map(str, stage_flags(toy_root, runs)),
-        "--batch-size",
-        "1",
-    ]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    command = [*launch, "-m", "cicld.cli", stage, *map(str, stage_flags(toy_root, runs)), "--batch-size", "1", *flags]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = run_or_show_where_it_hangs(command, env, timeout=300)  # it takes 15-60 s
     assert process.returncode == 0, process.stderr[-3000:]
-    (run,) = stage_runs(runs, "adapt")
+    run = max(stage_runs(runs, stage))  # the new one (pretrained_runs holds a pretrain-ae run already)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert (run / "final" / "model.safetensors").is_file()
 

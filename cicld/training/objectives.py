@@ -2,7 +2,9 @@
 
 Computing *all* of a step's losses in one forward call (source, mixed and target images in one
 batch, the discriminators inside) is what lets Accelerate's DistributedDataParallel wrap the
-objective: DDP supports one forward per backward, and every parameter it syncs must be used in it.
+objective: DDP supports one forward per backward. A term that does not count in a step is not
+computed (a constant zero is logged in its place): the parts of the model that then sit out, and
+those that sit out a whole stage, are DDP's to skip (``find_unused_parameters``, session.py).
 """
 
 from __future__ import annotations
@@ -74,14 +76,14 @@ class AutoencoderObjective(nn.Module):
         }
         if self.perceptual is not None:
             losses["perceptual"] = self.config.perceptual_weight * self.perceptual(reconstruction, images)
-        # Keep both discriminator terms in the graph every step (zero-weighted in warm-up) so that
-        # DDP sees the same parameters used at every step.
-        weight = self.config.gan_weight if gan_active else 0.0
-        losses["gan_generator"] = weight * -frozen_forward(self.patch_discriminator, reconstruction).mean()
+        if not gan_active:  # the warm-up: the patch discriminator sits out (logged as 0)
+            zero = reconstruction.new_zeros(())
+            return {**losses, "gan_generator": zero, "gan_discriminator": zero}
+        fooled = frozen_forward(self.patch_discriminator, reconstruction).mean()
+        losses["gan_generator"] = self.config.gan_weight * -fooled
         real = self.patch_discriminator(images)
         fake = self.patch_discriminator(reconstruction.detach())
-        hinge = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
-        losses["gan_discriminator"] = (1.0 if gan_active else 0.0) * hinge
+        losses["gan_discriminator"] = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
         return losses
 
 
@@ -165,9 +167,8 @@ class UDAObjective(nn.Module):
             domains = torch.tensor([0] * b + [1] * b, device=z0_hat.device)
             losses["dis"] = config.lambda_dis * discriminator_loss(discriminator, pair, domains)
             losses["adv"] = config.lambda_adv * generator_loss(discriminator, z0_hat[target], 0)
-        else:
-            # f_dis unused: a zero that still touches it keeps DDP's set of used parameters fixed.
-            losses["dis"] = 0.0 * sum(p.sum() for p in discriminator.parameters())
+        else:  # f_dis sits out (logged as 0)
+            losses["dis"] = z0_hat.new_zeros(())
         if config.contrastive:
             prototypes, present = class_prototypes(z0_hat[source], source_labels, self.model.config.num_classes)
             losses["cl"] = config.lambda_cl * prototype_contrastive_loss(

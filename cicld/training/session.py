@@ -136,7 +136,10 @@ def make_accelerator(config: CommonConfig, project_dir: Path) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise CicldError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
     log_with = trackers_to_use(config.report_to)
-    # Parts of the model sit out some stages (f_cls in pretrain-ae, f_dis without adversarial loss).
+    # The one answer to "parts of the model sit out": DDP finds them every step. Which sit out
+    # depends on the stage, the method and the step (D's RGB path in pretrain-ldm and adapt, f_dis
+    # in source-only, oracle and --adversarial none, ε_θ and f_mask in self-training, the patch
+    # discriminator in pretrain-ae's warm-up), so no fixed set could be frozen instead.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # Several processes and no GPU (torchrun / accelerate launch on CPUs): Accelerate only picks
     # its multi-CPU (gloo) mode when told to use the CPU.
