@@ -383,18 +383,67 @@ def test_one_hot_labels_give_all_zero_vectors_for_ignored_pixels():
     assert onehot[0, :, 0, 2].tolist() == [0, 0, 0, 0]
 
 
-def test_zero_condition_through_the_unet_hook_equals_no_condition(model):
+def test_zero_condition_through_the_unet_equals_no_condition(model):
     z, t = torch.randn(1, 4, 8, 16), torch.tensor([50])
     cond = torch.zeros(1, model.config.unet_block_out_channels[-1])
     assert torch.equal(model.predict_noise(z, t, cond), model.predict_noise(z, t, None))
 
 
-def test_the_mid_block_hook_injects_the_condition_into_the_unet(model):
+def test_the_condition_enters_the_unet_after_its_mid_block(model):
     z, t = torch.randn(1, 4, 8, 16), torch.tensor([50])
     cond = torch.randn(1, model.config.unet_block_out_channels[-1])
     assert not torch.allclose(model.predict_noise(z, t, cond), model.predict_noise(z, t, None))
-    # The condition is cleared after the call: the next unconditioned call is unaffected.
+    # Nothing is left behind on the module: the next unconditioned call is unaffected.
     assert torch.equal(model.predict_noise(z, t, None), model.predict_noise(z, t, None))
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor([50]), torch.tensor(50), torch.tensor([10, 900])])
+def test_the_conditioned_unet_is_diffusers_unet_with_eq5_hooked_onto_its_mid_block(model, timestep):
+    """The same weights give the same outputs as diffusers' own UNet2DModel with Eq. 5 applied to
+    its mid-block's output by a forward hook (how cicld applied it before)."""
+    from diffusers import UNet2DModel
+
+    unet = model.unet
+    reference = UNet2DModel.from_config(unet.config)
+    assert list(reference.state_dict()) == list(unet.state_dict())  # the same parameter names
+    reference.load_state_dict(unet.state_dict())
+    z = torch.randn(2, 4, 8, 16, generator=seeded(4))
+    condition = torch.randn(2, model.config.unet_block_out_channels[-1], generator=seeded(5))
+    hooked = []
+    reference.mid_block.register_forward_hook(
+        lambda module, args, out: eq5_condition(out, hooked[0]) if hooked else out
+    )
+    with torch.no_grad():
+        assert torch.equal(unet(z, timestep), reference(z, timestep).sample)
+        hooked.append(condition)
+        assert torch.equal(unet(z, timestep, condition), reference(z, timestep).sample)
+
+
+def test_the_conditioned_unet_draws_the_same_initial_weights_as_diffusers_unet():
+    from diffusers import UNet2DModel
+
+    from cicld.models.unet import ConditionedUNet
+
+    settings = dict(block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"))
+    settings["up_block_types"] = ("AttnUpBlock2D", "UpBlock2D")
+    torch.manual_seed(0)
+    ours = ConditionedUNet(**settings).state_dict()
+    torch.manual_seed(0)
+    theirs = UNet2DModel(**settings).state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
+
+
+def test_a_unet_the_forward_does_not_cover_is_refused_in_one_line():
+    from cicld.models.unet import ConditionedUNet
+
+    with pytest.raises(CicldError, match="does not support: center_input_sample"):
+        ConditionedUNet(
+            block_out_channels=(8, 16),
+            norm_num_groups=4,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            center_input_sample=True,
+        )
 
 
 def test_labels_change_the_output_when_conditioning_is_on(model):
@@ -404,10 +453,9 @@ def test_labels_change_the_output_when_conditioning_is_on(model):
     assert not torch.allclose(a, b)
 
 
-def test_conditioning_switch_off_removes_the_mask_encoder_and_the_hook_and_ignores_labels():
+def test_conditioning_switch_off_removes_the_mask_encoder_and_ignores_labels():
     model = tiny(conditioning=False)
     assert model.mask_encoder is None
-    assert len(model.unet.mid_block._forward_hooks) == 0
     assert (
         tiny().parameter_counts()["total"] - model.parameter_counts()["total"]
         == tiny().parameter_counts()["mask_encoder"]

@@ -5,7 +5,8 @@
     label y ─f_mask─► c          (c = 0 when there is no label: the null condition)
 
 Submodules: ``encoder`` (E), ``decoder`` (D with ``f_cls`` and the RGB head), ``unet`` (ε_θ, a
-diffusers ``UNet2DModel``), ``mask_encoder`` (f_mask; None when conditioning is off) and
+diffusers ``UNet2DModel`` taking the condition: :class:`~cicld.models.unet.ConditionedUNet`),
+``mask_encoder`` (f_mask; None when conditioning is off) and
 ``discriminator`` (f_dis). ``diffusion`` is a plain :class:`LatentDiffusion` object (schedules,
 no parameters). A checkpoint is a directory with ``config.json`` and ``model.safetensors``.
 
@@ -23,7 +24,6 @@ Decisions the paper leaves open (see ``docs/model.md``):
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -31,29 +31,29 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import UNet2DModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file
 
 from cicld.errors import CicldError
 from cicld.files import atomic_write, save_tensors
 from cicld.models.autoencoder import BackboneEncoder, LatentDecoder, LatentEncoder, use_batch_norm
-from cicld.models.conditioning import CONDITION_ATTR, MaskEncoder, mid_block_condition_hook
+from cicld.models.conditioning import MaskEncoder
 from cicld.models.config import CICLDConfig
 from cicld.models.diffusion import LatentDiffusion
 from cicld.models.discriminator import DomainDiscriminator
+from cicld.models.inference import SegmentationInference
 from cicld.models.state import check_state_dict, load_state_dict_strict
+from cicld.models.unet import ConditionedUNet
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-#: Inference noise seed when the caller gives neither a generator nor noise.
-DEFAULT_NOISE_SEED = 0
 #: The architecture switches of :meth:`CICLD.with_switches` and the parameters each one owns.
 SWITCHED_PARTS = {"inter_coder": "decoder.fusions.", "conditioning": "mask_encoder.", "discriminator": "discriminator."}
 
 
-class CICLD(nn.Module):
-    """The CICLD segmentation network and its (sliding-window) inference."""
+class CICLD(SegmentationInference, nn.Module):
+    """The CICLD segmentation network; its whole-image and sliding-window inference come from
+    :class:`~cicld.models.inference.SegmentationInference`."""
 
     def __init__(self, config: CICLDConfig | None = None):
         super().__init__()
@@ -95,7 +95,7 @@ class CICLD(nn.Module):
         if config.ae_norm == "batch":
             use_batch_norm(self.encoder)
             use_batch_norm(self.decoder)
-        self.unet = UNet2DModel(
+        self.unet = ConditionedUNet(
             in_channels=config.latent_channels,
             out_channels=config.latent_channels,
             block_out_channels=tuple(config.unet_block_out_channels),
@@ -112,7 +112,6 @@ class CICLD(nn.Module):
                 condition_channels=config.unet_block_out_channels[-1],
                 pool=config.mask_encoder_pool,
             )
-            self.unet.mid_block.register_forward_hook(mid_block_condition_hook)
         else:
             self.mask_encoder = None
         self.discriminator = DomainDiscriminator(
@@ -189,15 +188,9 @@ class CICLD(nn.Module):
     def predict_noise(
         self, z_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """ε_θ(z_t, t | c): the UNet with Eq. 5 applied to its mid-block output."""
-        mid_block = self.unet.mid_block
-        if condition is not None and self.mask_encoder is not None:
-            setattr(mid_block, CONDITION_ATTR, condition)
-        try:
-            return self.unet(z_t, timesteps).sample
-        finally:
-            if hasattr(mid_block, CONDITION_ATTR):
-                delattr(mid_block, CONDITION_ATTR)
+        """ε_θ(z_t, t | c): the UNet with Eq. 5 applied to its mid-block output (no condition
+        when conditioning is switched off)."""
+        return self.unet(z_t, timesteps, condition if self.mask_encoder is not None else None)
 
     def segment(
         self, latents: torch.Tensor, features: list[torch.Tensor] | None, shape_hw: tuple[int, int] | torch.Size
@@ -257,140 +250,6 @@ class CICLD(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
         """Alias of :meth:`forward_train`, so DDP/Accelerate wrappers can call the model."""
         return self.forward_train(images, labels, **kwargs)
-
-    # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def predict(
-        self,
-        images: torch.Tensor,
-        steps: int | None = None,
-        refine: int = 0,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        use_inter_coder: bool = True,
-    ) -> torch.Tensor:
-        """Whole-image logits (B, K, H, W) after S = ``steps`` DDIM steps (default ``config.inference_steps``).
-
-        Images of any size are padded (bottom/right, value 0 = the normalised mean colour) to a
-        multiple of ``config.size_divisor``. The null condition is used, then ``refine`` more
-        passes with c = f_mask(previous argmax). ``noise`` (shaped like the padded image's latent)
-        overrides the seeded noise.
-        """
-        steps = self.config.inference_steps if steps is None else steps
-        padded, (height, width) = self._pad(images)
-        if noise is None and steps > 0:
-            noise = self._inference_noise(padded, generator)
-        logits = None
-        labels = None
-        for _ in range(refine + 1):
-            logits = self._predict_padded(padded, steps, noise, labels, use_inter_coder)
-            labels = logits.argmax(dim=1)
-        return logits[..., :height, :width]
-
-    @torch.no_grad()
-    def predict_sliding(
-        self,
-        images: torch.Tensor,
-        window: int | tuple[int, int] = 512,
-        overlap: int | tuple[int, int] = 128,
-        window_batch: int = 4,
-        steps: int | None = None,
-        refine: int = 0,
-        generator: torch.Generator | None = None,
-        use_inter_coder: bool = True,
-    ) -> torch.Tensor:
-        """Sliding-window logits (B, K, H, W): overlapping windows, run ``window_batch`` at a time,
-        logits averaged where windows overlap.
-
-        Memory is bounded by ``window_batch`` windows plus one logit map of the image. The noise
-        is drawn once for the whole (padded) image and cropped per window, so a window covering
-        the whole image reproduces :meth:`predict` exactly. ``window`` and ``overlap`` are one int
-        (square) or (width, height), as every size in the package. ``window`` must be a multiple of
-        ``config.size_divisor`` and ``overlap`` of the latent factor (8); windows larger than the
-        image shrink to it. Refinement passes condition each window on the argmax of the whole
-        previous sliding-window prediction.
-        """
-        steps = self.config.inference_steps if steps is None else steps
-        win_w, win_h = _width_height(window)
-        over_w, over_h = _width_height(overlap)
-        divisor, factor = self.config.size_divisor, self.config.vae_scale_factor
-        if win_h % divisor or win_w % divisor or win_h <= 0 or win_w <= 0:
-            raise CicldError(f"sliding window {win_w}x{win_h} must be a positive multiple of {divisor}")
-        if over_h % factor or over_w % factor or not (0 <= over_h < win_h and 0 <= over_w < win_w):
-            raise CicldError(f"window overlap {over_w}x{over_h} must be a multiple of {factor} smaller than the window")
-        if window_batch < 1:
-            raise CicldError(f"window_batch must be at least 1, got {window_batch}")
-        padded, (height, width) = self._pad(images)
-        padded_h, padded_w = padded.shape[-2:]
-        win_h, win_w = min(win_h, padded_h), min(win_w, padded_w)
-        tiles = [
-            (b, y, x)
-            for b in range(padded.shape[0])
-            for y in _window_starts(padded_h, win_h, over_h)
-            for x in _window_starts(padded_w, win_w, over_w)
-        ]
-        noise = self._inference_noise(padded, generator) if steps > 0 else None
-        logits = None
-        labels = None
-        for _ in range(refine + 1):
-            logits = padded.new_zeros(padded.shape[0], self.config.num_classes, padded_h, padded_w)
-            counts = padded.new_zeros(padded.shape[0], 1, padded_h, padded_w)
-            for start in range(0, len(tiles), window_batch):
-                chunk = tiles[start : start + window_batch]
-                crops = torch.stack([padded[b, :, y : y + win_h, x : x + win_w] for b, y, x in chunk])
-                crop_noise = crop_labels = None
-                if noise is not None:
-                    crop_noise = torch.stack(
-                        [
-                            noise[b, :, y // factor : (y + win_h) // factor, x // factor : (x + win_w) // factor]
-                            for b, y, x in chunk
-                        ]
-                    )
-                if labels is not None:
-                    crop_labels = torch.stack([labels[b, y : y + win_h, x : x + win_w] for b, y, x in chunk])
-                out = self._predict_padded(crops, steps, crop_noise, crop_labels, use_inter_coder)
-                for j, (b, y, x) in enumerate(chunk):
-                    logits[b, :, y : y + win_h, x : x + win_w] += out[j]
-                    counts[b, :, y : y + win_h, x : x + win_w] += 1
-            logits = logits / counts
-            labels = logits.argmax(dim=1)
-        return logits[..., :height, :width]
-
-    def _predict_padded(
-        self,
-        images: torch.Tensor,
-        steps: int,
-        noise: torch.Tensor | None,
-        condition_labels: torch.Tensor | None,
-        use_inter_coder: bool,
-    ) -> torch.Tensor:
-        z0, features = self.encode(images)
-        condition = self.condition(condition_labels)
-        z0_hat = self.diffusion.denoise(z0, lambda z, t: self.predict_noise(z, t, condition), steps, noise)
-        return self.segment(z0_hat, features if use_inter_coder else None, images.shape[-2:])
-
-    def _inference_noise(self, padded: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One latent noise draw per image. Without ``generator`` every image gets the draw of a fresh
-        seed-``DEFAULT_NOISE_SEED`` generator, so its prediction depends on the image alone, never on
-        the other images of its batch; with one, the images take successive draws from it."""
-        factor = self.config.vae_scale_factor
-        shape = (1, self.config.latent_channels, padded.shape[-2] // factor, padded.shape[-1] // factor)
-        draws = []
-        for _ in range(padded.shape[0]):
-            source = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_NOISE_SEED)
-            draws.append(self.diffusion.draw_noise(shape, source, padded.device, padded.dtype))
-        return torch.cat(draws)
-
-    def _pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
-            raise CicldError(f"expected images shaped (B, {self.config.in_channels}, H, W), got {tuple(images.shape)}")
-        height, width = images.shape[-2:]
-        divisor = self.config.size_divisor
-        pad_h, pad_w = -height % divisor, -width % divisor
-        images = images.to(device=self.device, dtype=self.dtype)
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        return images, (height, width)
 
     def _check_size(self, images: torch.Tensor) -> None:
         divisor = self.config.size_divisor
@@ -513,91 +372,14 @@ class CICLD(nn.Module):
         return model.train(self.training)
 
     def load_autoencoder_kl(self, path: str | os.PathLike) -> None:
-        """Initialise E and D (not f_cls, not the fusions) from a local diffusers AutoencoderKL directory.
+        """Initialise E and D from a local diffusers AutoencoderKL directory
+        (:func:`cicld.models.sd_vae.load_autoencoder_kl`)."""
+        from cicld.models.sd_vae import load_autoencoder_kl
 
-        The autoencoder must have this config's widths, depth, latent channels and mid-block
-        attention; its ``scaling_factor`` replaces ``config.scaling_factor`` (it defines z0's scale).
-        """
-        from diffusers import AutoencoderKL
-
-        if self.config.backbone is not None:
-            raise CicldError(
-                "this model's encoder is a pretrained backbone (--backbone): an AutoencoderKL cannot initialise it"
-            )
-        if self.config.ae_norm != "group":
-            raise CicldError(f"an AutoencoderKL uses GroupNorm; this model has ae_norm {self.config.ae_norm!r}")
-        path = Path(path)
-        if not path.is_dir():
-            raise CicldError(f"autoencoder directory not found: {path}")
-        try:
-            autoencoder = AutoencoderKL.from_pretrained(str(path))
-        except (OSError, ValueError) as error:
-            raise CicldError(f"cannot load a diffusers AutoencoderKL from {path}: {error}") from None
-        ae_config = autoencoder.config
-        expected = {
-            "block_out_channels": tuple(self.config.ae_block_out_channels),
-            "layers_per_block": self.config.ae_layers_per_block,
-            "latent_channels": self.config.latent_channels,
-            "norm_num_groups": self.config.ae_norm_num_groups,
-            "in_channels": self.config.in_channels,
-            "mid_block_add_attention": self.config.ae_mid_block_attention,
-        }
-        lacking = [key for key in expected if key not in ae_config]
-        if lacking:  # never guess a value: a guess could pass the check below for the wrong network
-            raise CicldError(
-                f"the AutoencoderKL config in {path} lacks {', '.join(lacking)}; cannot check that it matches "
-                "this model"
-            )
-        found = {key: tuple(v) if isinstance(v := ae_config[key], list) else v for key in expected}
-        differing = [
-            f"{key} {found[key]} (model has {value})" for key, value in expected.items() if found[key] != value
-        ]
-        if differing:
-            raise CicldError(f"the AutoencoderKL in {path} does not match this model: {'; '.join(differing)}")
-        encoder_state, decoder_state, unmapped = {}, {}, []
-        for key, value in autoencoder.state_dict().items():
-            if key.startswith("encoder."):
-                encoder_state[key[len("encoder.") :]] = value
-            elif key.startswith("quant_conv."):
-                encoder_state[key] = value
-            elif key.startswith("decoder."):
-                decoder_state[key[len("decoder.") :]] = value
-            elif key.startswith("post_quant_conv."):
-                decoder_state[key] = value
-            else:
-                unmapped.append(key)
-        if unmapped:
-            raise CicldError(f"the AutoencoderKL in {path} has keys cicld cannot place: {', '.join(unmapped[:3])}")
-        # The decoder's own additions (f_cls, fusions) keep their initialisation.
-        own = {k: v for k, v in self.decoder.state_dict().items() if k.startswith(("f_cls.", "fusions."))}
-        encoder_what, decoder_what = f"encoder weights of {path}", f"decoder weights of {path}"
-        check_state_dict(self.encoder.state_dict(), encoder_state, what=encoder_what)
-        check_state_dict(
-            {k: v for k, v in self.decoder.state_dict().items() if k not in own}, decoder_state, what=decoder_what
-        )
-        load_state_dict_strict(self.encoder, encoder_state, what=encoder_what)
-        load_state_dict_strict(self.decoder, {**decoder_state, **own}, what=decoder_what)
-        self.config.scaling_factor = float(ae_config.get("scaling_factor", 1.0) or 1.0)
+        load_autoencoder_kl(self, path)
 
     def load_mask_encoder(self, path: str | os.PathLike) -> None:
         """Initialise f_mask from a local safetensors file (the paper's pre-trained mask encoder)."""
         if self.mask_encoder is None:
             raise CicldError("this model has conditioning switched off: it has no mask encoder to load")
         self.mask_encoder.load_weights(path)
-
-
-def _width_height(value: int | tuple[int, int]) -> tuple[int, int]:
-    """A size given as one int (square) or as (width, height), the package's order for sizes."""
-    if isinstance(value, int):
-        return value, value
-    width, height = value
-    return int(width), int(height)
-
-
-def _window_starts(size: int, window: int, overlap: int) -> list[int]:
-    """Window offsets covering [0, size): every window − overlap, the last one flush with the end."""
-    if window >= size:
-        return [0]  # also where the window shrank to the image and the overlap no longer fits
-    stride = window - overlap
-    count = math.ceil((size - window) / stride) + 1
-    return sorted({min(i * stride, size - window) for i in range(count)})

@@ -5,10 +5,7 @@ o ∈ R^{B×C×h×w} with c ∈ R^{B×C}: ô = o + σ(⟨o, c⟩/√C)·c. The �
 saturation (as in scaled dot-product attention). c = 0 is the null condition and makes Eq. 5
 the identity, which is what inference without labels uses.
 
-The condition enters diffusers' ``UNet2DModel`` through a forward hook on ``unet.mid_block``:
-UNet2DModel has no conditioning argument of this kind (and silently ignores
-``mid_block_additional_residual``). The hook reads the condition from an attribute of the
-mid-block itself, so ``copy.deepcopy`` (the EMA model) carries a working hook.
+The condition enters ε_θ as an argument of its forward (:mod:`cicld.models.unet`).
 """
 
 from __future__ import annotations
@@ -25,23 +22,12 @@ from cicld.data.labels import IGNORE_INDEX
 from cicld.errors import CicldError
 from cicld.models.state import load_state_dict_strict
 
-#: Attribute of ``unet.mid_block`` holding the current condition (B, C) or None.
-CONDITION_ATTR = "cicld_condition"
-
 
 def eq5_condition(hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
     """ô = o + σ(⟨o, c⟩/√C)·c at every spatial position (Eq. 5)."""
     c = condition.to(hidden.dtype)[:, :, None, None]
     gate = torch.sigmoid((hidden * c).sum(dim=1, keepdim=True) / math.sqrt(hidden.shape[1]))
     return hidden + gate * c
-
-
-def mid_block_condition_hook(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook for ``unet.mid_block``: applies Eq. 5 when a condition is set on the module."""
-    condition = getattr(module, CONDITION_ATTR, None)
-    if condition is None:
-        return output
-    return eq5_condition(output, condition)
 
 
 def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
