@@ -31,8 +31,8 @@ from cicld.training.config import STAGE_CONFIGS, CommonConfig, make_config
 from cicld.training.locate import find_model, is_finished, is_resumable
 from cicld.training.pretrain_ae import pretrain_ae
 from cicld.training.pretrain_ldm import pretrain_ldm
+from cicld.training.runlog import loss_summary
 from cicld.training.runs import read_run_config, stage_runs
-from cicld.training.session import loss_summary
 
 #: The stage functions the demo runs, by stage name.
 TRAIN = {"pretrain-ae": pretrain_ae, "pretrain-ldm": pretrain_ldm, "adapt": adapt}

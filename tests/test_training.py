@@ -21,6 +21,7 @@ from torch import nn
 from cicld.errors import CicldError
 from cicld.models import CICLD, CICLDConfig
 from cicld.models.patch_discriminator import PatchDiscriminator
+from cicld.training import loop
 from cicld.training import pretrain_ldm as ldm_stage
 from cicld.training.adapt import adapt
 from cicld.training.common import build_optimizer, oracle_dataset, source_dataset
@@ -319,7 +320,7 @@ def test_the_log_of_an_interrupted_and_resumed_run_equals_the_log_of_an_uninterr
 
 
 def test_resuming_drops_a_log_row_cut_short_by_a_kill(tmp_path):
-    from cicld.training.session import truncate_log
+    from cicld.training.runlog import truncate_log
 
     log = tmp_path / "log.csv"
     log.write_text("step,loss,lr\n1,0.5,0.1\n2,0.4,0.1\n3,0.3,0.1\n4,0.")
@@ -493,14 +494,14 @@ def test_a_failed_start_leaves_no_run_folder_to_shadow_the_resumable_run(
 
 def _interrupt_at(monkeypatch, interrupted_step):
     """Ctrl-C inside the training loop, in optimizer step ``interrupted_step`` (0-based)."""
-    original = Session.optimizer_step
+    original = loop.optimizer_step
 
-    def optimizer_step(self, objective, optimizer, step, compute_losses):
+    def optimizer_step(session, stage, step):
         if step == interrupted_step:
             raise KeyboardInterrupt
-        return original(self, objective, optimizer, step, compute_losses)
+        return original(session, stage, step)
 
-    monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
+    monkeypatch.setattr(loop, "optimizer_step", optimizer_step)
 
 
 def test_ctrl_c_in_a_training_stage_prints_one_line_saying_how_to_resume_and_exits_130(
@@ -926,16 +927,16 @@ def test_the_help_says_the_smallest_keep_checkpoints_and_val_limit(cli):
 def _poison_the_weights_after(monkeypatch, poisoned_step):
     """Make one parameter NaN right after optimizer step ``poisoned_step`` (0-based) (the losses
     stay finite up to there: only the weights show it)."""
-    original = Session.optimizer_step
+    original = loop.optimizer_step
 
-    def optimizer_step(self, objective, optimizer, step, compute_losses):
-        losses = original(self, objective, optimizer, step, compute_losses)
+    def optimizer_step(session, stage, step):
+        losses = original(session, stage, step)
         if step == poisoned_step:
             with torch.no_grad():
-                next(self.accelerator.unwrap_model(objective).model.unet.parameters()).fill_(float("nan"))
+                next(session.accelerator.unwrap_model(stage.objective).model.unet.parameters()).fill_(float("nan"))
         return losses
 
-    monkeypatch.setattr(Session, "optimizer_step", optimizer_step)
+    monkeypatch.setattr(loop, "optimizer_step", optimizer_step)
 
 
 def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(
@@ -1548,7 +1549,7 @@ def test_losses_are_read_from_the_device_once_per_optimizer_step_not_per_micro_b
         return {"a": out, "b": 2 * out}
 
     try:
-        averages = session.optimizer_step(objective, optimizer, 0, losses)
+        averages = loop.optimizer_step(session, loop.Stage(objective, optimizer, losses), 0)
     finally:
         monkeypatch.undo()
         session.close()
@@ -1569,7 +1570,7 @@ def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(
 
     try:
         with pytest.raises(TrainingDiverged, match=r"diverged at step 7 \(ce=nan\)"):
-            session.optimizer_step(objective, optimizer, 7, losses)
+            loop.optimizer_step(session, loop.Stage(objective, optimizer, losses), 7)
     finally:
         session.close()
     assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())

@@ -307,3 +307,31 @@ def test_mix_never_reads_the_targets_labels():
     assert 7 not in labels.unique().tolist()
     assert set(labels.unique().tolist()) <= {0, 1, 5}
     assert set(weights.unique().tolist()) <= {1.0, 0.25}  # pasted pixels weigh 1 without class weights
+
+
+def test_one_adapt_step_pseudo_labels_with_the_ema_model_mixes_and_runs_one_forward_of_the_three_batches():
+    from cicld.training.adapt import uda_step
+
+    logits = torch.zeros(1, 6, 4, 4)
+    logits[0, 5] = 10.0  # the EMA model says class 5 everywhere, confidently
+    teacher = _Teacher(logits)
+    source = {"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([[[0, 0, 1, 1]] * 4] * 2)}
+    target = {"image": torch.ones(2, 3, 4, 4)}  # no labels at all: the step must not need them
+    config = types.SimpleNamespace(
+        pseudo_threshold=0.968, pseudo_ignore_top=0, pseudo_ignore_bottom=0, mix_jitter_p=0.0, mix_blur_p=0.0
+    )
+    forwards = []
+
+    def objective(*batches):  # the objective's one forward: record what it is given
+        forwards.append(batches)
+        return {"ce_source": torch.tensor(1.0)}
+
+    losses = uda_step(objective, teacher, source, target, config, torch.Generator().manual_seed(0))
+    assert losses == {"ce_source": torch.tensor(1.0)} and len(teacher.calls) == 1 and len(forwards) == 1
+    source_images, source_labels, mixed_images, mixed_labels, mixed_weights, target_images = forwards[0]
+    assert source_images is source["image"] and source_labels is source["label"] and target_images is target["image"]
+    pasted = mixed_labels != 5  # the source classes ClassMix chose; the EMA's pseudo-label everywhere else
+    assert pasted.any() and (~pasted).any()
+    assert torch.equal(mixed_labels[pasted], source["label"][pasted])
+    assert torch.equal(mixed_images, torch.where(pasted[:, None], source["image"], target["image"]))
+    assert torch.equal(mixed_weights, torch.ones_like(mixed_weights))  # pasted: 1; the rest all confident

@@ -149,7 +149,8 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
         rate = (step - first_step) / max(time.perf_counter() - first_time, 1e-9)
         progress.update(task, completed=step, status=f"{loss_summary(row)} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
 
-    from cicld.training.session import TrainingInterrupted, loss_summary
+    from cicld.training.runlog import loss_summary
+    from cicld.training.session import TrainingInterrupted
 
     try:
         result = train(config, resume=resume, on_step=on_step)

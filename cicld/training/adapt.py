@@ -1,10 +1,10 @@
 """``cicld adapt``: unsupervised domain adaptation (paper §3.2, §3.4; DESIGN §2–3).
 
-Per step (:func:`build`'s ``compute_losses``, read it like DAFormer's ``forward_train``):
-``ema_model`` (the paper's "student") pseudo-labels the target batch; ClassMix pastes half of
-the source classes onto the target (images, labels and pixel weights) and the mixed images get
-colour jitter and blur (:mod:`cicld.training.uda`); source, mixed and target images pass through
-``model`` (the paper's "teacher") in one batch, which returns the losses of
+Per step (:func:`uda_step`, read it like DAFormer's ``forward_train``): ``ema_model`` (the
+paper's "student") pseudo-labels the target batch; ClassMix pastes half of the source classes
+onto the target (images, labels and pixel weights) and the mixed images get colour jitter and
+blur (:mod:`cicld.training.uda`); source, mixed and target images pass through ``model`` (the
+paper's "teacher") in one batch, which returns the losses of
 :class:`~cicld.training.objectives.UDAObjective`. The loop (:func:`cicld.training.loop.run_training`)
 minimises them, then ``ema_model`` follows ``model`` by EMA; ``ema_model`` is what gets exported.
 
@@ -95,14 +95,38 @@ def build(session: Session) -> Stage:
         source = next(source_stream)
         if target_stream is None:  # source-only, oracle: supervised on the labelled images alone
             return objective(source["image"], source["label"])
-        target = next(target_stream)
         generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + micro_step * world + rank)
-        pseudo, weight = pseudo_label(ema_model, target["image"], config, generator)
-        mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator, class_weight)
-        # One forward pass of source, mixed and target images; the objective returns the losses.
-        return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])
+        return uda_step(objective, ema_model, source, next(target_stream), config, generator, class_weight)
 
     notes = () if val is not None else (unvalidated_note(config),)
     if config.method == "oracle":
         notes += (f"--method oracle trained on the target's own labels ({labelled.root}): a reference, not adaptation",)
     return Stage(objective, optimizer, compute_losses, ema_model=ema_model, val=val, notes=notes)
+
+
+def uda_step(
+    objective: torch.nn.Module,
+    ema_model: torch.nn.Module,
+    source: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    config: AdaptConfig,
+    generator: torch.Generator,
+    class_weight: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The losses of one ``adapt`` step (cicld and self-training), in the order it happens.
+
+    1. ``ema_model`` pseudo-labels the target images, with a confidence weight per pixel
+       (:func:`~cicld.training.uda.pseudo_label`; the target's own labels are never read).
+    2. ClassMix pastes half of the source classes onto the target: images, labels (source labels
+       where pasted, pseudo-labels elsewhere) and pixel weights; the mixed images get colour jitter
+       and blur (:func:`~cicld.training.uda.mix`).
+    3. One forward pass of the ``objective`` on the source, mixed and target images returns the
+       losses (:class:`~cicld.training.objectives.UDAObjective` or
+       :class:`~cicld.training.objectives.SelfTrainingObjective`), whose sum the loop minimises.
+
+    ``source`` and ``target`` are batches (``image``, ``label``; the target's ``label`` unused);
+    ``generator`` draws every random choice of the step.
+    """
+    pseudo, weight = pseudo_label(ema_model, target["image"], config, generator)
+    mixed_images, mixed_labels, mixed_weights = mix(source, target, pseudo, weight, config, generator, class_weight)
+    return objective(source["image"], source["label"], mixed_images, mixed_labels, mixed_weights, target["image"])

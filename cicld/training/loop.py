@@ -10,8 +10,8 @@ A stage (``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) is two things:
   losses.
 
 Everything else happens here, once, in this order: seed the step, set its learning rate, take
-the optimizer step (gradient accumulation, clipping, the NaN check: :meth:`Session.optimizer_step
-<cicld.training.session.Session.optimizer_step>`), update the EMA model, then log, validate and
+the optimizer step (:func:`optimizer_step`, below: forward, backward, clipping and the update over
+the accumulated micro-batches, and the NaN check), update the EMA model, then log, validate and
 checkpoint when due; after the last step, validate, export, and draw the run's curves
 (``curves.png``, from its ``log.csv``). The bookkeeping behind each line
 is in :class:`~cicld.training.session.Session`.
@@ -30,7 +30,8 @@ from cicld.evaluation.plots import training_curves_png
 from cicld.files import is_disk_full
 from cicld.models import CICLD
 from cicld.training.common import ema_update, validate
-from cicld.training.session import CURVES_FILE, LOG_FILE, Session, TrainResult
+from cicld.training.runlog import CURVES_FILE, LOG_FILE
+from cicld.training.session import Session, TrainResult
 
 
 @dataclass
@@ -70,7 +71,7 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
         for step in range(session.start_step, config.steps):
             session.begin_step(step)
             lr = session.set_learning_rate(stage.optimizer, step)
-            losses = session.optimizer_step(stage.objective, stage.optimizer, step, stage.compute_losses)
+            losses = optimizer_step(session, stage, step)
             if stage.ema_model is not None:
                 ema_update(stage.ema_model, model, step, config.ema_alpha)
             session.end_step(step + 1, losses, lr, evaluate, on_step)
@@ -90,3 +91,30 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
     finally:
         session.close()
     return TrainResult(session.run_dir, final, scores, stage.notes)
+
+
+def optimizer_step(session: Session, stage: Stage, step: int) -> dict[str, float]:
+    """One optimizer step over ``--grad-accum-steps`` micro-batches: forward (the stage's losses,
+    under autocast) → backward → clip → step, each micro-batch; Accelerate's ``accumulate`` makes
+    only the last one sync gradients and update the weights. Returns the losses averaged over the
+    micro-batches.
+
+    The losses stay on the device until the last micro-batch: they are read (one sync) and
+    checked for NaN/inf (one all-reduce with several processes) once per optimizer step, before
+    its backward pass and update, so a non-finite loss never reaches the weights.
+    """
+    accelerator, config, objective, optimizer = session.accelerator, session.config, stage.objective, stage.optimizer
+    accum, totals, averages = config.grad_accum_steps, {}, {}
+    for micro in range(accum):
+        with accelerator.accumulate(objective), accelerator.autocast():
+            losses = stage.compute_losses(step * accum + micro)
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.detach().float() / accum
+            if micro == accum - 1:  # NaN and inf survive the sum: checking the average checks them all
+                averages = session.check_finite(step, totals)
+            accelerator.backward(sum(losses.values()))
+            if accelerator.sync_gradients and config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return averages

@@ -11,9 +11,7 @@ therefore replays exactly the steps an uninterrupted run would have taken, bit f
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -42,8 +40,15 @@ from cicld.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cicld.training.config import TRACKERS, CommonConfig
+from cicld.training.config import CommonConfig
 from cicld.training.locate import is_model_folder, newest_resumable_run, resolve_init_from, resolve_resume
+from cicld.training.runlog import (
+    LOG_FILE,
+    RunLog,
+    tracker_hyperparameters,
+    trackers_to_use,
+    truncate_log,
+)
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
@@ -82,52 +87,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 _HINT = "try a lower --lr or --mixed-precision no"
-LOG_FILE = "log.csv"
-#: The picture of a run's log.csv (losses, learning rate, val mIoU), drawn at the end of the run.
-CURVES_FILE = "curves.png"
-#: The run's subfolder for what the --report-to trackers write locally (TensorBoard's events, Aim's repo).
-TRACKER_DIR = "trackers"
-#: The project name the trackers are given (TensorBoard's folder in TRACKER_DIR, W&B's project...).
-TRACKER_PROJECT = "cicld"
-#: The package to install for each tracker.
-_TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
-
-
-def trackers_to_use(report_to: str) -> list[str] | None:
-    """Accelerate's ``log_with`` for ``--report-to``; a one-line error for a tracker that is not
-    installed (Accelerate itself would drop it silently)."""
-    if report_to == "none":
-        return None
-    from accelerate.tracking import get_available_trackers
-
-    available = {str(tracker) for tracker in get_available_trackers()}
-    if report_to == "all":
-        if not available & set(TRACKERS):
-            raise CicldError(
-                f"--report-to all: none of {', '.join(TRACKERS)} is installed; install one, or use --report-to none"
-            )
-        return ["all"]
-    if report_to not in available:
-        raise CicldError(
-            f"--report-to {report_to}: {report_to} is not installed; `pip install "
-            f"{_TRACKER_PACKAGES.get(report_to, report_to)}`, "
-            "or use --report-to none (log.csv is always written)"
-        )
-    return [report_to]
-
-
-def tracker_hyperparameters(config: CommonConfig, run_dir: Path) -> dict[str, bool | int | float | str]:
-    """The run's config as the flat scalar values every tracker takes: a size as ``WIDTHxHEIGHT``
-    and an unset value as ``none`` (as on the command line); plus ``run_dir``."""
-
-    def scalar(value):
-        if value is None:
-            return "none"
-        if isinstance(value, tuple):
-            return "x".join(map(str, value))
-        return value if isinstance(value, (bool, int, float, str)) else str(value)
-
-    return {**{key: scalar(value) for key, value in config.to_dict().items()}, "run_dir": str(run_dir)}
 
 
 def make_accelerator(config: CommonConfig, project_dir: Path) -> Accelerator:
@@ -199,8 +158,8 @@ class Session:
         self.accelerator = make_accelerator(config, self.run_dir or Path(config.runs_root) / config.stage)
         self.start_step = 0
         self.steps_done = 0
-        self._log_fields: list[str] | None = None
-        self._trackers_started = False
+        #: log.csv and the --report-to trackers (started in the run folder by :meth:`open_run`).
+        self.run_log = RunLog(self.accelerator)
         #: What the checkpoints hold (:meth:`prepare`); their weights are also what is checked for NaN.
         self._training = TrainingState()
         self._model: CICLD | None = None  # the network being trained, whose config the checkpoints hold
@@ -274,19 +233,10 @@ class Session:
             if self.accelerator.is_main_process:
                 self._take_lock()
                 atomic_write(self.run_dir / RUN_CONFIG, json.dumps(self.config.to_dict(), indent=2))
-        if not self._trackers_started:
-            self._start_trackers()
+        if not self.run_log.started:
+            resumed_at = self.start_step if self.resume_from is not None else None
+            self.run_log.start(self.run_dir, tracker_hyperparameters(self.config, self.run_dir), resumed_at)
         return self.run_dir
-
-    def _start_trackers(self) -> None:
-        """Start Accelerate's trackers in the run folder, with the run's config as hyperparameters.
-        A resumed run's TensorBoard drops the events logged after its checkpoint, as log.csv drops
-        its rows: those steps are logged again. The other trackers cannot drop logged values."""
-        self._trackers_started = True
-        project = self.accelerator.project_configuration
-        project.project_dir, project.logging_dir = str(self.run_dir), str(self.run_dir / TRACKER_DIR)
-        init_kwargs = {"tensorboard": {"purge_step": self.start_step + 1}} if self.resume_from is not None else {}
-        self.accelerator.init_trackers(TRACKER_PROJECT, tracker_hyperparameters(self.config, self.run_dir), init_kwargs)
 
     def _take_lock(self) -> None:
         if self._lock is None:
@@ -359,55 +309,11 @@ class Session:
         last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
         return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
 
-    def optimizer_step(self, objective, optimizer, step: int, compute_losses) -> dict[str, float]:
-        """One optimizer step over ``grad_accum_steps`` micro-batches.
-
-        ``compute_losses(micro_index)`` returns a dict of loss tensors for one micro-batch (inside
-        autocast); their sum is minimised. Returns the losses averaged over micro-batches.
-
-        The losses stay on the device until the last micro-batch: they are read (one sync) and
-        checked for NaN/inf (one all-reduce with several processes) once per optimizer step,
-        before its backward pass and update, so a non-finite loss never reaches the weights.
-        """
-        accelerator, accum, totals, averages = self.accelerator, self.config.grad_accum_steps, {}, {}
-        for micro in range(accum):
-            with accelerator.accumulate(objective), accelerator.autocast():
-                losses = compute_losses(step * accum + micro)
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / accum
-                if micro == accum - 1:  # NaN and inf survive the sum: checking the average checks them all
-                    averages = self.check_finite(step, totals)
-                accelerator.backward(sum(losses.values()))
-                if accelerator.sync_gradients and self.config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(objective.parameters(), self.config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        return averages
-
     def log(self, step: int, values: dict[str, float]) -> None:
-        """Append a CSV row (main process) and log its finite values to the ``--report-to`` trackers.
-
-        A row with a column the file lacks rewrites the file with the wider header (rare: e.g.
-        the first validation), so no value is ever dropped.
-        """
-        if not self.accelerator.is_main_process:
-            return
-        row = {"step": step, **{k: float(v) for k, v in values.items()}}
-        path = self.run_dir / LOG_FILE
-        if self._log_fields is None and path.is_file() and path.stat().st_size:  # a resumed run's log
-            with path.open(newline="") as handle:
-                self._log_fields = next(csv.reader(handle))
-        if self._log_fields is not None and set(row) <= set(self._log_fields):
-            with path.open("a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=self._log_fields).writerow(row)
-        else:  # a new file, or the whole file again with the wider header
-            fields, rows = self._log_fields or [], []
-            if self._log_fields is not None:
-                with path.open(newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-            self._log_fields = fields + [k for k in row if k not in fields]
-            _write_csv(path, self._log_fields, [[r.get(k, "") for k in self._log_fields] for r in [*rows, row]])
-        self.accelerator.log({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=step)
+        """One row of the run's log (:meth:`RunLog.log <cicld.training.runlog.RunLog.log>`), in the
+        run folder (opened first if no step opened it: a run resumed at its last step)."""
+        self.open_run()
+        self.run_log.log(step, values)
 
     def end_step(self, done: int, losses: dict[str, float], lr: float, evaluate=None, on_step=None) -> None:
         """After ``done`` steps: open the run folder (first step), validate when due (``evaluate()``
@@ -531,44 +437,3 @@ def _require_crop_to_fit(model: CICLD, crop: tuple[int, int] | None) -> None:
             f"--crop {crop[0]}x{crop[1]}: this model needs sides that are multiples of {divisor}, "
             f"e.g. --crop {width}x{height}"
         )
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop the rows of the CSV log ``path`` logged after ``step`` (the checkpoint a run resumes
-    from): the resumed run logs those steps again, so that its log equals an uninterrupted run's.
-    A row cut short by a kill mid-write goes too, and so does a second row of ``step`` itself. The
-    file is replaced atomically, and left alone when there is nothing to drop."""
-    if not path.is_file():
-        return
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    kept = [row for row in body if len(row) == len(header) and _row_step(row) is not None and _row_step(row) <= step]
-    # The checkpoint's own step logs one row; a second one is the final validation of a run that
-    # was stopped while exporting (its checkpoint is the last step), which the resumed run logs again.
-    at_step = [i for i, row in enumerate(kept) if _row_step(row) == step]
-    kept = [row for i, row in enumerate(kept) if i not in at_step[1:]]
-    if len(kept) == len(body):
-        return
-    _write_csv(path, header, kept)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    """Write the whole CSV file ``path`` (atomically: a crash leaves the old file or the new one)."""
-    text = io.StringIO(newline="")
-    csv.writer(text).writerows([header, *rows])
-    atomic_write(path, text.getvalue(), durable=True)
-
-
-def _row_step(row: list[str]) -> int | None:
-    try:
-        return int(row[0])
-    except ValueError:
-        return None
-
-
-def loss_summary(row: dict[str, float]) -> str:
-    """A step row's losses as ``name=value`` pairs, for progress displays (lr and val left out)."""
-    return " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in ("lr", "val_miou") and v == v)
