@@ -138,7 +138,7 @@ class CommonConfig:
     )
     weight_decay: float = _help("AdamW weight decay", 0.01, low=0)
     decay_norms: bool = _help(
-        "apply --weight-decay to the normalisation layers' weights and biases too (DAFormer: no)", True
+        "apply --weight-decay to the normalisation layers' weights and biases too (DAFormer: no)", False
     )
     warmup_steps: int = _help("linear learning-rate warm-up steps, then polynomial decay", 1500, low=0)
     poly_power: float = _help("power of the polynomial learning-rate decay", 1.0, low=0)
@@ -226,7 +226,8 @@ class CommonConfig:
     retired = ()
     #: Keys added since runs were first saved, with the value that runs saved without them had in
     #: effect (such a run loads with that value, not with today's default).
-    introduced: typing.ClassVar[dict[str, Any]] = {}
+    # Runs saved before --decay-norms decayed their norm layers.
+    introduced: typing.ClassVar[dict[str, Any]] = {"decay_norms": True}
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, **dataclasses.asdict(self)}
@@ -260,7 +261,7 @@ class AutoencoderConfig(CommonConfig):
     # It builds a new model from --preset: no --init-from (saved, always null, by runs before the flag went).
     retired = ("init_from",)
     # Runs saved before --backbone built E from its own blocks.
-    introduced: typing.ClassVar[dict[str, Any]] = {"backbone": "none"}
+    introduced: typing.ClassVar[dict[str, Any]] = {**CommonConfig.introduced, "backbone": "none"}
     preset: str = _help(f"model preset ({', '.join(CICLDConfig.preset_names())}) of the new model", "base")
     backbone: str = _help(
         "pretrained image model for E's features: a local folder as transformers' save_pretrained writes it, or a "
