@@ -307,3 +307,15 @@ def test_the_speed_benchmark_times_a_call_of_seconds_once_per_sample_after_one_w
     monkeypatch.setattr(speed, "make_runner", make_runner)
     timed = speed.time_rows([{"name": "slow"}], repeats=3)
     assert timed["calls"] == [1] and counts["calls"] == 1 + 3
+
+
+@pytest.mark.slow
+def test_the_compile_benchmark_times_eager_and_compiled_inference_and_checks_they_agree():
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "benchmarks" / "compile_cpu.py"), "--preset", "tiny", "--size", "64x64"]
+    process = subprocess.run([*command, "--repeats", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    (row,) = [line for line in process.stdout.splitlines() if line.startswith("| tiny |")]
+    eager, compiled, ratio, _, difference = (float(cell) for cell in row.strip("|").split("|")[2:])
+    assert ratio == pytest.approx(compiled / eager, abs=0.01)  # the ratio of the times it printed
+    assert difference < 1e-4  # the compiled model computes what the eager one does
