@@ -208,9 +208,10 @@ def cicld_train_step_fn(model, size: int, device: str):
     """``cicld adapt``'s step with its default settings, minus data loading and ClassMix: the EMA
     model's pseudo-labels, :class:`UDAObjective`'s losses, one backward pass over their sum, one
     AdamW step over :func:`build_optimizer`'s groups (f_dis included), the EMA update."""
-    from cicld.training.common import build_optimizer, ema_update
+    from cicld.training.common import build_optimizer
     from cicld.training.config import AdaptConfig
     from cicld.training.objectives import UDAObjective
+    from cicld.training.schedules import ema_update
 
     config = AdaptConfig()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -233,7 +234,7 @@ def cicld_train_step_fn(model, size: int, device: str):
 def peer_train_step_fn(model, size: int, device: str):
     """DAFormer's step: EMA pseudo-labels, forward on source + mixed, the two CEs, AdamW, EMA update."""
     from cicld.models.losses import segmentation_loss
-    from cicld.training.common import ema_update
+    from cicld.training.schedules import ema_update
 
     ema = copy.deepcopy(model).eval()
     model.train()

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cicld.training.common import ema_update
-from cicld.training.session import learning_rate_factor
+from cicld.training.schedules import ema_update, learning_rate_factor
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:

@@ -963,7 +963,7 @@ def test_weights_that_became_nan_are_neither_checkpointed_nor_exported(
 
 
 def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
-    from cicld.training.session import TrainingDiverged
+    from cicld.training.stops import TrainingDiverged
 
     session = Session(make_config("adapt", source="toy", runs_root=str(tmp_path / "runs")))
     session.open_run()
@@ -1573,7 +1573,7 @@ def test_losses_are_read_from_the_device_once_per_optimizer_step_not_per_micro_b
 
 
 def test_a_nan_loss_in_any_micro_batch_stops_the_step_before_the_weights_change(tmp_path):
-    from cicld.training.session import TrainingDiverged
+    from cicld.training.stops import TrainingDiverged
 
     session, objective, optimizer = _micro_batch_session(tmp_path, grad_accum_steps=3)
     before = {k: v.clone() for k, v in objective.state_dict().items()}

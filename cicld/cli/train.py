@@ -150,7 +150,7 @@ def _run_stage(train: Callable, config: CommonConfig, resume: str | None) -> Non
         progress.update(task, completed=step, status=f"{loss_summary(row)} lr={row.get('lr', 0):.1e} {rate:.2f} it/s")
 
     from cicld.training.runlog import loss_summary
-    from cicld.training.session import TrainingInterrupted
+    from cicld.training.stops import TrainingInterrupted
 
     try:
         result = train(config, resume=resume, on_step=on_step)

@@ -13,7 +13,7 @@ A checkpoint is ``<run>/checkpoints/step-00001000/``::
 Not Accelerate's ``save_state``: it pickles what is registered with it and the random-number
 states, and unpickling a file someone hands you can run any code. Nothing here is a pickle, and
 no random-number state is needed: every step seeds the generators from (seed, step, rank)
-(:func:`cicld.training.session.seed_step`), so a resumed run replays the same draws.
+(:func:`cicld.training.schedules.seed_step`), so a resumed run replays the same draws.
 ``model_config.json`` lets a resumed run build its model from the checkpoint alone; its name is
 not ``config.json`` so that the folder does not look like a model folder.
 

@@ -1,4 +1,4 @@
-"""Pieces the stages share: data sets, loading the starting model, the optimizer, the EMA update, validation."""
+"""Pieces the stages share: data sets, loading the starting model, the optimizer, validation."""
 
 from __future__ import annotations
 
@@ -202,16 +202,6 @@ def feature_distance_classes(choice: str, class_list: ClassList) -> tuple[int, .
             "use --feature-distance-classes all (or --feature-distance 0)"
         )
     return THING_CLASSES
-
-
-@torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, step: int, max_alpha: float) -> None:
-    """ema = α·ema + (1 − α)·model with α = min(1 − 1/(step + 1), max_alpha) (DAFormer/Mean Teacher)."""
-    alpha = min(1.0 - 1.0 / (step + 1), max_alpha)
-    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-        ema_param.mul_(alpha).add_(param.detach(), alpha=1.0 - alpha)
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
 
 
 def validate(model: CICLD, dataset: ValDataset, accelerator) -> SegmentationScores:

@@ -29,8 +29,9 @@ from cicld.data.datasets import ValDataset
 from cicld.evaluation.plots import training_curves_png
 from cicld.files import is_disk_full
 from cicld.models import CICLD
-from cicld.training.common import ema_update, validate
+from cicld.training.common import validate
 from cicld.training.runlog import CURVES_FILE, LOG_FILE
+from cicld.training.schedules import ema_update
 from cicld.training.session import Session, TrainResult
 
 
@@ -60,7 +61,7 @@ def run_training(session: Session, stage: Stage, on_step: Callable[[int, dict], 
     """Train ``stage`` from ``session.start_step`` to ``--steps``, then validate and export it.
 
     ``on_step(done, row)`` is called after every step with the step's logged values. Ctrl-C
-    becomes a :class:`~cicld.training.session.TrainingInterrupted` that says how to resume.
+    becomes a :class:`~cicld.training.stops.TrainingInterrupted` that says how to resume.
     """
     config, accelerator = session.config, session.accelerator
     model = accelerator.unwrap_model(stage.objective).model  # the network being trained

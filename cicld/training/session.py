@@ -1,8 +1,11 @@
 """What every training stage shares: Accelerate, the run folder, resuming, logging and export.
 
 The one training loop (:func:`cicld.training.loop.run_training`) and the stages' builds
-(``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) stay short and linear; the bookkeeping
-lives here.
+(``pretrain_ae.py``, ``pretrain_ldm.py``, ``adapt.py``) stay short and linear; the run's
+bookkeeping lives here, and each of its other jobs in a module of its own: what a run starts from
+(:mod:`~cicld.training.start`), what a step's number decides (:mod:`~cicld.training.schedules`),
+``log.csv`` and the trackers (:mod:`~cicld.training.runlog`), and what a run says when it stops
+early (:mod:`~cicld.training.stops`).
 
 Determinism: every step starts by seeding the global RNGs from (seed, step, rank), and data
 batches are addressed by step (:mod:`cicld.training.batches`). A run resumed from a checkpoint
@@ -11,18 +14,14 @@ therefore replays exactly the steps an uninterrupted run would have taken, bit f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import random
-import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
@@ -36,12 +35,11 @@ from cicld.models import CICLD, CICLDConfig
 from cicld.training.checkpoint import (
     TrainingState,
     checkpoint_model_config,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from cicld.training.config import CommonConfig
-from cicld.training.locate import is_model_folder, newest_resumable_run, resolve_init_from, resolve_resume
+from cicld.training.locate import resolve_resume
 from cicld.training.runlog import (
     LOG_FILE,
     RunLog,
@@ -52,7 +50,6 @@ from cicld.training.runlog import (
 from cicld.training.runs import (
     FINAL,
     RUN_CONFIG,
-    RUNS_ROOT,
     RunLock,
     mark_latest,
     new_run_dir,
@@ -61,6 +58,9 @@ from cicld.training.runs import (
     replace_directory,
     runs_root_of,
 )
+from cicld.training.schedules import learning_rate_factor, seed_step
+from cicld.training.start import starting_model
+from cicld.training.stops import TrainingInterrupted, diverged, interrupted, write_failed
 
 
 @dataclass
@@ -72,21 +72,6 @@ class TrainResult:
     final: Path
     scores: SegmentationScores | None
     notes: tuple[str, ...] = ()
-
-
-class TrainingDiverged(CicldError):
-    """A loss or a weight became NaN or infinite."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C inside the training loop; ``message`` says where the run stopped and how to resume it."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-_HINT = "try a lower --lr or --mixed-precision no"
 
 
 def make_accelerator(config: CommonConfig, project_dir: Path) -> Accelerator:
@@ -111,22 +96,6 @@ def make_accelerator(config: CommonConfig, project_dir: Path) -> Accelerator:
         log_with=log_with,
         project_dir=str(project_dir),
     )
-
-
-def seed_step(seed: int, step: int, rank: int) -> None:
-    """Seed Python, numpy and torch (all devices) for one step of one process."""
-    value = (seed * 1_000_003 + step * 65_537 + rank) % (2**31)
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
-
-
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, power: float) -> float:
-    """Linear warm-up from ~0 to 1, then polynomial decay to 0 at ``total_steps`` (DAFormer's schedule)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return max(0.0, 1.0 - progress) ** power
 
 
 class Session:
@@ -172,52 +141,12 @@ class Session:
         previous_stage: str | None = None,
         classes: ClassList = CITYSCAPES,
     ) -> tuple[CommonConfig, CICLD]:
-        """The run's config with its starting point and its ``classes`` (those of its labelled data,
-        recorded unless they are Cityscapes') resolved, and the model the stage trains.
-
-        A new run resolves ``init_from`` (``--init-from``, or the newest finished
-        ``previous_stage`` run; None for a stage that starts from nothing), recorded in its config,
-        and trains ``new_model(config)``. A resumed run keeps the ``init_from`` it recorded, but
-        needs nothing outside its run: its model is built from the model config its checkpoint
-        holds (the stage's architecture switches included), and :meth:`restore` loads every
-        weight into it. A checkpoint written before checkpoints held that config gets
-        ``new_model(config)`` as before, which needs ``init_from`` to be there still.
-
-        Whatever ``new_model`` initialises afresh (pretrain-ae's whole model, a part a switch adds
-        such as adapt's 2-class f_dis) is drawn from ``--seed``, not from whatever the process
-        drew before. The config is not changed: ``self.config`` becomes the resolved copy. A
-        ``--crop`` the model cannot tile, and a model that predicts other classes than the data's
-        labels name, are refused here, before anything is created; the model takes the colours and
-        raw values of the run's class list.
-        """
-        config = self.config
-        if config.classes is None and classes != CITYSCAPES:
-            self.config = config = dataclasses.replace(config, classes=classes.to_dict())
-        if self.resume_from is None:
-            if previous_stage is not None:
-                init_from = resolve_init_from(config.init_from, Path(config.runs_root), previous_stage, config.source)
-                self.config = config = dataclasses.replace(config, init_from=str(init_from))
-        elif self.resume_model_config is None and previous_stage is not None and config.init_from:
-            if not is_model_folder(Path(config.init_from)):
-                raise CicldError(
-                    f"cannot resume from {self.resume_from}: an earlier cicld wrote it without its model's config, "
-                    f"so it needs the model the run started from, {config.init_from}, which is no longer there; "
-                    "put that folder back to resume"
-                )
-        if self.resume_model_config is not None:
-            model = CICLD(self.resume_model_config)
-        else:
-            torch.manual_seed(config.seed)  # the initial weights of what is new
-            model = new_model(config)
-        _require_crop_to_fit(model, config.crop)
-        start = f"the starting model {getattr(config, 'init_from', None)}"  # pretrain-ae's is new: it has them
-        where = start if self.resume_from is None else f"the model of {self.resume_from}"
-        difference = classes.difference(model.config.class_list, "the data's labels", where)
-        if difference is not None:
-            raise CicldError(f"{difference}: train a model from the start (pretrain-ae) on data of these classes")
-        if model.config.class_list != classes:  # the same names: the run's colours and raw values
-            model.config = model.config.replace(classes=classes.to_dict())
-        return config, model
+        """The run's config with its starting point and classes resolved, and the model the stage
+        trains (:func:`cicld.training.start.starting_model`); ``self.config`` becomes that config."""
+        self.config, model = starting_model(
+            self.config, new_model, previous_stage, classes, self.resume_from, self.resume_model_config
+        )
+        return self.config, model
 
     def open_run(self) -> Path:
         """Create the run folder and write ``config.json`` (new runs), when the first step is done,
@@ -291,7 +220,7 @@ class Session:
         numbers = dict(zip(losses, torch.stack([v.detach().float().reshape(()) for v in losses.values()]).tolist()))
         if not everywhere(self.accelerator, all(math.isfinite(v) for v in numbers.values())):
             bad = ", ".join(f"{k}={v:.4g}" for k, v in numbers.items())
-            raise TrainingDiverged(f"training diverged at step {step} ({bad}); {self._last_good()}; {_HINT}")
+            raise diverged(f" at step {step} ({bad})", self.run_dir)
         return numbers
 
     def check_weights(self, modules, consequence: str) -> None:
@@ -302,12 +231,7 @@ class Session:
         """
         flags = [torch.isfinite(t).all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
         if flags and not everywhere(self.accelerator, torch.stack(flags).all()):
-            raise TrainingDiverged(f"training diverged: NaN or inf weights {consequence}; {self._last_good()}; {_HINT}")
-
-    def _last_good(self) -> str:
-        # Checkpoints are written only with finite weights (check_weights), so the newest is good.
-        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
-        return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise diverged(f": NaN or inf weights {consequence}", self.run_dir)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """One row of the run's log (:meth:`RunLog.log <cicld.training.runlog.RunLog.log>`), in the
@@ -383,40 +307,11 @@ class Session:
 
     def interrupted(self) -> TrainingInterrupted:
         """What to raise on Ctrl-C in the training loop: where the run stopped and how to resume it."""
-        stage, done = self.config.stage, self.steps_done
-        where = (
-            f"in step {done + 1}"
-            if done < self.config.steps
-            else f"after its last step ({done}), before final/ was written"
-        )
-        advice = self._resume_advice()
-        if advice is None:
-            return TrainingInterrupted(
-                f"{stage} interrupted {where}, before its first checkpoint: nothing to resume; start it again"
-            )
-        return TrainingInterrupted(f"{stage} interrupted {where}; {advice}")
+        return interrupted(self.config.stage, self.run_dir, self.steps_done, self.config.steps)
 
     def write_failed(self, message: str) -> CicldError:
         """``message``, the one line of a write of the run that failed (a full disk), with how to go on."""
-        return CicldError(f"{message}; {self._resume_advice() or 'no checkpoint was written yet: start the run again'}")
-
-    def _resume_advice(self) -> str | None:
-        """``the last checkpoint is CHECKPOINT: continue with `COMMAND```, or None before the first one."""
-        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
-        return None if last is None else f"the last checkpoint is {last}: continue with {self._resume_command()}"
-
-    def _resume_command(self) -> str:
-        """The command that continues this run, as it works typed: ``cicld STAGE --resume RUN``, and
-        ``--resume latest`` too (with ``--runs-root`` where the run's folder is not the default)
-        where that names this run, not a newer one."""
-        stage = self.config.stage
-        command = f"`cicld {stage} --resume {shlex.quote(str(self.run_dir))}`"
-        runs_root = runs_root_of(self.run_dir, stage)
-        latest = newest_resumable_run(runs_root, stage) if runs_root is not None else None
-        if latest is not None and latest.resolve() == self.run_dir.resolve():
-            where = "" if runs_root.resolve() == RUNS_ROOT.resolve() else f" --runs-root {shlex.quote(str(runs_root))}"
-            command += f" (or `cicld {stage} --resume latest{where}`)"
-        return command
+        return write_failed(message, self.run_dir, self.config.stage)
 
     def close(self) -> None:
         if self._exported:  # in every process (export agreed): the others are here too
@@ -425,15 +320,3 @@ class Session:
             self._lock.release()
             self._lock = None
         self.accelerator.end_training()
-
-
-def _require_crop_to_fit(model: CICLD, crop: tuple[int, int] | None) -> None:
-    """A line naming ``--crop`` where ``model`` cannot tile it, rather than a tensor shape at the first
-    step. (The config checks a crop's range; its fit needs the model, which only the stage builds.)"""
-    divisor = model.config.size_divisor
-    if crop is not None and (crop[0] % divisor or crop[1] % divisor):
-        width, height = (max(divisor, side // divisor * divisor) for side in crop)
-        raise CicldError(
-            f"--crop {crop[0]}x{crop[1]}: this model needs sides that are multiples of {divisor}, "
-            f"e.g. --crop {width}x{height}"
-        )
